@@ -1,0 +1,130 @@
+"""The one small interface between a metasched-agent and its Slurm cluster.
+
+A backend is a Parsl-style provider: submit / jobs / cancel, plus what the site has
+(nodes, partitions) and how to resolve a job that has left the queue. Two implementations:
+`cli` (sbatch/squeue/sinfo/scancel/sacct, any Slurm from 21.08 on) and `pyslurm`
+(Slurm 25.11 sites with the pyslurm package built against their Slurm).
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+
+
+class SlurmError(Exception):
+    """Slurm answered, but refused (bad request, unknown partition, ...)."""
+
+
+class SlurmUnavailable(SlurmError):
+    """slurmctld cannot be reached (down, network, munge): try again later."""
+
+
+@dataclass(frozen=True)
+class SubmitRequest:
+    """What the agent asks Slurm to run: a validated job, placed on this site."""
+
+    script: str
+    tag: str  # goes into --comment; how we find the job again after a crash
+    name: str = ""
+    partition: str = ""
+    nodes: int = 1
+    ntasks: int = 1
+    cpus_per_task: int = 1
+    mem_per_node_mb: int = 0  # 0 = site default
+    gpus_per_node: int = 0
+    gpu_type: str = ""
+    time_limit_minutes: int = 60
+    workdir: str = ""
+    output: str = ""
+    error: str = ""
+    account: str = ""
+    environment: dict[str, str] = field(default_factory=dict)
+    local_user: str = ""  # run as this account (agent runs as root); "" = the agent's own
+
+
+@dataclass(frozen=True)
+class SlurmJob:
+    """One job as Slurm shows it, normalised across versions and backends."""
+
+    job_id: str
+    state: str  # base state name, upper case: PENDING RUNNING COMPLETED CANCELLED ...
+    partition: str = ""
+    reason: str = ""
+    name: str = ""
+    user: str = ""
+    comment: str = ""
+    nodes: int = 1
+    cpus: int = 1
+    gpus: int = 0  # total over all nodes
+    gpu_type: str = ""
+    time_limit_minutes: int = 0  # 0 = unlimited / unknown
+    submit_time: float = 0.0
+    start_time: float = 0.0  # actual when running/finished, Slurm's estimate when pending, 0 = none
+    end_time: float = 0.0
+    exit_code: int = 0  # the job's own exit status (0-255); -1 unknown
+    priority: int = 0
+    node_names: tuple[str, ...] = ()  # expanded hostlist of a running job ('n[1-2]' -> n1, n2)
+
+
+@dataclass(frozen=True)
+class Node:
+    name: str
+    partitions: tuple[str, ...]
+    state: str  # lower case, e.g. idle, mixed, allocated, down, drained
+    cpus: int
+    alloc_cpus: int
+    mem_mb: int
+    alloc_mem_mb: int
+    gpus: dict[str, int] = field(default_factory=dict)  # type -> count ("" = untyped)
+    alloc_gpus: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def usable(self) -> bool:
+        """Can take new work (not down, drained, failing, ...)."""
+        bad = ("down", "drain", "fail", "inval", "unknown", "future", "power", "maint", "reboot")
+        return not any(b in self.state for b in bad)
+
+
+@dataclass(frozen=True)
+class PartitionInfo:
+    name: str
+    nodes: tuple[str, ...]
+    max_time_minutes: int = 0  # 0 = unlimited
+    default_time_minutes: int = 0
+    max_nodes_per_job: int = 0  # 0 = unlimited
+    is_default: bool = False
+    state: str = "up"
+
+
+class SlurmBackend(abc.ABC):
+    """How an agent talks to its Slurm. Every call may raise SlurmUnavailable."""
+
+    name: str = "abstract"
+
+    @abc.abstractmethod
+    def version(self) -> str:
+        """Slurm's version string, e.g. '22.05.8'."""
+
+    @abc.abstractmethod
+    def submit(self, req: SubmitRequest) -> str:
+        """Submit; return Slurm's job id. Raises SlurmError if Slurm refuses the job."""
+
+    @abc.abstractmethod
+    def jobs(self) -> list[SlurmJob]:
+        """Every job Slurm currently shows (all users, all states it still keeps)."""
+
+    @abc.abstractmethod
+    def cancel(self, job_id: str) -> None:
+        """Cancel; a job that is already finished or unknown is not an error."""
+
+    @abc.abstractmethod
+    def nodes(self) -> list[Node]: ...
+
+    @abc.abstractmethod
+    def partitions(self) -> list[PartitionInfo]: ...
+
+    @abc.abstractmethod
+    def finished(self, job_ids: list[str], tags: list[str]) -> list[SlurmJob]:
+        """Final records (from accounting or the completion log) of jobs no longer in the queue,
+        looked up by Slurm id and by tag (comment). Jobs with no record are left out."""

@@ -1,0 +1,111 @@
+"""A partition's free capacity over time, and the earliest slot where a job fits.
+
+The profile is a step function: from times[i] until times[i+1] the partition has
+free_cpus[i] CPUs and free_gpus[i] GPUs free (the last step lasts forever). It starts from
+what is free now, gives back what running jobs hold when they are expected to end, and then
+reserves, in queue order, the pending work ahead (conservative backfill, as Slurm's backfill
+scheduler plans it). The earliest slot for a new job is the first window long enough with
+enough of both.
+
+Why pooled CPUs and GPUs rather than per node: a per-node timeline costs nodes x steps per
+query and placement asks thousands of queries per cycle; node fragmentation is second
+order next to the error in predicted runtimes, and a job's per-node shape is checked
+against the node sizes before a site is eligible at all.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from dataclasses import dataclass
+
+INF = math.inf
+
+
+@dataclass(frozen=True)
+class Need:
+    """What one job takes from a partition's pool while it runs."""
+
+    cpus: int
+    gpus: int
+    seconds: float
+
+
+class Profile:
+    __slots__ = ("free_cpus", "free_gpus", "times", "total_cpus", "total_gpus", "version")
+
+    def __init__(
+        self, now: float, free_cpus: int, free_gpus: int, total_cpus: int, total_gpus: int
+    ):
+        self.times: list[float] = [now]
+        self.free_cpus: list[int] = [free_cpus]
+        self.free_gpus: list[int] = [free_gpus]
+        self.total_cpus = total_cpus
+        self.total_gpus = total_gpus
+        self.version = 0  # bumped on every change, so cached answers know they are stale
+
+    def _split(self, t: float) -> int:
+        """Make t a step boundary; return the index of the step starting at t."""
+        i = bisect.bisect_right(self.times, t) - 1
+        if i < 0:
+            # before the profile starts: the past is not plannable, clamp to now
+            return 0
+        if self.times[i] == t:
+            return i
+        self.times.insert(i + 1, t)
+        self.free_cpus.insert(i + 1, self.free_cpus[i])
+        self.free_gpus.insert(i + 1, self.free_gpus[i])
+        return i + 1
+
+    def release(self, at: float, cpus: int, gpus: int) -> None:
+        """A running job ends at `at`, giving back what it holds from then on."""
+        i = self._split(max(at, self.times[0]))
+        for j in range(i, len(self.times)):
+            self.free_cpus[j] += cpus
+            self.free_gpus[j] += gpus
+        self.version += 1
+
+    def fits_ever(self, need: Need) -> bool:
+        return need.cpus <= self.total_cpus and need.gpus <= self.total_gpus
+
+    def earliest(self, need: Need, not_before: float = 0.0) -> float:
+        """Earliest start >= not_before at which `need` fits for its whole duration (INF: never)."""
+        if not self.fits_ever(need):
+            return INF
+        times, fc, fg = self.times, self.free_cpus, self.free_gpus
+        n = len(times)
+        start_i = max(0, bisect.bisect_right(times, not_before) - 1)
+        i = start_i
+        start = max(times[i], not_before)
+        while i < n:
+            end = start + need.seconds
+            j = i
+            ok = True
+            while j < n and times[j] < end:
+                if fc[j] < need.cpus or fg[j] < need.gpus:
+                    ok = False
+                    break
+                j += 1
+            if ok:
+                return start
+            # the window broke at step j: the next chance starts when step j ends
+            i = j + 1
+            if i >= n:
+                return INF  # the last step is short of capacity forever (should not happen)
+            start = times[i]
+        return INF
+
+    def reserve(self, start: float, need: Need) -> None:
+        """Take `need` from start for its duration (a job placed or planned here)."""
+        if start == INF:
+            return
+        i = self._split(start)
+        k = self._split(start + need.seconds) if need.seconds != INF else len(self.times)
+        for j in range(i, k):
+            self.free_cpus[j] -= need.cpus
+            self.free_gpus[j] -= need.gpus
+        self.version += 1
+
+    def free_at(self, t: float) -> tuple[int, int]:
+        i = max(0, bisect.bisect_right(self.times, t) - 1)
+        return self.free_cpus[i], self.free_gpus[i]

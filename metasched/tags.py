@@ -1,0 +1,30 @@
+"""The tag metasched puts into every forwarded Slurm job's comment.
+
+It names the federation (so two daemons, or a rebuilt database, never adopt each other's
+jobs), the global job id and the attempt, so after any crash the agent can find our jobs in
+squeue or accounting and the daemon can tell which attempt a Slurm job belongs to.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_TAG_RE = re.compile(r"metasched:([0-9a-f]{8,32}):(\d+):(\d+)")
+
+
+@dataclass(frozen=True)
+class Tag:
+    federation: str
+    job_id: int
+    attempt: int
+
+    def __str__(self) -> str:
+        return f"metasched:{self.federation}:{self.job_id}:{self.attempt}"
+
+
+def parse(comment: str) -> Tag | None:
+    m = _TAG_RE.search(comment or "")
+    if not m:
+        return None
+    return Tag(m.group(1), int(m.group(2)), int(m.group(3)))

@@ -908,12 +908,16 @@ class SiteReport(_message.Message):
     BACKEND_FIELD_NUMBER: _builtins.int
     SLURM_REACHABLE_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
+    MAPPED_USERS_FIELD_NUMBER: _builtins.int
+    MAPS_ALL_USERS_FIELD_NUMBER: _builtins.int
     slurm_version: _builtins.str
     backend: _builtins.str
     """"cli" or "pyslurm" """
     slurm_reachable: _builtins.bool
     error: _builtins.str
     """why slurm is unreachable"""
+    maps_all_users: _builtins.bool
+    """identity mapping ("*"): every global user is a local user"""
     @_builtins.property
     def partitions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Partition]: ...
     @_builtins.property
@@ -921,6 +925,10 @@ class SiteReport(_message.Message):
     @_builtins.property
     def jobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___SlurmJobReport]:
         """every job in squeue, ours and others'"""
+
+    @_builtins.property
+    def mapped_users(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Global users with an account mapping at this site (placement skips the site for others)."""
 
     def __init__(
         self,
@@ -932,10 +940,12 @@ class SiteReport(_message.Message):
         backend: _builtins.str = ...,
         slurm_reachable: _builtins.bool = ...,
         error: _builtins.str = ...,
+        mapped_users: _abc.Iterable[_builtins.str] | None = ...,
+        maps_all_users: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "error", b"error", "jobs", b"jobs", "nodes", b"nodes", "partitions", b"partitions", "slurm_reachable", b"slurm_reachable", "slurm_version", b"slurm_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "error", b"error", "jobs", b"jobs", "mapped_users", b"mapped_users", "maps_all_users", b"maps_all_users", "nodes", b"nodes", "partitions", b"partitions", "slurm_reachable", b"slurm_reachable", "slurm_version", b"slurm_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1045,7 +1055,7 @@ class JobUpdate(_message.Message):
     attempt: _builtins.int
     final: _builtins.bool
     resolved_from: _builtins.str
-    """squeue, sacct, jobcomp, lost"""
+    """sacct, jobcomp, or "none" (no record anywhere yet)"""
     @_builtins.property
     def job(self) -> Global___SlurmJobReport: ...
     def __init__(
@@ -1111,14 +1121,14 @@ class SubmitCommand(_message.Message):
     ATTEMPT_FIELD_NUMBER: _builtins.int
     SPEC_FIELD_NUMBER: _builtins.int
     PARTITION_FIELD_NUMBER: _builtins.int
-    LOCAL_USER_FIELD_NUMBER: _builtins.int
+    USER_FIELD_NUMBER: _builtins.int
     TAG_FIELD_NUMBER: _builtins.int
     job_id: _builtins.int
     attempt: _builtins.int
     partition: _builtins.str
     """chosen by placement"""
-    local_user: _builtins.str
-    """the account the job runs as at this site"""
+    user: _builtins.str
+    """the global user; the agent maps it to a local account"""
     tag: _builtins.str
     """put into the Slurm job's comment, e.g. metasched:<fed>:<id>:<attempt>"""
     @_builtins.property
@@ -1130,12 +1140,12 @@ class SubmitCommand(_message.Message):
         attempt: _builtins.int = ...,
         spec: Global___JobSpec | None = ...,
         partition: _builtins.str = ...,
-        local_user: _builtins.str = ...,
+        user: _builtins.str = ...,
         tag: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "job_id", b"job_id", "local_user", b"local_user", "partition", b"partition", "spec", b"spec", "tag", b"tag"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "job_id", b"job_id", "partition", b"partition", "spec", b"spec", "tag", b"tag", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1171,6 +1181,38 @@ class CancelCommand(_message.Message):
 Global___CancelCommand: _TypeAlias = CancelCommand  # noqa: Y015
 
 @_typing.final
+class ResolveCommand(_message.Message):
+    """The daemon believes this job is at the site, but the site's queue no longer shows it:
+    the agent looks it up in accounting / the completion log and answers with a JobUpdate.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    SLURM_JOB_ID_FIELD_NUMBER: _builtins.int
+    TAG_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.int
+    attempt: _builtins.int
+    slurm_job_id: _builtins.str
+    tag: _builtins.str
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.int = ...,
+        attempt: _builtins.int = ...,
+        slurm_job_id: _builtins.str = ...,
+        tag: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "job_id", b"job_id", "slurm_job_id", b"slurm_job_id", "tag", b"tag"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResolveCommand: _TypeAlias = ResolveCommand  # noqa: Y015
+
+@_typing.final
 class Welcome(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -1200,24 +1242,28 @@ class DaemonMessage(_message.Message):
     WELCOME_FIELD_NUMBER: _builtins.int
     SUBMIT_FIELD_NUMBER: _builtins.int
     CANCEL_FIELD_NUMBER: _builtins.int
+    RESOLVE_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def welcome(self) -> Global___Welcome: ...
     @_builtins.property
     def submit(self) -> Global___SubmitCommand: ...
     @_builtins.property
     def cancel(self) -> Global___CancelCommand: ...
+    @_builtins.property
+    def resolve(self) -> Global___ResolveCommand: ...
     def __init__(
         self,
         *,
         welcome: Global___Welcome | None = ...,
         submit: Global___SubmitCommand | None = ...,
         cancel: Global___CancelCommand | None = ...,
+        resolve: Global___ResolveCommand | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "cancel", b"cancel", "submit", b"submit", "welcome", b"welcome"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "cancel", b"cancel", "resolve", b"resolve", "submit", b"submit", "welcome", b"welcome"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "cancel", b"cancel", "submit", b"submit", "welcome", b"welcome"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "cancel", b"cancel", "resolve", b"resolve", "submit", b"submit", "welcome", b"welcome"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["welcome", "submit", "cancel"]  # noqa: Y015
+    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["welcome", "submit", "cancel", "resolve"]  # noqa: Y015
     _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_body) -> _WhichOneofReturnType_body | None: ...
 

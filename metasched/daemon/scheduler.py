@@ -1,0 +1,657 @@
+"""The daemon's heart: accept jobs, place them, follow them at the sites, keep them honest.
+
+Everything here that changes a job goes through the store in one transaction, and only
+after it is committed is anything sent to an agent or answered to a user. The rules that
+make forwarding exactly-once:
+  - a job is sent to a site only as FORWARDING(site, attempt), durably, first;
+  - every Slurm job carries the tag metasched:<federation>:<job>:<attempt>, and the agent's
+    submit is idempotent per tag (it looks for the tag before calling sbatch);
+  - a Slurm job whose tag does not match the job's current site and attempt is a stray and
+    is cancelled; a job already at a site is never placed again unless that site confirmed
+    it is gone (cancelled, or finished).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, replace
+from typing import Any
+
+from metasched import jobspec, log, tags
+from metasched.daemon.sites import Site, SiteRegistry, work_of
+from metasched.placement.model import SiteView, Work
+from metasched.placement.policy import Choice, Placer, Request, site_refusal
+from metasched.states import INFRASTRUCTURE_FAILURES, JobState, from_slurm
+from metasched.store import Batch, IllegalTransition, JobRow, Store
+from metasched.v1 import metasched_pb2 as pb
+
+S = JobState
+
+
+class Refused(Exception):
+    """A request we will not take; `code` is the gRPC status name to answer with."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class Settings:
+    placement_interval: float = 1.0
+    max_infra_retries: int = 2
+    resend_after: float = 30.0  # re-send an unanswered submit/cancel after this long
+    resolve_after: float = 10.0  # a job missing from reports this long is looked up
+    max_script_bytes: int = jobspec.MAX_SCRIPT_BYTES
+    max_queued_per_user: int = 100_000
+
+
+def request_of(job: JobRow) -> Request:
+    spec = job.spec
+    return Request(
+        job_id=job.id,
+        user=job.user,
+        shape=jobspec.shape_of(spec),
+        partition=spec.partition,
+        sites=frozenset(spec.sites),
+        exclude=frozenset(spec.exclude_sites) | frozenset(job.avoid_sites),
+    )
+
+
+class Scheduler:
+    def __init__(self, store: Store, sites: SiteRegistry, settings: Settings) -> None:
+        self.store = store
+        self.sites = sites
+        self.settings = settings
+        self.placer = Placer()
+        self.log = log.get(component="scheduler")
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._placed = threading.Condition()
+        self._last_sent: dict[tuple[int, int, str], float] = {}  # (job, attempt, kind) -> when
+        self._thread: threading.Thread | None = None
+        for name, state, last_seen, report in store.sites():
+            sites.restore(name, state, last_seen, report)
+        self._learn_from_history()
+
+    @property
+    def federation(self) -> str:
+        return self.store.federation
+
+    def tag(self, job_id: int, attempt: int) -> str:
+        return str(tags.Tag(self.federation, job_id, attempt))
+
+    # ---------------------------------------------------------------- users
+
+    def submit(self, user: str, spec: pb.JobSpec, wait_placement: float = 0.0) -> JobRow:
+        try:
+            spec = jobspec.validate(spec, self.settings.max_script_bytes)
+        except jobspec.SpecError as e:
+            raise Refused("INVALID_ARGUMENT", str(e)) from None
+        known = set(self.sites.known())
+        for name in [*spec.sites, *spec.exclude_sites]:
+            if name not in known:
+                raise Refused("INVALID_ARGUMENT", f"unknown site {name!r}")
+        req = request_of(JobRow(0, user, spec, S.QUEUED, 0, 0))
+        reasons = self._never_runnable(req)
+        if reasons is not None:
+            raise Refused("FAILED_PRECONDITION", reasons)
+        if self.store.count_live(user) >= self.settings.max_queued_per_user:
+            raise Refused(
+                "RESOURCE_EXHAUSTED",
+                f"user {user} already has {self.settings.max_queued_per_user} jobs queued",
+            )
+        job = self.store.run(lambda b: b.insert_job(user, spec))
+        self._wake.set()
+        if wait_placement > 0:
+            job = self.wait_placed(job.id, wait_placement)
+        return job
+
+    def _never_runnable(self, req: Request) -> str | None:
+        """None if some known site could run this shape some day; else why none can."""
+        why: dict[str, str] = {}
+        any_site = False
+        for site in self.sites.all():
+            if site.view_base is None or site.admin_state == "retired":
+                continue
+            any_site = True
+            parts, reason = site_refusal(site.view_base, req, shape_only=True)
+            if parts:
+                return None
+            why[site.name] = reason
+        if not any_site:
+            return None  # no site has reported yet: keep it, placement will tell
+        detail = "; ".join(f"{s}: {r}" for s, r in sorted(why.items()))
+        return f"no site can ever run this job ({detail})"
+
+    def wait_placed(self, job_id: int, timeout: float) -> JobRow:
+        deadline = time.monotonic() + timeout
+        with self._placed:
+            while True:
+                job = self.store.job(job_id)
+                assert job is not None
+                if job.state != S.QUEUED or job.est_at > 0:
+                    return job
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return job
+                self._placed.wait(left)
+
+    def cancel(self, job_id: int) -> JobRow:
+        def op(b: Batch) -> JobRow:
+            job = b.job(job_id)
+            if job.state.is_final:
+                raise Refused(
+                    "FAILED_PRECONDITION", f"job {job_id} has already ended ({job.state})"
+                )
+            if job.state == S.QUEUED:
+                return b.move(job_id, S.CANCELLED, "cancelled by the user before placement")
+            if job.state == S.CANCELLING:
+                return job
+            return b.move(job_id, S.CANCELLING, "cancel requested", cancel_requested=True)
+
+        job = self.store.run(op)
+        if job.state == S.CANCELLING:
+            self._send_cancel(job)
+        return job
+
+    def plan(self, user: str, spec: pb.JobSpec) -> list[Choice]:
+        try:
+            spec = jobspec.validate(spec, self.settings.max_script_bytes)
+        except jobspec.SpecError as e:
+            raise Refused("INVALID_ARGUMENT", str(e)) from None
+        req = request_of(JobRow(0, user, spec, S.QUEUED, 0, 0))
+        now = time.time()
+        return self.placer.plan(req, self._views(now), now)
+
+    # ---------------------------------------------------------------- placement
+
+    def _views(self, now: float) -> list[SiteView]:
+        """Every site as placement sees it, with our jobs it does not show yet as in-flight."""
+        inflight: dict[str, list[Work]] = {}
+        for job in list(self.store.live.values()):
+            if job.state in (S.FORWARDING, S.PENDING) and job.site:
+                site = self.sites.get(job.site)
+                shown = (
+                    site is not None
+                    and site.report is not None
+                    and any(j.slurm_job_id == job.slurm_job_id for j in site.report.jobs)
+                    if job.slurm_job_id
+                    else False
+                )
+                if not shown:
+                    inflight.setdefault(job.site, []).append(_work_of_job(job, now))
+        views = []
+        for site in self.sites.all():
+            base = site.view_base
+            if base is None:
+                base = SiteView(site.name, False, [], {})
+            views.append(
+                replace(
+                    base,
+                    online=site.online and site.link is not None,
+                    state=site.state,
+                    inflight=inflight.get(site.name, []),
+                )
+            )
+        return views
+
+    def run_cycle(self) -> int:
+        """One placement pass: place what can be placed, send it; return how many were sent."""
+        now = time.time()
+        for name in self.sites.check_liveness(now):
+            self.store.save_site(name, self.sites.ensure(name).admin_state, now, None)
+        self._resend_stale(now)
+        queued = sorted(
+            (j for j in list(self.store.live.values()) if j.state == S.QUEUED),
+            key=lambda j: j.id,
+        )
+        if not queued:
+            return 0
+        views = self._views(now)
+        decisions = self.placer.place([request_of(j) for j in queued], views, now)
+        placed = {d.job_id for d in decisions}
+        unplaced = [j for j in queued if j.id not in placed and j.est_at == 0]
+
+        def op(b: Batch) -> list[JobRow]:
+            out = []
+            for d in decisions:
+                try:
+                    job = b.job(d.job_id)
+                    out.append(
+                        b.move(
+                            d.job_id,
+                            S.FORWARDING,
+                            f"placed: expected start in {max(0, d.estimate.start - now):.0f}s",
+                            expect=[S.QUEUED],
+                            site=d.site,
+                            partition=d.partition,
+                            attempt=job.attempt + 1,
+                            slurm_job_id="",
+                            est_start=d.estimate.start,
+                            est_p90=d.estimate.start_p90,
+                            est_site=d.site,
+                            est_partition=d.partition,
+                            est_at=now,
+                            reason="",
+                        )
+                    )
+                except IllegalTransition:
+                    continue  # cancelled meanwhile
+            for j in unplaced:
+                reason = self._why_waiting(j, views)
+                try:
+                    b.move(j.id, S.QUEUED, "", expect=[S.QUEUED], reason=reason, est_at=now)
+                except IllegalTransition:
+                    continue
+            return out
+
+        forwarded = self.store.run(op)
+        for job in forwarded:
+            self._send_submit(job)
+        with self._placed:
+            self._placed.notify_all()
+        return len(forwarded)
+
+    def _why_waiting(self, job: JobRow, views: list[SiteView]) -> str:
+        req = request_of(job)
+        reasons = []
+        for v in views:
+            _parts, why = site_refusal(v, req)
+            reasons.append(f"{v.name}: {why or 'no slot now'}")
+        return "waiting: " + "; ".join(reasons) if reasons else "waiting: no site has reported"
+
+    def _send_submit(self, job: JobRow) -> None:
+        msg = pb.DaemonMessage(
+            submit=pb.SubmitCommand(
+                job_id=job.id,
+                attempt=job.attempt,
+                spec=job.spec,
+                partition=job.partition,
+                user=job.user,
+                tag=self.tag(job.id, job.attempt),
+            )
+        )
+        self._last_sent[(job.id, job.attempt, "submit")] = time.time()
+        self.sites.send(job.site, msg)
+
+    def _send_cancel(self, job: JobRow, slurm_job_id: str = "", attempt: int = 0) -> None:
+        attempt = attempt or job.attempt
+        msg = pb.DaemonMessage(
+            cancel=pb.CancelCommand(
+                job_id=job.id,
+                attempt=attempt,
+                slurm_job_id=slurm_job_id or job.slurm_job_id,
+                tag=self.tag(job.id, attempt),
+            )
+        )
+        self._last_sent[(job.id, attempt, "cancel")] = time.time()
+        self.sites.send(job.site, msg)
+
+    def _send_resolve(self, job: JobRow) -> None:
+        key = (job.id, job.attempt, "resolve")
+        now = time.time()
+        if now - self._last_sent.get(key, 0.0) < self.settings.resolve_after:
+            return
+        self._last_sent[key] = now
+        self.sites.send(
+            job.site,
+            pb.DaemonMessage(
+                resolve=pb.ResolveCommand(
+                    job_id=job.id,
+                    attempt=job.attempt,
+                    slurm_job_id=job.slurm_job_id,
+                    tag=self.tag(job.id, job.attempt),
+                )
+            ),
+        )
+
+    def _resend_stale(self, now: float) -> None:
+        for job in list(self.store.live.values()):
+            if job.state == S.FORWARDING:
+                kind = "submit"
+            elif job.state in (S.CANCELLING, S.RECALLING):
+                kind = "cancel"
+            else:
+                continue
+            if (
+                now - self._last_sent.get((job.id, job.attempt, kind), 0.0)
+                > self.settings.resend_after
+            ):
+                (self._send_submit if kind == "submit" else self._send_cancel)(job)
+
+    def agent_connected(self, site: str) -> None:
+        """A (re)connected agent gets every command it may have missed."""
+        for job in list(self.store.live.values()):
+            if job.site != site:
+                continue
+            if job.state == S.FORWARDING:
+                self._send_submit(job)
+            elif job.state in (S.CANCELLING, S.RECALLING):
+                self._send_cancel(job)
+
+    # ---------------------------------------------------------------- what the agents tell us
+
+    def on_report(self, site_name: str, report: pb.SiteReport) -> None:
+        now = time.time()
+        site = self.sites.update(site_name, report, now)
+        self.store.save_site(site_name, site.admin_state, now, report.SerializeToString())
+        self._learn_runtimes(site, report)
+        seen: set[int] = set()
+        observations = []
+        for sj in report.jobs:
+            if not sj.job_id or sj.federation != self.federation:
+                continue  # not ours (or another federation's)
+            seen.add(sj.job_id)
+            observations.append((sj.job_id, sj.attempt, sj, "squeue"))
+        if observations:
+            self._apply(site_name, observations)
+        if report.slurm_reachable:
+            for job in list(self.store.live.values()):
+                if (
+                    job.site == site_name
+                    and job.slurm_job_id
+                    and job.id not in seen
+                    and job.state in (S.PENDING, S.RUNNING, S.CANCELLING, S.RECALLING)
+                    and now - job.updated_at > self.settings.resolve_after / 2
+                ):
+                    self._send_resolve(job)
+        self._wake.set()
+
+    def on_submit_result(self, site_name: str, res: pb.SubmitResult) -> None:
+        def op(b: Batch) -> tuple[str, JobRow | None]:
+            job = b.job(res.job_id)
+            if job.site != site_name or job.attempt != res.attempt:
+                return ("stray", job)
+            if res.slurm_job_id:
+                if job.state == S.FORWARDING:
+                    return (
+                        "ok",
+                        b.move(
+                            job.id, S.PENDING, "submitted to Slurm", slurm_job_id=res.slurm_job_id
+                        ),
+                    )
+                if not job.slurm_job_id:
+                    return ("ok", b.move(job.id, job.state, "", slurm_job_id=res.slurm_job_id))
+                return ("ok", job)
+            if job.state != S.FORWARDING:
+                return ("ignored", job)
+            avoid = (*job.avoid_sites, site_name) if res.permanent else job.avoid_sites
+            moved = b.move(
+                job.id,
+                S.QUEUED,
+                f"{site_name} refused it: {res.error}",
+                site="",
+                partition="",
+                reason=f"{site_name} refused it: {res.error}",
+                avoid_sites=avoid,
+                est_at=0.0,
+            )
+            if res.permanent and self._never_runnable(request_of(moved)) is not None:
+                return (
+                    "failed",
+                    b.move(job.id, S.FAILED, f"no other site can run it; {site_name}: {res.error}"),
+                )
+            return ("requeued", moved)
+
+        try:
+            kind, job = self.store.run(op)
+        except Exception as e:
+            self.log.warning(
+                "submit_result_ignored", site=site_name, job_id=res.job_id, error=str(e)
+            )
+            return
+        if kind == "ok" and job is not None and job.state == S.CANCELLING:
+            self._send_cancel(job)
+        if kind == "stray" and res.slurm_job_id and job is not None:
+            self._cancel_stray(site_name, job, res.attempt, res.slurm_job_id)
+        self._wake.set()
+
+    def on_cancel_result(self, site_name: str, res: pb.CancelResult) -> None:
+        if not res.done:
+            self.log.warning(
+                "cancel_not_done",
+                site=site_name,
+                job_id=res.job_id,
+                attempt=res.attempt,
+                error=res.error,
+            )
+            return
+
+        def op(b: Batch) -> JobRow | None:
+            job = b.job(res.job_id)
+            if job.site != site_name or job.attempt != res.attempt:
+                return None
+            if job.state == S.CANCELLING:
+                return b.move(job.id, S.CANCELLED, f"cancel confirmed by {site_name}")
+            if job.state == S.RECALLING:
+                return self._requeue(b, job, f"recalled from {site_name}")
+            return None
+
+        self.store.run(op)
+        self._wake.set()
+
+    def on_job_update(self, site_name: str, upd: pb.JobUpdate) -> None:
+        self._apply(
+            site_name, [(upd.job_id, upd.attempt, upd.job, upd.resolved_from)], resolved=upd.final
+        )
+
+    def _requeue(self, b: Batch, job: JobRow, detail: str) -> JobRow:
+        return b.move(
+            job.id,
+            S.QUEUED,
+            detail,
+            site="",
+            partition="",
+            slurm_job_id="",
+            est_at=0.0,
+            reason=detail,
+        )
+
+    def _apply(
+        self,
+        site_name: str,
+        observations: list[tuple[int, int, pb.SlurmJobReport, str]],
+        resolved: bool = False,
+    ) -> None:
+        """Bring our records in line with what a site shows of our jobs, in one transaction."""
+        strays: list[tuple[JobRow, int, str]] = []
+        cancels: list[JobRow] = []
+
+        def op(b: Batch) -> None:
+            for job_id, attempt, sj, source in observations:
+                try:
+                    job = b.job(job_id)
+                except Exception:
+                    continue
+                ours = from_slurm(sj.state) if sj.state else None
+                if job.site != site_name or job.attempt != attempt:
+                    if ours is not None and not ours.is_final and sj.slurm_job_id:
+                        strays.append((job, attempt, sj.slurm_job_id))
+                    continue
+                if resolved and ours is None:
+                    # no record anywhere: the agent looked and found nothing
+                    if job.state in (S.CANCELLING, S.RECALLING) and not job.started_at:
+                        self._finish_cancel(b, job, site_name)
+                    elif job.state != S.FORWARDING:
+                        b.move(
+                            job.id,
+                            S.FAILED,
+                            f"vanished from {site_name} without a record",
+                            reason="no accounting record",
+                        )
+                    continue
+                if ours is None:
+                    continue
+                self._observe(b, job, ours, sj, source, cancels)
+
+        self.store.run(op)
+        for job, attempt, sid in strays:
+            self._cancel_stray(site_name, job, attempt, sid)
+        for job in cancels:
+            self._send_cancel(job)
+
+    def _finish_cancel(self, b: Batch, job: JobRow, site_name: str, **fields: Any) -> None:
+        if job.state == S.RECALLING:
+            self._requeue(b, job, f"recalled from {site_name}")
+        else:
+            b.move(job.id, S.CANCELLED, f"cancel confirmed by {site_name}", **fields)
+
+    def _observe(
+        self,
+        b: Batch,
+        job: JobRow,
+        ours: JobState,
+        sj: pb.SlurmJobReport,
+        source: str,
+        cancels: list[JobRow],
+    ) -> None:
+        fields: dict[str, Any] = {}
+        if sj.slurm_job_id and sj.slurm_job_id != job.slurm_job_id:
+            fields["slurm_job_id"] = sj.slurm_job_id
+            if job.state == S.CANCELLING:
+                cancels.append(replace(job, slurm_job_id=sj.slurm_job_id))
+        ran = ours == S.RUNNING or (ours.is_final and ours != S.CANCELLED)
+        if sj.start_time and ran and not job.started_at:
+            fields["started_at"] = sj.start_time
+        if ours.is_final:
+            fields["ended_at"] = sj.end_time or time.time()
+            fields["exit_code"] = sj.exit_code
+        reason = sj.reason if sj.reason not in ("None", "") else ""
+        if ours == S.PENDING and reason != job.reason:
+            fields["reason"] = reason
+        detail = f"seen in {source}" if source != "squeue" else ""
+
+        if ours in (S.PENDING, S.RUNNING):
+            target: JobState
+            if job.state == S.CANCELLING:
+                target = job.state
+            elif job.state == S.RECALLING:
+                target = S.RUNNING if ours == S.RUNNING else S.RECALLING
+            else:
+                target = ours
+            if target != job.state or fields:
+                b.move(
+                    job.id,
+                    target,
+                    detail or (f"{ours.lower()} at {job.site}" if target != job.state else ""),
+                    **fields,
+                )
+            return
+        # final at the site
+        if ours == S.CANCELLED and job.state in (S.CANCELLING, S.RECALLING):
+            self._finish_cancel(b, job, job.site, **fields)
+            return
+        if ours in INFRASTRUCTURE_FAILURES and job.infra_retries < self.settings.max_infra_retries:
+            b.move(
+                job.id,
+                S.QUEUED,
+                f"{sj.state} at {job.site}: retrying elsewhere",
+                site="",
+                partition="",
+                slurm_job_id="",
+                est_at=0.0,
+                infra_retries=job.infra_retries + 1,
+                avoid_sites=(*job.avoid_sites, job.site),
+                reason=f"{sj.state} at {job.site}",
+            )
+            return
+        detail = detail or f"{sj.state.lower()} at {job.site}"
+        if ours == S.CANCELLED and job.state not in (S.CANCELLING,):
+            detail = f"cancelled at {job.site} (not by metasched)"
+        b.move(job.id, ours, detail, **fields)
+
+    def _cancel_stray(self, site_name: str, job: JobRow, attempt: int, slurm_job_id: str) -> None:
+        """A Slurm job of ours that is not the job's current attempt there: it must not run."""
+        self.log.warning(
+            "stray_job_cancelled",
+            job_id=job.id,
+            site=site_name,
+            slurm_job_id=slurm_job_id,
+            attempt=attempt,
+            current_attempt=job.attempt,
+            current_site=job.site or None,
+        )
+        self.sites.send(
+            site_name,
+            pb.DaemonMessage(
+                cancel=pb.CancelCommand(
+                    job_id=job.id,
+                    attempt=attempt,
+                    slurm_job_id=slurm_job_id,
+                    tag=self.tag(job.id, attempt),
+                )
+            ),
+        )
+
+    # ---------------------------------------------------------------- learning
+
+    def _learn_runtimes(self, site: Site, report: pb.SiteReport) -> None:
+        for sj in report.jobs:
+            if sj.slurm_job_id in site.seen_final:
+                continue
+            st = from_slurm(sj.state)
+            if st is None or not st.is_final or not sj.start_time or not sj.end_time:
+                continue
+            site.seen_final.add(sj.slurm_job_id)
+            w = work_of(sj)
+            self.placer.runtimes.observe(sj.user, sj.end_time - sj.start_time, w.time_limit_s)
+        if len(site.seen_final) > 100_000:
+            site.seen_final.clear()
+
+    def _learn_from_history(self) -> None:
+        """Calibration survives restarts: it is rebuilt from recorded predicted vs actual starts."""
+        for job in self.store.jobs(include_final=True, limit=2000):
+            if job.est_at and job.started_at and job.est_site:
+                self.placer.calibration.observe(
+                    job.est_site, job.est_start - job.est_at, job.started_at - job.est_at
+                )
+
+    def on_started(self, changes: list[tuple[JobRow, JobState, str]]) -> None:
+        """Store listener: feed calibration with every job's predicted vs actual start."""
+        for row, old, _ in changes:
+            if row.state == S.RUNNING and old != S.RUNNING and row.est_at and row.started_at:
+                self.placer.calibration.observe(
+                    row.est_site, row.est_start - row.est_at, row.started_at - row.est_at
+                )
+
+    # ---------------------------------------------------------------- the loop
+
+    def start(self) -> None:
+        self.store.add_listener(self.on_started)
+        self._thread = threading.Thread(target=self._loop, name="placement", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread:
+            self._thread.join(timeout=10)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self.settings.placement_interval)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            try:
+                self.run_cycle()
+            except Exception:
+                self.log.exception("placement_cycle_failed")
+                time.sleep(0.5)
+
+
+def _work_of_job(job: JobRow, now: float) -> Work:
+    shape = jobspec.shape_of(job.spec)
+    return Work(
+        partition=job.partition,
+        nodes=shape.nodes,
+        cpus=shape.total_cpus,
+        gpus=shape.gpus_per_node * shape.nodes,
+        gpu_type=shape.gpu_type,
+        time_limit_s=shape.time_limit_minutes * 60.0,
+        submit_time=job.submitted_at,
+        user=job.user,
+        job_id=str(job.id),
+    )

@@ -1,0 +1,219 @@
+"""The Scheduler gRPC service: what msub and admins call. A thin adapter over Scheduler.
+
+Each handler finds out who is calling, asks the scheduler, and turns the answer (or the
+refusal) into protobuf (or a gRPC status with a one-line message).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import grpc
+
+from metasched import jobspec
+from metasched.daemon.scheduler import Refused, Scheduler
+from metasched.placement.estimate import Estimate
+from metasched.placement.policy import Request
+from metasched.states import JobState
+from metasched.store import JobRow, NoSuchJob
+from metasched.v1 import metasched_pb2 as pb
+from metasched.v1 import metasched_pb2_grpc as pb_grpc
+
+T = TypeVar("T")
+USER_HEADER = "x-metasched-user"
+# How long SubmitJob waits for the placement cycle to choose a site, so msub can say where.
+SUBMIT_WAIT_S = 2.0
+
+
+def estimate_pb(e: Estimate | None) -> pb.Estimate | None:
+    if e is None or e.start == math.inf:
+        return None
+    return pb.Estimate(
+        start=e.start, start_p90=e.start_p90, site=e.site, partition=e.partition, basis=e.basis
+    )
+
+
+def job_pb(job: JobRow, events: list[Any] | None = None) -> pb.Job:
+    out = pb.Job(
+        id=job.id,
+        user=job.user,
+        spec=job.spec,
+        state=job.state.to_pb(),
+        site=job.site,
+        partition=job.partition,
+        slurm_job_id=job.slurm_job_id,
+        attempt=job.attempt,
+        submitted_at=job.submitted_at,
+        started_at=job.started_at,
+        ended_at=job.ended_at,
+        exit_code=job.exit_code,
+        reason=job.reason,
+    )
+    if job.est_start and job.est_site:
+        out.estimate.CopyFrom(
+            pb.Estimate(
+                start=job.est_start,
+                start_p90=job.est_p90,
+                site=job.est_site,
+                partition=job.est_partition,
+            )
+        )
+    for ev in events or []:
+        out.events.append(
+            pb.JobEvent(
+                at=ev.at,
+                state=ev.state.to_pb(),
+                site=ev.site,
+                slurm_job_id=ev.slurm_job_id,
+                attempt=ev.attempt,
+                detail=ev.detail,
+            )
+        )
+    return out
+
+
+class UserService(pb_grpc.SchedulerServicer):
+    def __init__(self, scheduler: Scheduler, admins: frozenset[str] = frozenset({"root"})) -> None:
+        self.s = scheduler
+        self.admins = admins
+
+    # -- who is calling
+
+    def _user(self, context: grpc.ServicerContext) -> str:
+        md = dict(context.invocation_metadata())
+        user = str(md.get(USER_HEADER, "")).strip()
+        if not user or len(user) > 64 or not user.replace("-", "").replace("_", "").isalnum():
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "no valid user given")
+        return user
+
+    def _guard(self, context: grpc.ServicerContext, fn: Callable[[], T]) -> T:
+        try:
+            return fn()
+        except Refused as e:
+            context.abort(getattr(grpc.StatusCode, e.code), str(e))
+        except NoSuchJob as e:
+            context.abort(grpc.StatusCode.NOT_FOUND, str(e))
+        raise AssertionError("unreachable")
+
+    def _own_job(self, context: grpc.ServicerContext, job_id: int) -> JobRow:
+        user = self._user(context)
+        job = self.s.store.job(job_id)
+        if job is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"no job {job_id}")
+        assert job is not None
+        if job.user != user and user not in self.admins:
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, f"job {job_id} is not yours")
+        return job
+
+    # -- handlers
+
+    def SubmitJob(
+        self, request: pb.SubmitJobRequest, context: grpc.ServicerContext
+    ) -> pb.SubmitJobResponse:
+        user = self._user(context)
+        job = self._guard(context, lambda: self.s.submit(user, request.spec, SUBMIT_WAIT_S))
+        resp = pb.SubmitJobResponse(job_id=job.id)
+        if job.est_site:
+            resp.estimate.CopyFrom(
+                pb.Estimate(
+                    start=job.est_start,
+                    start_p90=job.est_p90,
+                    site=job.est_site,
+                    partition=job.est_partition,
+                    basis=job.reason,
+                )
+            )
+        elif job.reason:
+            resp.estimate.basis = job.reason
+        return resp
+
+    def Plan(self, request: pb.PlanRequest, context: grpc.ServicerContext) -> pb.PlanResponse:
+        user = self._user(context)
+        choices = self._guard(context, lambda: self.s.plan(user, request.spec))
+        out = pb.PlanResponse()
+        for c in choices:
+            sc = pb.SiteChoice(site=c.site, eligible=c.eligible, reason=c.reason)
+            e = estimate_pb(c.estimate)
+            if e is not None:
+                sc.estimate.CopyFrom(e)
+            elif c.eligible:
+                sc.reason = "no slot found"
+            out.choices.append(sc)
+        return out
+
+    def GetJob(self, request: pb.GetJobRequest, context: grpc.ServicerContext) -> pb.Job:
+        job = self._own_job(context, request.job_id)
+        return job_pb(job, self.s.store.events(job.id))
+
+    def ListJobs(
+        self, request: pb.ListJobsRequest, context: grpc.ServicerContext
+    ) -> pb.ListJobsResponse:
+        user = self._user(context)
+        if request.all_users and user not in self.admins:
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, "only admins may list all users")
+        states = [JobState.from_pb(s) for s in request.states] or None
+        jobs = self.s.store.jobs(
+            user=None if request.all_users else user,
+            states=states,
+            include_final=request.include_final,
+            limit=min(request.limit or 1000, 100_000),
+        )
+        return pb.ListJobsResponse(jobs=[job_pb(j) for j in jobs])
+
+    def CancelJob(self, request: pb.CancelJobRequest, context: grpc.ServicerContext) -> pb.Job:
+        self._own_job(context, request.job_id)
+        job = self._guard(context, lambda: self.s.cancel(request.job_id))
+        return job_pb(job)
+
+    def WatchJob(
+        self, request: pb.WatchJobRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.Job]:
+        job = self._own_job(context, request.job_id)
+        last: tuple[Any, ...] | None = None
+        version = self.s.store.version
+        while context.is_active():
+            job_now = self.s.store.job(job.id)
+            assert job_now is not None
+            key = (job_now.state, job_now.updated_at, job_now.reason)
+            if key != last:
+                last = key
+                yield job_pb(job_now, self.s.store.events(job.id))
+                if job_now.state.is_final:
+                    return
+            version = self.s.store.wait_change(version, timeout=1.0)
+
+    def ListSites(
+        self, request: pb.ListSitesRequest, context: grpc.ServicerContext
+    ) -> pb.ListSitesResponse:
+        self._user(context)
+        now = time.time()
+        views = {v.name: v for v in self.s._views(now)}
+        probe = Request(0, "", jobspec.shape_of(pb.JobSpec(time_limit_minutes=60)))
+        out = pb.ListSitesResponse()
+        for site in self.s.sites.all():
+            summary = pb.SiteSummary(name=site.name, state=site.state, last_seen=site.last_seen)
+            rep = site.report
+            if rep is not None:
+                summary.partitions.extend(rep.partitions)
+                summary.slurm_version = rep.slurm_version
+                for n in rep.nodes:
+                    summary.total_cpus += n.cpus
+                    summary.free_cpus += max(0, n.cpus - n.alloc_cpus)
+                    total_g = sum(g.count for g in n.gpus)
+                    summary.total_gpus += total_g
+                    summary.free_gpus += max(0, total_g - sum(g.count for g in n.alloc_gpus))
+                summary.running_jobs = sum(1 for j in rep.jobs if j.state == "RUNNING")
+                summary.pending_jobs = sum(1 for j in rep.jobs if j.state == "PENDING")
+            view = views.get(site.name)
+            if view is not None and view.partitions:
+                choices = self.s.placer.plan(probe, [view], now)
+                est = choices[0].estimate if choices and choices[0].eligible else None
+                if est is not None and est.start != math.inf:
+                    summary.est_wait_seconds = max(0.0, est.start - now)
+                else:
+                    summary.est_wait_seconds = -1
+            out.sites.append(summary)
+        return out

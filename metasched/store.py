@@ -1,0 +1,592 @@
+"""The global queue: jobs, their history and the sites, in one SQLite file.
+
+Durability: every state change is one transaction (the job row and its history event
+together), committed with synchronous=FULL in WAL mode before anyone is told about it, so
+an acknowledged job survives a process crash and a power cut. All writes go through one
+writer thread that commits whatever has queued up in one transaction (group commit): the
+fsync is paid once per batch, not once per job, which is what lets the daemon take
+thousands of durable submissions a second.
+
+The writer also keeps the live (non-final) jobs in memory, so placement and the agent
+streams read them without touching the disk; finished jobs are read back from the file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+import sqlite_utils
+
+from metasched import log
+from metasched.states import FINAL_STATES, JobState, can_move
+from metasched.v1 import metasched_pb2 as pb
+
+T = TypeVar("T")
+SCHEMA_VERSION = 1
+MAX_BATCH = 2000
+
+
+class StoreError(Exception):
+    pass
+
+
+class IllegalTransition(StoreError):
+    pass
+
+
+class NoSuchJob(StoreError):
+    pass
+
+
+@dataclass(frozen=True)
+class JobRow:
+    id: int
+    user: str
+    spec: pb.JobSpec
+    state: JobState
+    submitted_at: float
+    updated_at: float
+    site: str = ""
+    partition: str = ""
+    slurm_job_id: str = ""
+    attempt: int = 0
+    started_at: float = 0.0
+    ended_at: float = 0.0
+    exit_code: int = 0
+    reason: str = ""
+    est_start: float = 0.0
+    est_p90: float = 0.0
+    est_site: str = ""
+    est_partition: str = ""
+    est_at: float = 0.0
+    infra_retries: int = 0
+    cancel_requested: bool = False
+    # sites this job may no longer go to (a site refused it, or failed it for infra reasons)
+    avoid_sites: tuple[str, ...] = field(default=())
+
+
+@dataclass(frozen=True)
+class Event:
+    job_id: int
+    at: float
+    state: JobState
+    site: str
+    slurm_job_id: str
+    attempt: int
+    detail: str
+
+
+_JOB_COLUMNS = {
+    "id": int,
+    "user": str,
+    "name": str,
+    "spec": bytes,
+    "state": str,
+    "submitted_at": float,
+    "updated_at": float,
+    "site": str,
+    "partition": str,
+    "slurm_job_id": str,
+    "attempt": int,
+    "started_at": float,
+    "ended_at": float,
+    "exit_code": int,
+    "reason": str,
+    "est_start": float,
+    "est_p90": float,
+    "est_site": str,
+    "est_partition": str,
+    "est_at": float,
+    "infra_retries": int,
+    "cancel_requested": int,
+    "avoid_sites": str,
+}
+
+
+def _row_to_job(r: sqlite3.Row) -> JobRow:
+    spec = pb.JobSpec()
+    spec.ParseFromString(r["spec"])
+    return JobRow(
+        id=r["id"],
+        user=r["user"],
+        spec=spec,
+        state=JobState(r["state"]),
+        submitted_at=r["submitted_at"],
+        updated_at=r["updated_at"],
+        site=r["site"] or "",
+        partition=r["partition"] or "",
+        slurm_job_id=r["slurm_job_id"] or "",
+        attempt=r["attempt"] or 0,
+        started_at=r["started_at"] or 0.0,
+        ended_at=r["ended_at"] or 0.0,
+        exit_code=r["exit_code"] or 0,
+        reason=r["reason"] or "",
+        est_start=r["est_start"] or 0.0,
+        est_p90=r["est_p90"] or 0.0,
+        est_site=r["est_site"] or "",
+        est_partition=r["est_partition"] or "",
+        est_at=r["est_at"] or 0.0,
+        infra_retries=r["infra_retries"] or 0,
+        cancel_requested=bool(r["cancel_requested"]),
+        avoid_sites=tuple(s for s in (r["avoid_sites"] or "").split(",") if s),
+    )
+
+
+_UPDATABLE = (
+    "state",
+    "updated_at",
+    "site",
+    "partition",
+    "slurm_job_id",
+    "attempt",
+    "started_at",
+    "ended_at",
+    "exit_code",
+    "reason",
+    "est_start",
+    "est_p90",
+    "est_site",
+    "est_partition",
+    "est_at",
+    "infra_retries",
+    "cancel_requested",
+    "avoid_sites",
+)
+
+
+def _db_value(name: str, value: Any) -> Any:
+    if name == "state":
+        return str(value)
+    if name == "cancel_requested":
+        return int(bool(value))
+    if name == "avoid_sites":
+        return ",".join(value)
+    return value
+
+
+# event names in the log, by the state a job moves to
+_LOG_EVENT = {
+    JobState.QUEUED: "job_requeued",
+    JobState.FORWARDING: "job_forwarded",
+    JobState.PENDING: "job_pending",
+    JobState.RUNNING: "job_running",
+    JobState.CANCELLING: "job_cancelling",
+    JobState.RECALLING: "job_recalling",
+    JobState.COMPLETED: "job_completed",
+    JobState.FAILED: "job_failed",
+    JobState.CANCELLED: "job_cancelled",
+    JobState.TIMEOUT: "job_timeout",
+    JobState.OUT_OF_MEMORY: "job_out_of_memory",
+    JobState.NODE_FAIL: "job_node_fail",
+}
+
+
+class Batch:
+    """The jobs changed so far in one write transaction (seen by later operations in it)."""
+
+    def __init__(self, store: Store, conn: sqlite3.Connection, now: float) -> None:
+        self.store = store
+        self.conn = conn
+        self.now = now
+        self.changed: dict[int, JobRow] = {}
+        self.events: list[tuple[JobRow, JobState, str]] = []  # (new row, old state, detail)
+
+    def job(self, job_id: int) -> JobRow:
+        row = self.changed.get(job_id) or self.store.live.get(job_id)
+        if row is None:
+            row = self.store._read_job(self.conn, job_id)
+        if row is None:
+            raise NoSuchJob(f"no job {job_id}")
+        return row
+
+    def insert_job(self, user: str, spec: pb.JobSpec, **fields: Any) -> JobRow:
+        values = {
+            "user": user,
+            "name": spec.name,
+            "spec": spec.SerializeToString(),
+            "state": str(JobState.QUEUED),
+            "submitted_at": self.now,
+            "updated_at": self.now,
+            **{k: _db_value(k, v) for k, v in fields.items()},
+        }
+        cols = ",".join(values)
+        cur = self.conn.execute(
+            f"INSERT INTO jobs ({cols}) VALUES ({','.join('?' * len(values))})",
+            tuple(values.values()),
+        )
+        job_id = int(cur.lastrowid or 0)
+        row = JobRow(
+            id=job_id,
+            user=user,
+            spec=spec,
+            state=JobState.QUEUED,
+            submitted_at=self.now,
+            updated_at=self.now,
+            **fields,
+        )
+        self._event(row, JobState.QUEUED, "submitted")
+        self.changed[job_id] = row
+        self.events.append((row, JobState.QUEUED, "submitted"))
+        return row
+
+    def move(
+        self,
+        job_id: int,
+        to: JobState,
+        detail: str = "",
+        expect: Iterable[JobState] | None = None,
+        **fields: Any,
+    ) -> JobRow:
+        """Move a job to state `to` (or update its fields in place when `to` is its state)."""
+        old = self.job(job_id)
+        if expect is not None and old.state not in set(expect):
+            raise IllegalTransition(f"job {job_id} is {old.state}, not {'/'.join(expect)}")
+        if not can_move(old.state, to):
+            raise IllegalTransition(f"job {job_id} cannot go from {old.state} to {to}")
+        new = replace(old, state=to, updated_at=self.now, **fields)
+        changes = {
+            k: _db_value(k, getattr(new, k))
+            for k in _UPDATABLE
+            if getattr(new, k) != getattr(old, k) or k == "updated_at"
+        }
+        sets = ",".join(f"{k}=?" for k in changes)
+        self.conn.execute(f"UPDATE jobs SET {sets} WHERE id=?", (*changes.values(), job_id))
+        state_changed = to != old.state
+        if state_changed or detail:
+            self._event(new, old.state, detail)
+            self.events.append((new, old.state, detail))
+        self.changed[job_id] = new
+        return new
+
+    def _event(self, row: JobRow, _old: JobState, detail: str) -> None:
+        self.conn.execute(
+            "INSERT INTO job_events (job_id, at, state, site, slurm_job_id, attempt, detail)"
+            " VALUES (?,?,?,?,?,?,?)",
+            (row.id, self.now, str(row.state), row.site, row.slurm_job_id, row.attempt, detail),
+        )
+
+
+Listener = Callable[[list[tuple[JobRow, JobState, str]]], None]
+
+
+class Store:
+    """SQLite-backed global queue with one group-committing writer thread."""
+
+    def __init__(self, path: Path | str, synchronous: str = "FULL") -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._synchronous = synchronous
+        self._local = threading.local()
+        self._queue: queue.Queue[tuple[Callable[[Batch], Any], Future[Any]] | None] = queue.Queue()
+        self._listeners: list[Listener] = []
+        self.live: dict[int, JobRow] = {}
+        self.log = log.get(component="store")
+        conn = self._connect()
+        self._create_schema(conn)
+        self._check_integrity(conn)
+        for r in conn.execute(
+            "SELECT * FROM jobs WHERE state NOT IN ({})".format(",".join("?" * len(FINAL_STATES))),
+            tuple(str(s) for s in FINAL_STATES),
+        ):
+            job = _row_to_job(r)
+            self.live[job.id] = job
+        self.federation = self._federation_id(conn)
+        self._wconn = conn
+        self._changed = threading.Condition()
+        self._version = 0
+        self._writer = threading.Thread(target=self._write_loop, name="store-writer", daemon=True)
+        self._writer.start()
+
+    # ---------------------------------------------------------------- connections and schema
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={self._synchronous}")
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute("PRAGMA busy_timeout=30000")
+        return conn
+
+    def _reader(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._connect()
+            self._local.conn = conn
+        return conn
+
+    def _create_schema(self, conn: sqlite3.Connection) -> None:
+        db = sqlite_utils.Database(conn)
+        db.table("jobs").create(_JOB_COLUMNS, pk="id", if_not_exists=True)
+        db.table("job_events").create(
+            {
+                "id": int,
+                "job_id": int,
+                "at": float,
+                "state": str,
+                "site": str,
+                "slurm_job_id": str,
+                "attempt": int,
+                "detail": str,
+            },
+            pk="id",
+            foreign_keys=[("job_id", "jobs", "id")],
+            if_not_exists=True,
+        )
+        db.table("sites").create(
+            {"name": str, "state": str, "last_seen": float, "report": bytes, "updated_at": float},
+            pk="name",
+            if_not_exists=True,
+        )
+        db.table("meta").create({"key": str, "value": str}, pk="key", if_not_exists=True)
+        db.table("job_events").create_index(["job_id"], if_not_exists=True)
+        db.table("jobs").create_index(["state"], if_not_exists=True)
+        db.table("jobs").create_index(["user", "state"], if_not_exists=True)
+        version = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        if version is None:
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES ('schema_version', ?)", (SCHEMA_VERSION,)
+            )
+        elif int(version[0]) > SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path} has schema version {version[0]}, newer than this metaschedd "
+                f"({SCHEMA_VERSION}): upgrade metaschedd"
+            )
+
+    def _check_integrity(self, conn: sqlite3.Connection) -> None:
+        result = conn.execute("PRAGMA quick_check").fetchone()[0]
+        if result != "ok":
+            raise StoreError(f"{self.path} failed its integrity check: {result}")
+
+    def _federation_id(self, conn: sqlite3.Connection) -> str:
+        row = conn.execute("SELECT value FROM meta WHERE key='federation'").fetchone()
+        if row:
+            return str(row[0])
+        fed = uuid.uuid4().hex[:12]
+        conn.execute("INSERT INTO meta (key, value) VALUES ('federation', ?)", (fed,))
+        return fed
+
+    # ---------------------------------------------------------------- the writer
+
+    def write(self, op: Callable[[Batch], T]) -> Future[T]:
+        """Run `op` inside the next write transaction; the future resolves after COMMIT."""
+        fut: Future[T] = Future()
+        self._queue.put((op, fut))
+        return fut
+
+    def run(self, op: Callable[[Batch], T], timeout: float = 60) -> T:
+        return self.write(op).result(timeout)
+
+    def add_listener(self, fn: Listener) -> None:
+        """fn(changes) is called on the writer thread after each commit; keep it quick."""
+        self._listeners.append(fn)
+
+    def _write_loop(self) -> None:
+        conn = self._wconn
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            items = [first]
+            stop = False
+            while len(items) < MAX_BATCH:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stop = True
+                    break
+                items.append(nxt)
+            self._run_batch(conn, items)
+            if stop:
+                return
+
+    def _run_batch(
+        self, conn: sqlite3.Connection, items: list[tuple[Callable[[Batch], Any], Future[Any]]]
+    ) -> None:
+        batch = Batch(self, conn, time.time())
+        results: list[tuple[Future[Any], Any, BaseException | None]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for op, fut in items:
+                # Each op in its own savepoint: one bad request fails alone, the rest commit.
+                saved_changed = dict(batch.changed)
+                saved_events = len(batch.events)
+                conn.execute("SAVEPOINT op")
+                try:
+                    res = op(batch)
+                    conn.execute("RELEASE op")
+                    results.append((fut, res, None))
+                except Exception as e:
+                    conn.execute("ROLLBACK TO op")
+                    conn.execute("RELEASE op")
+                    batch.changed = saved_changed
+                    del batch.events[saved_events:]
+                    results.append((fut, None, e))
+            conn.execute("COMMIT")
+        except Exception as e:  # the commit itself failed (disk full, I/O): nothing happened
+            with contextlib.suppress(Exception):
+                conn.execute("ROLLBACK")
+            self.log.error("store_commit_failed", error=str(e), ops=len(items))
+            for _op, fut in items:
+                fut.set_exception(StoreError(f"could not write the queue: {e}"))
+            return
+        for job_id, row in batch.changed.items():
+            if row.state in FINAL_STATES:
+                self.live.pop(job_id, None)
+            else:
+                self.live[job_id] = row
+        for fut, res, err in results:
+            if err is not None:
+                fut.set_exception(err)
+            else:
+                fut.set_result(res)
+        if batch.events:
+            self._log_events(batch.events)
+            for fn in self._listeners:
+                try:
+                    fn(batch.events)
+                except Exception:
+                    self.log.exception("store_listener_failed")
+            with self._changed:
+                self._version += 1
+                self._changed.notify_all()
+
+    def _log_events(self, events: list[tuple[JobRow, JobState, str]]) -> None:
+        for row, old, detail in events:
+            name = "job_submitted" if detail == "submitted" else _LOG_EVENT[row.state]
+            self.log.info(
+                name,
+                job_id=row.id,
+                user=row.user,
+                site=row.site or None,
+                partition=row.partition or None,
+                slurm_job_id=row.slurm_job_id or None,
+                attempt=row.attempt,
+                state=str(row.state),
+                previous=str(old),
+                detail=detail or None,
+            )
+
+    def wait_change(self, since: int, timeout: float) -> int:
+        """Block until a commit after version `since` (or timeout); return the current version."""
+        with self._changed:
+            if self._version == since:
+                self._changed.wait(timeout)
+            return self._version
+
+    @property
+    def version(self) -> int:
+        return self._version
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._writer.join(timeout=30)
+        with contextlib.suppress(Exception):
+            self._wconn.close()
+
+    # ---------------------------------------------------------------- reads
+
+    def _read_job(self, conn: sqlite3.Connection, job_id: int) -> JobRow | None:
+        r = conn.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
+        return _row_to_job(r) if r else None
+
+    def job(self, job_id: int) -> JobRow | None:
+        row = self.live.get(job_id)
+        if row is not None:
+            return row
+        return self._read_job(self._reader(), job_id)
+
+    def events(self, job_id: int) -> list[Event]:
+        return [
+            Event(
+                r["job_id"],
+                r["at"],
+                JobState(r["state"]),
+                r["site"] or "",
+                r["slurm_job_id"] or "",
+                r["attempt"] or 0,
+                r["detail"] or "",
+            )
+            for r in self._reader().execute(
+                "SELECT * FROM job_events WHERE job_id=? ORDER BY id", (job_id,)
+            )
+        ]
+
+    def jobs(
+        self,
+        user: str | None = None,
+        states: Iterable[JobState] | None = None,
+        include_final: bool = False,
+        limit: int = 1000,
+    ) -> list[JobRow]:
+        wanted = set(states) if states else None
+        if not include_final and (wanted is None or not (wanted & FINAL_STATES)):
+            rows = [
+                j
+                for j in list(self.live.values())
+                if (user is None or j.user == user) and (wanted is None or j.state in wanted)
+            ]
+            return sorted(rows, key=lambda j: j.id)[:limit]
+        where, args = [], []
+        if user is not None:
+            where.append("user=?")
+            args.append(user)
+        if wanted is not None:
+            where.append("state IN ({})".format(",".join("?" * len(wanted))))
+            args.extend(str(s) for s in wanted)
+        sql = "SELECT * FROM jobs" + (" WHERE " + " AND ".join(where) if where else "")
+        sql += " ORDER BY id DESC LIMIT ?"
+        args.append(str(limit))
+        rows = [_row_to_job(r) for r in self._reader().execute(sql, args)]
+        return sorted(rows, key=lambda j: j.id)
+
+    def count_live(self, user: str) -> int:
+        return sum(1 for j in list(self.live.values()) if j.user == user)
+
+    # ---------------------------------------------------------------- sites
+
+    def save_site(self, name: str, state: str, last_seen: float, report: bytes | None) -> None:
+        def op(b: Batch) -> None:
+            if report is None:
+                b.conn.execute(
+                    "INSERT INTO sites (name, state, last_seen, updated_at) VALUES (?,?,?,?)"
+                    " ON CONFLICT(name) DO UPDATE SET state=excluded.state,"
+                    " last_seen=excluded.last_seen, updated_at=excluded.updated_at",
+                    (name, state, last_seen, b.now),
+                )
+            else:
+                b.conn.execute(
+                    "INSERT INTO sites (name, state, last_seen, report, updated_at)"
+                    " VALUES (?,?,?,?,?) ON CONFLICT(name) DO UPDATE SET state=excluded.state,"
+                    " last_seen=excluded.last_seen, report=excluded.report,"
+                    " updated_at=excluded.updated_at",
+                    (name, state, last_seen, report, b.now),
+                )
+
+        self.write(op)
+
+    def sites(self) -> list[tuple[str, str, float, bytes | None]]:
+        return [
+            (r["name"], r["state"], r["last_seen"] or 0.0, r["report"])
+            for r in self._reader().execute("SELECT * FROM sites ORDER BY name")
+        ]
+
+    def backup(self, dest: Path | str) -> None:
+        """An online, consistent copy of the database (SQLite's backup API)."""
+        target = sqlite3.connect(str(dest))
+        try:
+            self._reader().backup(target)
+        finally:
+            target.close()

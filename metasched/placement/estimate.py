@@ -43,6 +43,7 @@ class Estimate:
     site: str
     partition: str
     basis: str = ""
+    point: float = math.nan  # the uncalibrated profile start (what calibration observes)
 
 
 def is_blocked(reason: str) -> bool:
@@ -61,13 +62,13 @@ def _pool(site: SiteView, partition: str, gpu_type: str) -> tuple[int, int, int,
         if node is None or not node.usable:
             continue
         fc += node.free_cpus
-        tc += node.cpus
+        tc += node.cpus * node.count
         if gpu_type:
             fg += node.free_gpus.get(gpu_type, 0)
-            tg += node.gpus.get(gpu_type, 0)
+            tg += node.gpus.get(gpu_type, 0) * node.count
         else:
             fg += sum(node.free_gpus.values())
-            tg += sum(node.gpus.values())
+            tg += sum(node.gpus.values()) * node.count
     return fc, fg, tc, tg
 
 
@@ -129,12 +130,12 @@ class Calibrator:
 
     def estimate(self, site: str, partition: str, now: float, point: float, basis: str) -> Estimate:
         if point == math.inf:
-            return Estimate(math.inf, math.inf, site, partition, basis)
+            return Estimate(math.inf, math.inf, site, partition, basis, point)
         wait = max(0.0, point - now) + DISPATCH_DELAY_S
         m50, m90 = self.quantiles(site)
         w50 = max(DISPATCH_DELAY_S, (wait + self.C) * m50 - self.C)
         w90 = max(w50, (wait + self.C) * m90 - self.C)
-        return Estimate(now + w50, now + w90, site, partition, basis)
+        return Estimate(now + w50, now + w90, site, partition, basis, point)
 
 
 def _quantile(sorted_values: list[float], q: float) -> float:

@@ -11,6 +11,12 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True)
 class NodeView:
+    """One node, or `count` identical nodes reported as one group (as sinfo groups them).
+
+    cpus, mem_mb and gpus are per node (what one node of the group can hold); free_cpus,
+    free_mem_mb and free_gpus are totals over the group.
+    """
+
     name: str
     partitions: tuple[str, ...]
     usable: bool
@@ -20,6 +26,7 @@ class NodeView:
     free_mem_mb: int
     gpus: dict[str, int] = field(default_factory=dict)  # type -> count
     free_gpus: dict[str, int] = field(default_factory=dict)
+    count: int = 1
 
 
 @dataclass(frozen=True)

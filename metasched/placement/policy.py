@@ -38,10 +38,14 @@ class Request:
 
 @dataclass(frozen=True)
 class Decision:
+    """Where a job goes. hold=True: keep it in the global queue this cycle (its estimate and
+    the site it would go to are current, for msub to show); forward only when hold is False."""
+
     job_id: int
     site: str
     partition: str
     estimate: Estimate
+    hold: bool = False
 
 
 @dataclass(frozen=True)
@@ -79,7 +83,11 @@ def partition_refusal(site: SiteView, part: PartitionView, shape: Shape) -> str:
         )
     if part.max_nodes_per_job and shape.nodes > part.max_nodes_per_job:
         return f"{shape.nodes} nodes over the partition's per-job limit {part.max_nodes_per_job}"
-    fitting = sum(1 for n in part.nodes if n in site.nodes and node_fits(site.nodes[n], shape))
+    fitting = sum(
+        site.nodes[n].count
+        for n in part.nodes
+        if n in site.nodes and node_fits(site.nodes[n], shape)
+    )
     if fitting < shape.nodes:
         if (
             shape.gpus_per_node
@@ -136,6 +144,10 @@ class Placer:
 
     runtimes: RuntimePredictor = field(default_factory=RuntimePredictor)
     calibration: Calibrator = field(default_factory=Calibrator)
+    # Late binding: a job whose planned start is more than this many seconds away is held in
+    # the global queue (Decision.hold) and re-planned next cycle, so it goes wherever capacity
+    # actually frees first. None: forward every placeable job at once (early binding).
+    hold_horizon_s: float | None = None
 
     def _profile(
         self,
@@ -236,5 +248,6 @@ class Placer:
                     other.reserve(start, Need(need.cpus, 0, need.seconds))
             basis = "free now" if start <= now else "after work ahead ends"
             est = self.calibration.estimate(sname, p, now, start, basis)
-            out.append(Decision(req.job_id, sname, p, est))
+            hold = self.hold_horizon_s is not None and start > now + self.hold_horizon_s
+            out.append(Decision(req.job_id, sname, p, est, hold))
         return out

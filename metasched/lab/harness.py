@@ -1,0 +1,478 @@
+"""Several real Slurm clusters ("sites") on one machine, on loopback, for tests and demos.
+
+Each site has its own slurm.conf, ports, state, spool and logs, one slurmctld and one slurmd
+per fake node (all on 127.0.0.1, each with its own Port=). One munged with its own key and
+socket serves all sites, so the lab never touches the machine's munge or Slurm.
+
+Layout under root (keep it short: the munge socket path must fit in a sockaddr_un):
+    lab.json                  base port and site names, so another process can attach
+    munge/                    key, socket, logs
+    <site>/slurm.conf         what client commands need (SLURM_CONF=...)
+    <site>/{state,spool,log,run,fakedev}/, gres.conf, jobcomp.txt
+Site i listens on base+100*i (slurmctld) and base+100*i+10+k (slurmd of node k).
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import random
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict
+from importlib import resources
+from pathlib import Path
+from types import TracebackType
+
+from metasched.lab import procs
+from metasched.lab.procs import Daemon
+from metasched.lab.profiles import Partition, SiteProfile
+
+# sockaddr_un.sun_path is 108 bytes including the trailing NUL
+_MAX_SOCKET_PATH = 107
+# Free port ranges are looked for below the kernel's ephemeral range (usually 32768+), so a
+# client connection never holds a port a daemon is about to bind.
+_PORT_LOW, _PORT_HIGH = 20000, 32000
+_REQUIRED = ("slurmctld", "slurmd", "munged", "mungekey", "munge", "scontrol", "sinfo")
+
+
+class LabError(RuntimeError):
+    """The lab could not be brought up or down; the message names the log to read."""
+
+
+def slurm_installed() -> bool:
+    return all(shutil.which(b) for b in _REQUIRED)
+
+
+def _port_busy(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("0.0.0.0", port))  # slurmctld and slurmd bind every address
+        except OSError:
+            return True
+    return False
+
+
+def _find_base_port(sites: int) -> int:
+    span = 100 * sites
+    for _ in range(200):
+        base = random.randrange(_PORT_LOW, _PORT_HIGH - span, 100)
+        if not any(_port_busy(p) for p in range(base, base + span, 1)):
+            return base
+    raise LabError(f"no free range of {span} ports in {_PORT_LOW}..{_PORT_HIGH}")
+
+
+def _template(name: str) -> str:
+    return resources.files("metasched.lab").joinpath("templates", name).read_text()
+
+
+class SlurmLab:
+    """A set of Slurm sites on this machine. Needs root, slurmctld, slurmd and munge.
+
+    overrides replaces (or adds) slurm.conf keys for every site, e.g. {"MinJobAge": "2"}.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        sites: Iterable[SiteProfile],
+        base_port: int | None = None,
+        *,
+        overrides: Mapping[str, str] | None = None,
+        jobid_step: int = 0,
+        timeout: float = 30.0,
+        cleanup_at_exit: bool = True,
+    ) -> None:
+        self.root = Path(root).absolute()
+        self.sites = {s.name: s for s in sites}
+        if not self.sites:
+            raise LabError("a lab needs at least one site")
+        self.overrides = dict(overrides or {})
+        self.jobid_step = jobid_step
+        self.timeout = timeout
+        self.cleanup_at_exit = cleanup_at_exit
+        self._base_port = base_port
+        self._munge_dir = self.root / "munge"
+        self.munge_socket = self._munge_dir / "munge.socket.2"
+        if len(str(self.munge_socket).encode()) > _MAX_SOCKET_PATH:
+            raise LabError(f"lab root {self.root} is too long for a unix socket path; use /tmp/x")
+        self._munged = Daemon(self._munge_dir / "lab-munged.pid", f"--socket={self.munge_socket}")
+
+    # ------------------------------------------------------------ attaching from elsewhere
+    @classmethod
+    def attach(cls, root: Path, *, cleanup_at_exit: bool = False) -> SlurmLab:
+        """The lab a previous `up` left under root (used by `python -m metasched.lab down`)."""
+        try:
+            meta = json.loads((Path(root) / "lab.json").read_text())
+        except (OSError, ValueError) as e:
+            raise LabError(f"no lab under {root}: {e}") from None
+        sites = [SiteProfile(**{**s, "partitions": _partitions(s)}) for s in meta["sites"]]
+        return cls(
+            Path(root),
+            sites,
+            meta["base_port"],
+            overrides=meta.get("overrides"),
+            jobid_step=meta.get("jobid_step", 0),
+            cleanup_at_exit=cleanup_at_exit,
+        )
+
+    def _save_meta(self) -> None:
+        meta = {
+            "base_port": self.base_port,
+            "overrides": self.overrides,
+            "jobid_step": self.jobid_step,
+            "sites": [asdict(s) for s in self.sites.values()],
+        }
+        (self.root / "lab.json").write_text(json.dumps(meta, indent=1) + "\n")
+
+    @property
+    def base_port(self) -> int:
+        if self._base_port is None:
+            self._base_port = _find_base_port(len(self.sites))
+        return self._base_port
+
+    # ------------------------------------------------------------ public paths
+    def site_dir(self, name: str) -> Path:
+        self._site(name)
+        return self.root / name
+
+    def slurm_conf(self, name: str) -> Path:
+        return self.site_dir(name) / "slurm.conf"
+
+    def env(self, name: str) -> dict[str, str]:
+        """What a client command needs in its environment to talk to this site."""
+        return {"SLURM_CONF": str(self.slurm_conf(name))}
+
+    def ctld_port(self, name: str) -> int:
+        return self.base_port + 100 * list(self.sites).index(self._site(name).name)
+
+    def _site(self, name: str) -> SiteProfile:
+        try:
+            return self.sites[name]
+        except KeyError:
+            raise LabError(f"no site {name!r} in this lab ({', '.join(self.sites)})") from None
+
+    # ------------------------------------------------------------ daemons of a site
+    def _ctld(self, name: str) -> Daemon:
+        conf = self.slurm_conf(name)
+        return Daemon(self.root / name / "run" / "lab-slurmctld.pid", f"slurmctld -D -f {conf}")
+
+    def _slurmds(self, name: str) -> list[Daemon]:
+        conf = self.slurm_conf(name)
+        run = self.root / name / "run"
+        return [
+            Daemon(run / f"lab-slurmd-{n}.pid", f"slurmd -D -f {conf} -N {n} ")
+            for n in self._site(name).node_names()
+        ]
+
+    def _daemon_env(self, name: str) -> dict[str, str]:
+        env = dict(os.environ)
+        env["SLURM_CONF"] = str(self.slurm_conf(name))
+        env[procs.MARKER_VAR] = str(self.root)
+        return env
+
+    def _client(
+        self, name: str, *args: str, timeout: float = 10
+    ) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, **self.env(name)}
+        try:
+            return subprocess.run(
+                args, env=env, capture_output=True, text=True, timeout=timeout, check=False
+            )
+        except subprocess.TimeoutExpired:
+            return subprocess.CompletedProcess(args, 124, "", "timed out")
+
+    # ------------------------------------------------------------ bring-up
+    def up(self) -> None:
+        """Start munged and every site that is not up (from a clean state); wait until every
+        slurmctld answers ping and every node is registered."""
+        if os.geteuid() != 0:
+            raise LabError("the Slurm lab needs root (slurmd runs jobs as their users)")
+        missing = [b for b in _REQUIRED if not shutil.which(b)]
+        if missing:
+            raise LabError(
+                f"not installed: {', '.join(missing)} (apt-get install slurmctld "
+                "slurmd slurm-client munge)"
+            )
+        self.root.mkdir(parents=True, exist_ok=True)
+        to_start = [n for n in self.sites if not self._ctld(n).alive()]
+        busy = [f"{n}:{p}" for n in to_start for p in self._site_ports(n) if _port_busy(p)]
+        if busy:
+            raise LabError(f"ports already in use (choose another base_port): {' '.join(busy)}")
+        self._save_meta()
+        if self.cleanup_at_exit:
+            atexit.register(self.down)
+        self._munge_up()
+        for name in to_start:
+            shutil.rmtree(self.root / name, ignore_errors=True)
+            self._render(name)
+            self._start_ctld(name)
+        for name in to_start:
+            self._wait_ping(name)
+        for name in self.sites:
+            self._start_slurmds(name)
+        for name in self.sites:
+            self._wait_ready(name)
+
+    def _site_ports(self, name: str) -> list[int]:
+        base = self.ctld_port(name)
+        return [base] + [base + 10 + k for k in range(1, self._site(name).nodes + 1)]
+
+    def _munge_up(self) -> None:
+        if self._munged.alive():
+            return
+        d = self._munge_dir
+        d.mkdir(parents=True, exist_ok=True)
+        # munged refuses a socket dir others can write; 711 lets job-submitting users reach it
+        d.chmod(0o711)
+        key = d / "munge.key"
+        if not key.exists() or key.stat().st_size == 0:
+            subprocess.run(
+                ["mungekey", "--create", f"--keyfile={key}", "--bits=1024"],
+                check=True,
+                capture_output=True,
+            )
+        key.chmod(0o600)
+        for stale in (self.munge_socket, Path(f"{self.munge_socket}.lock")):
+            stale.unlink(missing_ok=True)
+        self._munged.start(
+            [
+                "munged",
+                "--foreground",
+                f"--socket={self.munge_socket}",
+                f"--key-file={key}",
+                f"--log-file={d / 'munged.log'}",
+                f"--pid-file={d / 'munged.pid'}",
+                f"--seed-file={d / 'munged.seed'}",
+                "--num-threads=4",
+            ],
+            {**os.environ, procs.MARKER_VAR: str(self.root)},
+            d / "munged.out",
+        )
+        deadline = time.monotonic() + self.timeout
+        while time.monotonic() < deadline:
+            if self.munge_socket.is_socket():
+                cred = subprocess.run(
+                    ["munge", "-S", str(self.munge_socket), "-n"], capture_output=True, check=False
+                )
+                if cred.returncode == 0:
+                    return
+            if not self._munged.alive():
+                break
+            time.sleep(0.05)
+        raise LabError(f"munged did not come up; see {d / 'munged.log'} and {d / 'munged.out'}")
+
+    def _render(self, name: str) -> None:
+        site = self._site(name)
+        d = self.root / name
+        for sub in ("state", "spool", "log", "run", "fakedev"):
+            (d / sub).mkdir(parents=True, exist_ok=True)
+        ctld_port = self.ctld_port(name)
+        index = list(self.sites).index(name)
+        subst = {
+            "@SITE@": name,
+            "@DIR@": str(d),
+            "@CTLD_PORT@": str(ctld_port),
+            "@SLURMD_PORT@": str(ctld_port + 11),
+            "@MUNGE_SOCKET@": str(self.munge_socket),
+            "@FIRST_JOB_ID@": str(1 + index * self.jobid_step),
+        }
+        text = _template("slurm.conf.in")
+        for var, value in subst.items():
+            text = text.replace(var, value)
+        lines = text.splitlines()
+        gres = ""
+        gres_conf = ""
+        if site.gpu_count:
+            gres = f" Gres=gpu:{site.gpu_type}:{site.gpu_count}"
+            # gres/gpu drops GPUs without File= (the node goes INVAL), and File= must be a
+            # device: symlinks to /dev/null are. The index is the trailing number.
+            for gpu in range(site.gpu_count):
+                (d / "fakedev" / f"nvidia{gpu}").symlink_to("/dev/null")
+            gres_conf = (
+                f"NodeName={name}-n[1-{site.nodes}] Name=gpu Type={site.gpu_type} "
+                f"File={d}/fakedev/nvidia[0-{site.gpu_count - 1}]\n"
+            )
+        (d / "gres.conf").write_text(gres_conf)
+        lines.append("")
+        lines.append("# ---- nodes: one slurmd per node, all on 127.0.0.1, one port each")
+        for k, node in enumerate(site.node_names(), start=1):
+            lines.append(
+                f"NodeName={node} NodeHostname=localhost NodeAddr=127.0.0.1 "
+                f"Port={ctld_port + 10 + k} CPUs={site.cpus} Boards=1 "
+                f"SocketsPerBoard={site.sockets} CoresPerSocket={site.cores_per_socket} "
+                f"ThreadsPerCore=1 RealMemory={site.mem_mb}{gres} Feature={name} State=UNKNOWN"
+            )
+        default = site.default_partition
+        for p in site.partitions:
+            max_time = str(p.max_time_minutes) if p.max_time_minutes else "UNLIMITED"
+            lines.append(
+                f"PartitionName={p.name} Nodes=ALL Default={'YES' if p.name == default else 'NO'} "
+                f"DefaultTime={p.default_time_minutes} MaxTime={max_time} State=UP"
+            )
+        lines = _apply_overrides(lines, self.overrides)
+        (d / "slurm.conf").write_text("\n".join(lines) + "\n")
+
+    def _start_ctld(self, name: str) -> None:
+        d = self.root / name
+        self._ctld(name).start(
+            ["slurmctld", "-D", "-f", str(self.slurm_conf(name))],
+            self._daemon_env(name),
+            d / "log" / "slurmctld.out",
+        )
+
+    def _start_slurmds(self, name: str) -> None:
+        d = self.root / name
+        for node, daemon in zip(self._site(name).node_names(), self._slurmds(name), strict=True):
+            if daemon.alive():
+                continue
+            (d / "spool" / node).mkdir(parents=True, exist_ok=True)
+            daemon.start(
+                ["slurmd", "-D", "-f", str(self.slurm_conf(name)), "-N", node],
+                self._daemon_env(name),
+                d / "log" / f"slurmd-{node}.out",
+            )
+
+    def _wait_ping(self, name: str) -> None:
+        log = self.root / name / "log" / "slurmctld.log"
+        deadline = time.monotonic() + self.timeout
+        while True:
+            if self._client(name, "scontrol", "ping", timeout=5).returncode == 0:
+                return
+            if not self._ctld(name).alive():
+                raise LabError(f"{name}: slurmctld died; see {log}")
+            if time.monotonic() > deadline:
+                raise LabError(
+                    f"{name}: slurmctld did not answer ping in {self.timeout}s; see {log}"
+                )
+            time.sleep(0.05)
+
+    def _wait_ready(self, name: str) -> None:
+        """Every node registered and responding (idle, or busy with recovered jobs)."""
+        want = set(self._site(name).node_names())
+        deadline = time.monotonic() + self.timeout
+        states = ""
+        while True:
+            out = self._client(name, "sinfo", "-h", "-N", "-o", "%N %T", timeout=5)
+            states = out.stdout.strip()
+            ok = set()
+            for line in states.splitlines():
+                node, _, state = line.partition(" ")
+                # a trailing '*' means not responding
+                bad = ("unk", "down", "fail", "inval", "future", "boot", "power", "not_resp")
+                if not state.endswith("*") and not any(b in state for b in bad):
+                    ok.add(node)
+            if want <= ok:
+                return
+            if time.monotonic() > deadline:
+                logs = self.root / name / "log"
+                raise LabError(
+                    f"{name}: nodes not ready after {self.timeout}s "
+                    f"({' '.join(states.split())}); see {logs}/slurmd-*.log"
+                )
+            time.sleep(0.05)
+
+    # ------------------------------------------------------------ outages
+    def stop_site(self, name: str) -> None:
+        """An outage: slurmctld and slurmds die, running jobs go on, state is kept."""
+        # slurmd alone, not its group: its slurmstepds (the running jobs) must survive
+        procs.stop_daemons(self._slurmds(name), group=False)
+        procs.stop_daemons([self._ctld(name)], group=True)
+
+    def start_site(self, name: str) -> None:
+        """Bring a stopped site back with its saved state; its jobs are recovered."""
+        self._munge_up()
+        if not self.slurm_conf(name).exists():
+            self._render(name)
+        if not self._ctld(name).alive():
+            port = self.ctld_port(name)
+            if _port_busy(port):
+                raise LabError(f"{name}: port {port} already in use")
+            self._start_ctld(name)
+            self._wait_ping(name)
+        self._start_slurmds(name)
+        self._wait_ready(name)
+
+    def site_up(self, name: str) -> bool:
+        return (
+            self._ctld(name).alive()
+            and self._client(name, "scontrol", "ping", timeout=5).returncode == 0
+        )
+
+    # ------------------------------------------------------------ teardown
+    def down(self) -> None:
+        """Cancel jobs, stop every daemon of the lab, kill anything jobs left behind."""
+        up = [n for n in self.sites if self.slurm_conf(n).exists() and self._ctld(n).alive()]
+        pending = []
+        for name in up:
+            ids = self._client(name, "squeue", "-h", "-o", "%i", timeout=5).stdout.split()
+            if ids:
+                self._client(name, "scancel", *ids, timeout=5)
+                pending.append(name)
+        deadline = (
+            time.monotonic() + 2.0
+        )  # jobs get a moment to end; the sweep below is the backstop
+        while pending and time.monotonic() < deadline:
+            pending = [
+                n
+                for n in pending
+                if self._client(n, "squeue", "-h", "-o", "%i", timeout=5).stdout.strip()
+            ]
+            time.sleep(0.1)
+        daemons = [d for n in self.sites for d in (*self._slurmds(n), self._ctld(n))]
+        procs.stop_daemons(daemons, group=True)
+        procs.stop_daemons([self._munged], group=True)
+        procs.kill_leftovers(self.root)
+        if self.cleanup_at_exit:
+            atexit.unregister(self.down)
+
+    def leftovers(self) -> list[int]:
+        """PIDs of processes still belonging to the lab (empty after down())."""
+        return procs.leftovers(self.root)
+
+    def __enter__(self) -> SlurmLab:
+        try:
+            self.up()
+        except BaseException:
+            self.down()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.down()
+
+
+def _apply_overrides(lines: list[str], overrides: Mapping[str, str]) -> list[str]:
+    """Replace 'Key=...' lines (Slurm keys are case-insensitive), append the keys not present."""
+    todo = {k.lower(): (k, v) for k, v in overrides.items()}
+    out = []
+    for line in lines:
+        key = (
+            line.split("=", 1)[0].strip().lower()
+            if "=" in line and not line.startswith("#")
+            else ""
+        )
+        if key in todo and not line.lstrip().startswith(("NodeName", "PartitionName")):
+            k, v = todo.pop(key)
+            out.append(f"{k}={v}")
+        else:
+            out.append(line)
+    out.extend(f"{k}={v}" for k, v in todo.values())
+    return out
+
+
+def _partitions(site: Mapping[str, object]) -> tuple[Partition, ...]:
+    raw = site.get("partitions") or []
+    if not isinstance(raw, list):
+        raise LabError("lab.json: partitions must be a list")
+    return tuple(Partition(**p) for p in raw)

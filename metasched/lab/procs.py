@@ -1,0 +1,202 @@
+"""Starting and stopping the lab's daemons, and finding everything they left behind.
+
+A PID is only trusted while the process still has the start time and command line we
+recorded (PIDs get recycled). Daemons run in their own session so a whole process group
+can be signalled. Job processes escape both: slurmstepd double-forks away from slurmd and
+tasks get their own process group, so they are found by a marker in their environment
+(slurmstepd inherits slurmd's) and by walking the process tree down from there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+# Set in every lab daemon's environment; inherited by slurmstepd (see module doc).
+MARKER_VAR = "METASCHED_LAB_DIR"
+
+
+def _start_time(pid: int) -> str | None:
+    """Field 22 of /proc/PID/stat (start time in clock ticks): with the PID, a unique id."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # the command name (field 2) may hold spaces or ')' : split after the last ')'
+    fields = stat.rsplit(")", 1)[1].split()
+    return fields[19] if len(fields) > 19 else None
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def _environ(pid: int) -> list[bytes]:
+    try:
+        return Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return []
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
+
+
+@dataclass(frozen=True)
+class Daemon:
+    """One process we started, as recorded in its PID file: 'pid starttime'."""
+
+    pidfile: Path
+    marker: str  # a substring of its command line, e.g. its config path
+
+    def pid(self) -> int | None:
+        """The recorded PID if that very process is still alive, else None."""
+        try:
+            pid_s, start = self.pidfile.read_text().split()
+            pid = int(pid_s)
+        except (OSError, ValueError):
+            return None
+        if _start_time(pid) != start or self.marker not in _cmdline(pid) or _is_zombie(pid):
+            return None
+        return pid
+
+    def alive(self) -> bool:
+        return self.pid() is not None
+
+    def start(self, argv: list[str], env: Mapping[str, str], log: Path) -> subprocess.Popen[bytes]:
+        with open(log, "ab") as out:
+            proc = subprocess.Popen(
+                argv,
+                env=dict(env),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # own process group: killpg reaches its helpers
+                close_fds=True,
+            )
+        start = _start_time(proc.pid) or "0"
+        self.pidfile.write_text(f"{proc.pid} {start}\n")
+        return proc
+
+
+def signal_daemons(daemons: Iterable[Daemon], sig: int, group: bool) -> list[tuple[Daemon, int]]:
+    """Send sig to every live daemon (its whole process group if group); return who got it."""
+    hit = []
+    for d in daemons:
+        pid = d.pid()
+        if pid is None:
+            continue
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            if group:
+                os.killpg(pid, sig)
+            else:
+                os.kill(pid, sig)
+        hit.append((d, pid))
+    return hit
+
+
+def stop_daemons(daemons: Iterable[Daemon], group: bool, grace: float = 10.0) -> None:
+    """SIGTERM all at once (slurmctld saves its state on TERM), SIGKILL what is left after grace."""
+    hit = signal_daemons(daemons, signal.SIGTERM, group)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(d.alive() for d, _ in hit):
+        _reap()
+        time.sleep(0.05)
+    for d, pid in hit:
+        if d.alive():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL) if group else os.kill(pid, signal.SIGKILL)
+        elif group:
+            # the leader is gone; helpers in its group (slurmscriptd) may not be
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
+        d.pidfile.unlink(missing_ok=True)
+    _reap()
+
+
+def _reap() -> None:
+    """Collect exited children of this process (daemons started by us) so they are not zombies."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def _all_pids() -> list[int]:
+    return [int(p) for p in os.listdir("/proc") if p.isdigit()]
+
+
+def _ppid(pid: int) -> int:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+def leftovers(lab_dir: Path) -> list[int]:
+    """Processes that belong to the lab at lab_dir: anything carrying our marker, or a job of
+    one of its sites (SLURM_JOB_ID and a SLURM_CONF under lab_dir), and all their descendants.
+    A user's shell that merely exported SLURM_CONF is not a job; we and our ancestors are spared."""
+    want_marker = f"{MARKER_VAR}={lab_dir}".encode()
+    conf_prefix = f"SLURM_CONF={lab_dir}/".encode()
+    spare = {0, 1}
+    pid = os.getpid()
+    while pid > 1:
+        spare.add(pid)
+        pid = _ppid(pid)
+    pids = _all_pids()
+    roots = set()
+    for pid in pids:
+        if pid in spare:
+            continue
+        env = _environ(pid)
+        is_job = any(e.startswith(b"SLURM_JOB_ID=") for e in env) and any(
+            e.startswith(conf_prefix) for e in env
+        )
+        if want_marker in env or is_job:
+            roots.add(pid)
+    # job scripts' children may have scrubbed their environment: take the whole subtree
+    children: dict[int, list[int]] = {}
+    for pid in pids:
+        children.setdefault(_ppid(pid), []).append(pid)
+    found, todo = set(), list(roots)
+    while todo:
+        pid = todo.pop()
+        if pid in found or pid in spare:
+            continue
+        found.add(pid)
+        todo.extend(children.get(pid, []))
+    return sorted(found)
+
+
+def kill_leftovers(lab_dir: Path) -> list[int]:
+    """SIGKILL every leftover process of the lab; return their PIDs."""
+    killed = []
+    for _ in range(3):  # a dying slurmstepd may still fork: sweep until nothing is found
+        pids = leftovers(lab_dir)
+        if not pids:
+            break
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        killed.extend(pids)
+        time.sleep(0.05)
+    _reap()
+    return killed

@@ -29,29 +29,10 @@ from metasched.agent.slurm.base import (
     SubmitRequest,
 )
 
-# stderr fragments meaning "slurmctld (or munge) could not be reached", as opposed to a refusal
-_UNAVAILABLE = (
-    "unable to contact slurm controller",
-    "socket timed out",
-    "connection refused",
-    "connect failure",
-    "zero bytes were transmitted",
-    "communication connection failure",
-    "slurm backup controller in standby mode",
-    "munge",
-    "authentication failure",
-    "slurmctld is not responding",
-    "temporarily unable to accept job",
-)
 # scancel of a job that is gone is success: cancel() is idempotent
 _ALREADY_GONE = ("invalid job id", "already completing or completed", "job has already finished")
 # Variables sbatch must see to work; nothing else of the agent's environment reaches it.
 _KEEP_ENV = ("PATH", "LANG", "LC_ALL", "TZ", "HOME")
-
-
-def _is_unavailable(stderr: str) -> bool:
-    low = stderr.lower()
-    return any(s in low for s in _UNAVAILABLE)
 
 
 class CliBackend(SlurmBackend):
@@ -114,7 +95,7 @@ class CliBackend(SlurmBackend):
             raise SlurmUnavailable(f"cannot run {argv[0]}: {e}") from None
         if check and proc.returncode != 0:
             message = _one_line(proc.stderr) or f"{cmd} exited {proc.returncode}"
-            if _is_unavailable(proc.stderr):
+            if parse.is_unavailable(proc.stderr):
                 raise SlurmUnavailable(f"{cmd}: {message}")
             raise SlurmError(f"{cmd}: {message}")
         return proc
@@ -193,7 +174,7 @@ class CliBackend(SlurmBackend):
         )
         if proc.returncode != 0:
             message = parse.sbatch_error(proc.stderr) or f"sbatch exited {proc.returncode}"
-            if _is_unavailable(proc.stderr):
+            if parse.is_unavailable(proc.stderr):
                 raise SlurmUnavailable(message)
             raise SlurmError(message)
         return parse.parse_sbatch_parsable(proc.stdout)
@@ -209,7 +190,7 @@ class CliBackend(SlurmBackend):
             extra_env=_job_env(req),
             check=False,
         )
-        if proc.returncode != 0 and _is_unavailable(proc.stderr):
+        if proc.returncode != 0 and parse.is_unavailable(proc.stderr):
             raise SlurmUnavailable(parse.sbatch_error(proc.stderr))
         return parse.parse_test_only(proc.stderr, proc.returncode)
 
@@ -220,7 +201,7 @@ class CliBackend(SlurmBackend):
         # 22.05 exits 0 for unknown ids; older or other setups say so on stderr
         if proc.returncode != 0 and not any(s in proc.stderr.lower() for s in _ALREADY_GONE):
             message = _one_line(proc.stderr) or f"scancel exited {proc.returncode}"
-            if _is_unavailable(proc.stderr):
+            if parse.is_unavailable(proc.stderr):
                 raise SlurmUnavailable(f"scancel: {message}")
             raise SlurmError(f"scancel: {message}")
 

@@ -509,6 +509,29 @@ def parse_config_text(text: str) -> dict[str, str]:
     return out
 
 
+# ------------------------------------------------------------------ errors
+# Fragments of Slurm's messages meaning "slurmctld (or munge) could not be reached", as
+# opposed to a refusal: the first is worth retrying later, the second is not.
+UNAVAILABLE_MESSAGES = (
+    "unable to contact slurm controller",
+    "socket timed out",
+    "connection refused",
+    "connect failure",
+    "zero bytes were transmitted",
+    "communication connection failure",
+    "slurm backup controller in standby mode",
+    "munge",
+    "authentication failure",
+    "slurmctld is not responding",
+    "temporarily unable to accept job",
+)
+
+
+def is_unavailable(message: str) -> bool:
+    low = message.lower()
+    return any(s in low for s in UNAVAILABLE_MESSAGES)
+
+
 # ------------------------------------------------------------------ sbatch
 @dataclass(frozen=True)
 class TestOnly:

@@ -1,0 +1,223 @@
+"""The pyslurm backend, for Slurm 25.11 sites with pyslurm 25.11 built against their Slurm.
+
+pyslurm is imported lazily (only this backend needs it, and it only builds against a
+site's own Slurm headers). The conversions from pyslurm objects are plain functions of
+attributes, so they are tested without pyslurm. Facts from a real 25.11.7 cluster:
+time_limit must be an int (minutes); user_id without group_id runs the job with gid root;
+a purged job's Job.load raises RPCError('Invalid job id specified') and Job(id).cancel()
+does not; there is no will-run (test-only) call.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import pwd
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+from metasched.agent.slurm import parse
+from metasched.agent.slurm.base import (
+    Node,
+    PartitionInfo,
+    SlurmBackend,
+    SlurmError,
+    SlurmJob,
+    SlurmUnavailable,
+    SubmitRequest,
+)
+
+# Slurm errnos meaning "could not talk to slurmctld" (slurm_errno.h: communication errors
+# 1000-1010, protocol socket errors 5000-5010).
+_UNAVAILABLE_ERRNOS = frozenset(range(1000, 1011)) | frozenset(range(5000, 5011))
+
+
+def _num(value: Any) -> int:
+    """pyslurm gives None for unset/unlimited and plain ints otherwise."""
+    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0
+
+
+def _gres_counts(value: Any) -> dict[str, int]:
+    """pyslurm GRES dicts {'gpu:h100': 4} or {'gpu': 2} (other GRES ignored) -> {type: n}."""
+    if isinstance(value, str):
+        return parse.parse_gres(value)
+    out: dict[str, int] = {}
+    for key, count in (value or {}).items():
+        name, _, gtype = str(key).partition(":")
+        if name == "gpu":
+            out[gtype] = out.get(gtype, 0) + _num(count)
+    return out
+
+
+def _exit(obj: Any) -> int:
+    sig = _num(getattr(obj, "exit_code_signal", 0))
+    return 128 + sig if sig else _num(getattr(obj, "exit_code", 0))
+
+
+# ------------------------------------------------------------------ pure conversions
+def job_from_pyslurm(job: Any) -> SlurmJob:
+    """pyslurm.Job or pyslurm.db.Job -> SlurmJob."""
+    nodes = _num(getattr(job, "num_nodes", 1)) or 1
+    per_node = _gres_counts(getattr(job, "gres_per_node", None))
+    types = [t for t in per_node if t]
+    user = getattr(job, "user_name", None) or getattr(job, "user", None) or ""
+    return SlurmJob(
+        job_id=str(getattr(job, "id", "")),
+        state=parse.base_state(getattr(job, "state", "")),
+        partition=str(getattr(job, "partition", "") or ""),
+        reason=str(getattr(job, "state_reason", "") or ""),
+        name=str(getattr(job, "name", "") or ""),
+        user=str(user),
+        comment=str(getattr(job, "comment", "") or ""),
+        nodes=nodes,
+        cpus=_num(getattr(job, "cpus", 1)) or 1,
+        gpus=sum(per_node.values()) * nodes,
+        gpu_type=types[0] if types else "",
+        time_limit_minutes=_num(getattr(job, "time_limit", 0)),
+        submit_time=float(_num(getattr(job, "submit_time", 0))),
+        start_time=float(_num(getattr(job, "start_time", 0))),
+        end_time=float(_num(getattr(job, "end_time", 0))),
+        exit_code=_exit(job),
+        priority=_num(getattr(job, "priority", 0)),
+    )
+
+
+def node_from_pyslurm(node: Any) -> Node:
+    return Node(
+        name=str(node.name),
+        partitions=tuple(getattr(node, "partitions", None) or ()),
+        state=parse.node_state(str(getattr(node, "state", "") or "").split("+")),
+        cpus=_num(getattr(node, "total_cpus", 0)),
+        alloc_cpus=_num(getattr(node, "allocated_cpus", 0)),
+        mem_mb=_num(getattr(node, "real_memory", 0)),
+        alloc_mem_mb=_num(getattr(node, "allocated_memory", 0)),
+        gpus=_gres_counts(getattr(node, "configured_gres", None)),
+        alloc_gpus=_gres_counts(getattr(node, "allocated_gres", None)),
+    )
+
+
+def partition_from_pyslurm(part: Any) -> PartitionInfo:
+    nodes = getattr(part, "nodes", "") or ""
+    return PartitionInfo(
+        name=str(part.name),
+        nodes=tuple(parse.expand_hostlist(nodes) if isinstance(nodes, str) else nodes),
+        max_time_minutes=_num(getattr(part, "max_time", 0)),
+        default_time_minutes=_num(getattr(part, "default_time", 0)),
+        max_nodes_per_job=_num(getattr(part, "max_nodes", 0)),
+        is_default=bool(getattr(part, "is_default", False)),
+        state=str(getattr(part, "state", "UP") or "UP").lower(),
+    )
+
+
+def submit_kwargs(req: SubmitRequest, uid: int | None, gid: int | None) -> dict[str, Any]:
+    """JobSubmitDescription arguments for req. The environment is always given: pyslurm
+    otherwise copies the agent's whole environment into the job."""
+    kw: dict[str, Any] = {
+        "script": req.script,
+        "nodes": req.nodes,
+        "ntasks": req.ntasks,
+        "cpus_per_task": req.cpus_per_task,
+        "time_limit": max(1, req.time_limit_minutes),  # an int: "10" raises TypeError
+        "comment": req.tag,
+        "environment": dict(req.environment),
+        # as sbatch --export=NONE/names: start from the user's login environment
+        "get_user_environment": True,
+    }
+    optional = {
+        "name": req.name,
+        "partitions": req.partition,
+        "working_directory": req.workdir,
+        "standard_output": req.output,
+        "standard_error": req.error,
+        "account": req.account,
+    }
+    kw.update({k: v for k, v in optional.items() if v})
+    if req.mem_per_node_mb:
+        kw["memory_per_node"] = f"{req.mem_per_node_mb}M"
+    if req.gpus_per_node:
+        gtype = f"{req.gpu_type}:" if req.gpu_type else ""
+        kw["gres_per_node"] = f"gpu:{gtype}{req.gpus_per_node}"
+    if uid is not None:
+        kw["user_id"] = uid
+        kw["group_id"] = gid  # user_id alone runs the job with gid root
+    return kw
+
+
+def iter_loaded(collection: Any) -> Iterator[Any]:
+    """Objects of a pyslurm collection: 25.11 keys Jobs by cluster, then id; others by id."""
+    values: Iterable[Any] = collection.values() if hasattr(collection, "values") else collection
+    for v in values:
+        if isinstance(v, Mapping) or (hasattr(v, "values") and not hasattr(v, "id")):
+            yield from iter_loaded(v)
+        else:
+            yield v
+
+
+# ------------------------------------------------------------------ the backend
+class PyslurmBackend(SlurmBackend):
+    name = "pyslurm"
+
+    def __init__(self, slurm_conf: str | None = None) -> None:
+        # libslurm reads SLURM_CONF when pyslurm is first imported: set it before
+        if slurm_conf:
+            os.environ["SLURM_CONF"] = slurm_conf
+        self._ps: Any = importlib.import_module("pyslurm")
+
+    def _call(self, what: str, fn: Any, *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except Exception as e:
+            if type(e).__name__ != "RPCError":
+                raise
+            errno = getattr(e, "errno", 0) or 0
+            msg = str(e)
+            if errno in _UNAVAILABLE_ERRNOS or parse.is_unavailable(msg):
+                raise SlurmUnavailable(f"{what}: {msg}") from None
+            raise SlurmError(f"{what}: {msg}") from None
+
+    def version(self) -> str:
+        # slurm_version() is libslurm's; version() is pyslurm's own, which tracks it (25.11.x)
+        fn = getattr(self._ps, "slurm_version", None) or getattr(self._ps, "version", None)
+        return str(fn()) if fn else ""
+
+    def submit(self, req: SubmitRequest) -> str:
+        uid = gid = None
+        if req.local_user:
+            try:
+                pw = pwd.getpwnam(req.local_user)
+            except KeyError:
+                raise SlurmError(f"no such local user {req.local_user!r}") from None
+            uid, gid = pw.pw_uid, pw.pw_gid
+        desc = self._ps.JobSubmitDescription(**submit_kwargs(req, uid, gid))
+        return str(self._call("submit", desc.submit))
+
+    def jobs(self) -> list[SlurmJob]:
+        loaded = self._call("load jobs", self._ps.Jobs.load)
+        return [job_from_pyslurm(j) for j in iter_loaded(loaded)]
+
+    def cancel(self, job_id: str) -> None:
+        self._call("cancel", self._ps.Job(int(job_id)).cancel)  # idempotent in 25.11
+
+    def nodes(self) -> list[Node]:
+        return [node_from_pyslurm(n) for n in iter_loaded(self._call("nodes", self._ps.Nodes.load))]
+
+    def partitions(self) -> list[PartitionInfo]:
+        loaded = self._call("partitions", self._ps.Partitions.load)
+        return [partition_from_pyslurm(p) for p in iter_loaded(loaded)]
+
+    def finished(self, job_ids: list[str], tags: list[str]) -> list[SlurmJob]:
+        """Needs slurmdbd (pyslurm.db). Lookup by tag loads the filter's whole window."""
+        if not job_ids and not tags:
+            return []
+        db = self._ps.db
+        flt = (
+            db.JobFilter(ids=[int(i) for i in job_ids]) if job_ids and not tags else db.JobFilter()
+        )
+        loaded = self._call("accounting", db.Jobs.load, flt)
+        ids, want = set(job_ids), set(tags)
+        out = []
+        for j in iter_loaded(loaded):
+            job = job_from_pyslurm(j)
+            if job.job_id in ids or (job.comment and job.comment in want):
+                out.append(job)
+        return out

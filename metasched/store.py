@@ -69,6 +69,7 @@ class JobRow:
     est_site: str = ""
     est_partition: str = ""
     est_at: float = 0.0
+    est_point: float = 0.0  # the uncalibrated profile start, what calibration learns from
     infra_retries: int = 0
     cancel_requested: bool = False
     # sites this job may no longer go to (a site refused it, or failed it for infra reasons)
@@ -107,6 +108,7 @@ _JOB_COLUMNS = {
     "est_site": str,
     "est_partition": str,
     "est_at": float,
+    "est_point": float,
     "infra_retries": int,
     "cancel_requested": int,
     "avoid_sites": str,
@@ -136,6 +138,7 @@ def _row_to_job(r: sqlite3.Row) -> JobRow:
         est_site=r["est_site"] or "",
         est_partition=r["est_partition"] or "",
         est_at=r["est_at"] or 0.0,
+        est_point=r["est_point"] or 0.0,
         infra_retries=r["infra_retries"] or 0,
         cancel_requested=bool(r["cancel_requested"]),
         avoid_sites=tuple(s for s in (r["avoid_sites"] or "").split(",") if s),
@@ -158,6 +161,7 @@ _UPDATABLE = (
     "est_site",
     "est_partition",
     "est_at",
+    "est_point",
     "infra_retries",
     "cancel_requested",
     "avoid_sites",

@@ -213,11 +213,30 @@ class Scheduler:
         decisions = self.placer.place([request_of(j) for j in queued], views, now)
         placed = {d.job_id for d in decisions}
         unplaced = [j for j in queued if j.id not in placed and j.est_at == 0]
+        by_id = {j.id: j for j in queued}
 
         def op(b: Batch) -> list[JobRow]:
             out = []
             for d in decisions:
+                est = {
+                    "est_start": d.estimate.start,
+                    "est_p90": d.estimate.start_p90,
+                    "est_site": d.site,
+                    "est_partition": d.partition,
+                    "est_at": now,
+                    "est_point": d.estimate.point,
+                }
                 try:
+                    if d.hold:
+                        # Late binding: keep it here, with a current estimate for msub.
+                        old = by_id[d.job_id]
+                        if old.est_site == d.site and abs(old.est_start - d.estimate.start) < max(
+                            60.0, 0.1 * (d.estimate.start - now)
+                        ):
+                            continue  # nothing worth a write
+                        reason = f"held in the global queue; best site now {d.site}"
+                        b.move(d.job_id, S.QUEUED, "", expect=[S.QUEUED], reason=reason, **est)
+                        continue
                     job = b.job(d.job_id)
                     out.append(
                         b.move(
@@ -229,12 +248,8 @@ class Scheduler:
                             partition=d.partition,
                             attempt=job.attempt + 1,
                             slurm_job_id="",
-                            est_start=d.estimate.start,
-                            est_p90=d.estimate.start_p90,
-                            est_site=d.site,
-                            est_partition=d.partition,
-                            est_at=now,
                             reason="",
+                            **est,
                         )
                     )
                 except IllegalTransition:
@@ -603,17 +618,17 @@ class Scheduler:
     def _learn_from_history(self) -> None:
         """Calibration survives restarts: it is rebuilt from recorded predicted vs actual starts."""
         for job in self.store.jobs(include_final=True, limit=2000):
-            if job.est_at and job.started_at and job.est_site:
+            if job.est_at and job.started_at and job.est_site and job.est_point:
                 self.placer.calibration.observe(
-                    job.est_site, job.est_start - job.est_at, job.started_at - job.est_at
+                    job.est_site, job.est_point - job.est_at, job.started_at - job.est_at
                 )
 
     def on_started(self, changes: list[tuple[JobRow, JobState, str]]) -> None:
         """Store listener: feed calibration with every job's predicted vs actual start."""
         for row, old, _ in changes:
-            if row.state == S.RUNNING and old != S.RUNNING and row.est_at and row.started_at:
+            if row.state == S.RUNNING and old != S.RUNNING and row.est_point and row.started_at:
                 self.placer.calibration.observe(
-                    row.est_site, row.est_start - row.est_at, row.started_at - row.est_at
+                    row.est_site, row.est_point - row.est_at, row.started_at - row.est_at
                 )
 
     # ---------------------------------------------------------------- the loop

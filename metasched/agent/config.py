@@ -1,0 +1,97 @@
+"""metasched-agent's settings (config/agent.toml is the commented example)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from metasched import catalog, config, precision
+from metasched.config import ConfigError
+
+
+@dataclass(frozen=True)
+class UserMap:
+    """Global user -> local account at this site. "*" = "*" maps everyone to the same name."""
+
+    accounts: dict[str, str] = field(default_factory=dict)
+    identity: bool = False
+
+    def local(self, user: str) -> str | None:
+        if user in self.accounts:
+            return self.accounts[user]
+        return user if self.identity else None
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    site: str
+    daemon: str  # host:port, or unix:/path
+    token: str
+    state_dir: Path = Path("/var/lib/metasched-agent")
+    poll_interval: float = 5.0
+    backend: str = "auto"
+    slurm_conf: str = ""
+    log_level: str = "info"
+    users: UserMap = field(default_factory=UserMap)
+    # partition name -> declared precisions (peak TFLOPS per node); absent = derived from GRES
+    precisions: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+def from_file(path: str | Path) -> AgentConfig:
+    return from_dict(config.load(path), str(path))
+
+
+def from_dict(raw: dict[str, Any], where: str = "config") -> AgentConfig:
+    a = raw.get("agent")
+    if not isinstance(a, dict):
+        raise ConfigError(f"{where}: an [agent] table is required")
+    w = f"{where}: agent"
+    site = config.get(a, "site", str, "", w)
+    if not site:
+        raise ConfigError(f"{w}.site is required")
+    daemon = config.get(a, "daemon", str, "", w)
+    if not daemon:
+        raise ConfigError(f"{w}.daemon (host:port of metaschedd) is required")
+    backend = config.get(a, "backend", str, "auto", w)
+    if backend not in ("auto", "cli", "pyslurm"):
+        raise ConfigError(f"{w}.backend must be auto, cli or pyslurm, not {backend!r}")
+    users_raw = raw.get("users", {})
+    if not isinstance(users_raw, dict):
+        raise ConfigError(f"{where}: [users] must be a table of global = local names")
+    accounts = {}
+    identity = False
+    for k, v in users_raw.items():
+        if not isinstance(v, str):
+            raise ConfigError(f"{where}: users.{k} must be a string (the local account)")
+        if k == "*":
+            if v != "*":
+                raise ConfigError(f'{where}: users."*" may only be "*" (same name everywhere)')
+            identity = True
+        else:
+            accounts[k] = v
+    precisions: dict[str, dict[str, float]] = {}
+    for i, p in enumerate(raw.get("partitions", [])):
+        if not isinstance(p, dict) or not isinstance(p.get("name"), str):
+            raise ConfigError(f"{where}: partitions[{i}] needs a name")
+        declared = p.get("precisions")
+        if declared is None:
+            continue
+        if not isinstance(declared, dict):
+            raise ConfigError(f"{where}: partitions[{i}].precisions must be a table")
+        try:
+            precisions[p["name"]] = catalog.partition_precisions({}, 0, declared)
+        except (ValueError, precision.UnknownPrecision) as e:
+            raise ConfigError(f"{where}: partitions[{i}].precisions: {e}") from None
+    return AgentConfig(
+        site=site,
+        daemon=daemon,
+        token=config.get(a, "token", str, "", w),
+        state_dir=Path(config.get(a, "state_dir", str, "/var/lib/metasched-agent", w)),
+        poll_interval=config.get(a, "poll_interval", float, 5.0, w),
+        backend=backend,
+        slurm_conf=config.get(a, "slurm_conf", str, "", w),
+        log_level=config.get(a, "log_level", str, "info", w),
+        users=UserMap(accounts, identity),
+        precisions=precisions,
+    )

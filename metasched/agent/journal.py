@@ -1,0 +1,54 @@
+"""The agent's own durable memory of what it asked Slurm to run.
+
+Before sbatch runs, the tag is written as an intent; after, the Slurm id. If the agent dies
+between the two, the next submit of the same tag first looks for it in Slurm (queue and
+completion records) instead of submitting again: this is what makes forwarding exactly-once
+across agent crashes. A cancelled tag is remembered so a late, re-sent submit is refused.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+
+class Journal:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=FULL")
+        self._conn.execute(
+            "CREATE TABLE IF NOT EXISTS submissions (tag TEXT PRIMARY KEY, job_id INTEGER,"
+            " attempt INTEGER, slurm_job_id TEXT, state TEXT, at REAL)"
+        )
+        self._lock = threading.Lock()
+
+    def get(self, tag: str) -> tuple[str, str] | None:
+        """(state, slurm_job_id) of a tag: state is intent, submitted or cancelled."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT state, slurm_job_id FROM submissions WHERE tag=?", (tag,)
+            ).fetchone()
+        return (row[0], row[1] or "") if row else None
+
+    def record(
+        self, tag: str, job_id: int, attempt: int, state: str, slurm_job_id: str = ""
+    ) -> None:
+        with self._lock:
+            self._conn.execute(
+                "INSERT INTO submissions (tag, job_id, attempt, slurm_job_id, state, at)"
+                " VALUES (?,?,?,?,?,?) ON CONFLICT(tag) DO UPDATE SET state=excluded.state,"
+                " slurm_job_id=COALESCE(NULLIF(excluded.slurm_job_id, ''), slurm_job_id),"
+                " at=excluded.at",
+                (tag, job_id, attempt, slurm_job_id, state, time.time()),
+            )
+
+    def forget_older_than(self, seconds: float) -> None:
+        with self._lock:
+            self._conn.execute("DELETE FROM submissions WHERE at < ?", (time.time() - seconds,))
+
+    def close(self) -> None:
+        self._conn.close()

@@ -1,0 +1,65 @@
+"""metasched-agent: runs next to one Slurm cluster and connects it to metaschedd."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+
+from metasched import log
+from metasched.agent import config as agent_config
+from metasched.agent.journal import Journal
+from metasched.agent.site_agent import SiteAgent
+from metasched.agent.slurm import make_backend
+from metasched.agent.slurm.base import SlurmError
+from metasched.config import ConfigError
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="metasched-agent", description=__doc__)
+    ap.add_argument("-c", "--config", default="/etc/metasched/agent.toml")
+    ap.add_argument(
+        "--check",
+        action="store_true",
+        help="check the config and that Slurm answers, print what the site offers, and exit",
+    )
+    args = ap.parse_args(argv)
+    try:
+        cfg = agent_config.from_file(args.config)
+        backend = make_backend(cfg.backend, cfg.slurm_conf or None)
+    except (ConfigError, SlurmError, ValueError) as e:
+        print(f"metasched-agent: {e}", file=sys.stderr)
+        return 2
+    log.setup(cfg.log_level, process="metasched-agent")
+    if args.check:
+        try:
+            version = backend.version()
+        except SlurmError as e:
+            print(
+                f"metasched-agent: Slurm at site {cfg.site} does not answer: {e}", file=sys.stderr
+            )
+            return 1
+        journal = Journal(cfg.state_dir / "journal.db")
+        rep = SiteAgent(cfg, backend, journal).report()
+        print(f"site {cfg.site}: Slurm {version} via {backend.name}")
+        for p in rep.partitions:
+            offered = ", ".join(x.name for x in p.precisions) or "none"
+            print(
+                f"  partition {p.name}: {p.nodes} nodes x {p.cpus_per_node} CPUs; "
+                f"precisions: {offered}"
+            )
+        return 0
+    journal = Journal(cfg.state_dir / "journal.db")
+    agent = SiteAgent(cfg, backend, journal)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    log.get(site=cfg.site).info("agent_started", daemon=cfg.daemon, backend=backend.name)
+    agent.run(stop)
+    journal.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

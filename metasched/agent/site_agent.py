@@ -1,0 +1,399 @@
+"""metasched-agent's work: keep one stream open to metaschedd, report the site, obey commands.
+
+Two loops share the stream (Balsam's site services, in miniature):
+  - the poller reads Slurm every poll_interval and sends a SiteReport when anything changed
+    (and at least every report_interval as a heartbeat);
+  - the command loop carries out submit / cancel / resolve commands as they arrive and
+    answers each one.
+The agent keeps no state of its own beyond the journal: after a restart, the daemon re-sends
+whatever is unanswered and the first report shows every tagged job the site still has.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+
+import grpc
+
+from metasched import catalog, log, tags
+from metasched.agent.config import AgentConfig
+from metasched.agent.journal import Journal
+from metasched.agent.slurm.base import (
+    Node,
+    SlurmBackend,
+    SlurmError,
+    SlurmJob,
+    SlurmUnavailable,
+    SubmitRequest,
+)
+from metasched.states import from_slurm
+from metasched.v1 import metasched_pb2 as pb
+from metasched.v1 import metasched_pb2_grpc as pb_grpc
+
+AGENT_VERSION = "0.1.0"
+
+
+def job_report(j: SlurmJob) -> pb.SlurmJobReport:
+    out = pb.SlurmJobReport(
+        slurm_job_id=j.job_id,
+        partition=j.partition,
+        state=j.state,
+        reason=j.reason,
+        nodes=j.nodes,
+        cpus=j.cpus,
+        gpus=j.gpus,
+        gpu_type=j.gpu_type,
+        time_limit_minutes=j.time_limit_minutes,
+        submit_time=j.submit_time,
+        start_time=j.start_time,
+        end_time=j.end_time,
+        exit_code=j.exit_code,
+        user=j.user,
+        priority=max(0, min(j.priority, 2**32 - 1)),
+        node_names=list(j.node_names),
+    )
+    t = tags.parse(j.comment)
+    if t is not None:
+        out.job_id, out.attempt, out.federation = t.job_id, t.attempt, t.federation
+    return out
+
+
+def _gpu_counts(d: dict[str, int]) -> list[pb.GpuCount]:
+    return [pb.GpuCount(type=t, count=c) for t, c in sorted(d.items()) if c]
+
+
+def partition_reports(
+    nodes: list[Node],
+    parts: list[tuple[str, int, int, bool]],
+    declared: dict[str, dict[str, float]],
+) -> tuple[list[pb.Partition], list[str]]:
+    """Partitions with the precisions they offer: declared in the config, else derived from the
+    GPU types of their nodes (the most common node shape stands for the partition).
+    Returns the partitions and the GPU types the catalog does not know (for a warning)."""
+    out, unknown = [], []
+    for name, max_time, max_nodes, is_default in parts:
+        members = [n for n in nodes if name in n.partitions]
+        if not members:
+            continue
+        shape, _ = Counter(
+            (n.cpus, n.mem_mb, tuple(sorted(n.gpus.items()))) for n in members
+        ).most_common(1)[0]
+        cpus, mem, gpus = shape
+        if name in declared:
+            rates = declared[name]
+        else:
+            unknown += catalog.unknown_gpu_types(dict(gpus))
+            rates = catalog.partition_precisions(dict(gpus), cpus)
+        out.append(
+            pb.Partition(
+                name=name,
+                nodes=len(members),
+                cpus_per_node=cpus,
+                mem_per_node_mb=mem,
+                gpus_per_node=_gpu_counts(dict(gpus)),
+                max_time_minutes=max_time,
+                max_nodes_per_job=max_nodes,
+                is_default=is_default,
+                precisions=[pb.Precision(name=k, peak_tflops=v) for k, v in rates.items()],
+            )
+        )
+    return out, sorted(set(unknown))
+
+
+class SiteAgent:
+    def __init__(self, cfg: AgentConfig, backend: SlurmBackend, journal: Journal) -> None:
+        self.cfg = cfg
+        self.backend = backend
+        self.journal = journal
+        self.log = log.get(site=cfg.site)
+        self.report_interval = 30.0
+        self._jobs: list[SlurmJob] = []
+        self._jobs_lock = threading.Lock()
+        self._warned_unknown: set[str] = set()
+        self._slurm_ok: bool | None = None
+
+    # ---------------------------------------------------------------- what the site looks like
+
+    def report(self) -> pb.SiteReport:
+        rep = pb.SiteReport(backend=self.backend.name)
+        try:
+            version = self.backend.version()
+            nodes = self.backend.nodes()
+            parts = self.backend.partitions()
+            jobs = self.backend.jobs()
+        except SlurmUnavailable as e:
+            if self._slurm_ok is not False:
+                self.log.warning("slurm_unreachable", error=str(e))
+            self._slurm_ok = False
+            rep.slurm_reachable = False
+            rep.error = str(e)
+            return rep
+        if self._slurm_ok is False:
+            self.log.info("slurm_reachable_again")
+        self._slurm_ok = True
+        with self._jobs_lock:
+            self._jobs = jobs
+        rep.slurm_reachable = True
+        rep.slurm_version = version
+        partitions, unknown = partition_reports(
+            nodes,
+            [(p.name, p.max_time_minutes, p.max_nodes_per_job, p.is_default) for p in parts],
+            self.cfg.precisions,
+        )
+        for t in set(unknown) - self._warned_unknown:
+            self.log.warning(
+                "unknown_gpu_type",
+                gpu_type=t,
+                hint="declare the partition's precisions in the agent config",
+            )
+        self._warned_unknown |= set(unknown)
+        rep.partitions.extend(partitions)
+        for n in nodes:
+            rep.nodes.append(
+                pb.NodeReport(
+                    name=n.name,
+                    partitions=list(n.partitions),
+                    state=n.state,
+                    cpus=n.cpus,
+                    alloc_cpus=n.alloc_cpus,
+                    mem_mb=n.mem_mb,
+                    alloc_mem_mb=n.alloc_mem_mb,
+                    gpus=_gpu_counts(n.gpus),
+                    alloc_gpus=_gpu_counts(n.alloc_gpus),
+                )
+            )
+        rep.jobs.extend(job_report(j) for j in jobs)
+        rep.maps_all_users = self.cfg.users.identity
+        rep.mapped_users.extend(sorted(self.cfg.users.accounts))
+        return rep
+
+    def _find_tag(self, tag: str, fresh: bool) -> SlurmJob | None:
+        if fresh:
+            jobs = self.backend.jobs()
+            with self._jobs_lock:
+                self._jobs = jobs
+        with self._jobs_lock:
+            jobs = list(self._jobs)
+        for j in jobs:
+            if tag in j.comment and tags.parse(j.comment) == tags.parse(tag):
+                return j
+        return None
+
+    # ---------------------------------------------------------------- commands
+
+    def submit(self, cmd: pb.SubmitCommand) -> pb.SubmitResult:
+        res = pb.SubmitResult(job_id=cmd.job_id, attempt=cmd.attempt)
+        bound = self.log.bind(job_id=cmd.job_id, attempt=cmd.attempt)
+        local = self.cfg.users.local(cmd.user)
+        if local is None:
+            res.error = f"user {cmd.user} has no account mapping at site {self.cfg.site}"
+            res.permanent = True
+            bound.warning("user_not_mapped", user=cmd.user)
+            return res
+        known = self.journal.get(cmd.tag)
+        if known is not None:
+            state, sid = known
+            if sid:
+                res.slurm_job_id = sid
+                return res
+            if state == "cancelled":
+                res.error = "cancelled before it was submitted"
+                return res
+            # intent without an id: the agent died around sbatch. Did it reach Slurm?
+            found = self._find_tag(cmd.tag, fresh=True)
+            if found is None:
+                done = self.backend.finished([], [cmd.tag])
+                found = done[0] if done else None
+            if found is not None:
+                self.journal.record(cmd.tag, cmd.job_id, cmd.attempt, "submitted", found.job_id)
+                bound.info("submission_recovered", slurm_job_id=found.job_id)
+                res.slurm_job_id = found.job_id
+                return res
+        else:
+            found = self._find_tag(cmd.tag, fresh=False)
+            if found is not None:
+                res.slurm_job_id = found.job_id
+                return res
+        spec = cmd.spec
+        req = SubmitRequest(
+            script=spec.script,
+            tag=cmd.tag,
+            name=spec.name or f"metasched-{cmd.job_id}",
+            partition=cmd.partition,
+            nodes=spec.nodes or 1,
+            ntasks=spec.ntasks or spec.nodes or 1,
+            cpus_per_task=spec.cpus_per_task or 1,
+            mem_per_node_mb=spec.mem_per_node_mb,
+            gpus_per_node=spec.gpus_per_node,
+            gpu_type=spec.gpu_type,
+            time_limit_minutes=spec.time_limit_minutes or 60,
+            workdir=spec.workdir,
+            output=spec.output,
+            error=spec.error,
+            account=spec.account,
+            environment={**dict(spec.environment), "METASCHED_JOB_ID": str(cmd.job_id)},
+            local_user=local,
+        )
+        self.journal.record(cmd.tag, cmd.job_id, cmd.attempt, "intent")
+        try:
+            sid = self.backend.submit(req)
+        except SlurmUnavailable as e:
+            # Unknown whether it reached Slurm: answer nothing; the daemon asks again and the
+            # journal's intent makes us look before submitting a second time.
+            bound.warning("submit_uncertain", error=str(e))
+            raise
+        except SlurmError as e:
+            self.journal.record(cmd.tag, cmd.job_id, cmd.attempt, "refused")
+            bound.warning("submit_refused", error=str(e))
+            res.error = str(e)
+            res.permanent = True
+            return res
+        self.journal.record(cmd.tag, cmd.job_id, cmd.attempt, "submitted", sid)
+        bound.info(
+            "job_submitted_to_slurm", slurm_job_id=sid, partition=cmd.partition, local_user=local
+        )
+        res.slurm_job_id = sid
+        return res
+
+    def cancel(self, cmd: pb.CancelCommand) -> pb.CancelResult:
+        res = pb.CancelResult(job_id=cmd.job_id, attempt=cmd.attempt)
+        known = self.journal.get(cmd.tag)
+        sid = cmd.slurm_job_id or (known[1] if known else "")
+        # Remember the cancel first, so a re-sent submit of this tag can never start it.
+        self.journal.record(cmd.tag, cmd.job_id, cmd.attempt, "cancelled", sid)
+        found = self._find_tag(cmd.tag, fresh=True)
+        if found is not None:
+            sid = sid or found.job_id
+        if sid:
+            self.backend.cancel(sid)
+            self.log.info("job_cancel_sent", job_id=cmd.job_id, slurm_job_id=sid)
+            after = self._find_tag(cmd.tag, fresh=True)
+            state = from_slurm(after.state) if after else None
+            res.done = after is None or (state is not None and state.is_final)
+        else:
+            res.done = True  # never reached Slurm, and now never will
+        return res
+
+    def resolve(self, cmd: pb.ResolveCommand) -> pb.JobUpdate | None:
+        upd = pb.JobUpdate(job_id=cmd.job_id, attempt=cmd.attempt, final=True)
+        if self._find_tag(cmd.tag, fresh=True) is not None:
+            return None  # still in the queue: the next report carries it
+        records = self.backend.finished([cmd.slurm_job_id] if cmd.slurm_job_id else [], [cmd.tag])
+        if records:
+            upd.job.CopyFrom(job_report(records[0]))
+            upd.resolved_from = "accounting"
+            self.log.info(
+                "job_resolved",
+                job_id=cmd.job_id,
+                slurm_job_id=records[0].job_id,
+                state=records[0].state,
+                exit_code=records[0].exit_code,
+            )
+        else:
+            upd.job.slurm_job_id = cmd.slurm_job_id
+            upd.resolved_from = "none"
+            self.log.warning("job_without_record", job_id=cmd.job_id, slurm_job_id=cmd.slurm_job_id)
+        return upd
+
+    def handle(self, msg: pb.DaemonMessage) -> pb.AgentMessage | None:
+        kind = msg.WhichOneof("body")
+        try:
+            if kind == "submit":
+                return pb.AgentMessage(submit_result=self.submit(msg.submit))
+            if kind == "cancel":
+                return pb.AgentMessage(cancel_result=self.cancel(msg.cancel))
+            if kind == "resolve":
+                upd = self.resolve(msg.resolve)
+                return pb.AgentMessage(job_update=upd) if upd else None
+        except SlurmUnavailable as e:
+            self.log.warning("command_deferred", kind=kind, error=str(e))
+        return None
+
+    # ---------------------------------------------------------------- the stream
+
+    def run(self, stop: threading.Event) -> None:
+        """Stay connected until `stop` is set, reconnecting with backoff."""
+        delay = 1.0
+        while not stop.is_set():
+            started = time.monotonic()
+            try:
+                self._session(stop)
+            except grpc.RpcError as e:
+                code = e.code() if hasattr(e, "code") else None
+                details = e.details() if hasattr(e, "details") else str(e)
+                if code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
+                    self.log.error("agent_refused_by_daemon", error=details)
+                else:
+                    self.log.warning("daemon_unreachable", daemon=self.cfg.daemon, error=details)
+            if time.monotonic() - started > 30:
+                delay = 1.0
+            stop.wait(delay)
+            delay = min(delay * 2, 30.0)
+
+    def _session(self, stop: threading.Event) -> None:
+        outbox: queue.Queue[pb.AgentMessage | None] = queue.Queue()
+        hello = pb.AgentMessage(
+            hello=pb.Hello(site=self.cfg.site, token=self.cfg.token, agent_version=AGENT_VERSION)
+        )
+
+        def requests() -> Iterator[pb.AgentMessage]:
+            yield hello
+            while True:
+                m = outbox.get()
+                if m is None:
+                    return
+                yield m
+
+        channel = grpc.insecure_channel(
+            self.cfg.daemon,
+            options=[
+                ("grpc.keepalive_time_ms", 20_000),
+                ("grpc.keepalive_timeout_ms", 10_000),
+                ("grpc.max_receive_message_length", 64 << 20),
+            ],
+        )
+        ended = threading.Event()
+        poller = threading.Thread(target=self._poll, args=(outbox, stop, ended), daemon=True)
+        try:
+            stream = pb_grpc.AgentServiceStub(channel).Connect(requests())
+            for msg in stream:
+                if msg.WhichOneof("body") == "welcome":
+                    self.report_interval = msg.welcome.report_interval or self.report_interval
+                    self.log.info(
+                        "connected_to_daemon",
+                        daemon=self.cfg.daemon,
+                        federation=msg.welcome.federation,
+                    )
+                    if not poller.is_alive():
+                        poller.start()
+                    continue
+                answer = self.handle(msg)
+                if answer is not None:
+                    outbox.put(answer)
+                if stop.is_set():
+                    break
+        finally:
+            ended.set()
+            outbox.put(None)
+            channel.close()
+
+    def _poll(
+        self,
+        outbox: queue.Queue[pb.AgentMessage | None],
+        stop: threading.Event,
+        ended: threading.Event,
+    ) -> None:
+        last: bytes = b""
+        last_sent = 0.0
+        while not stop.is_set() and not ended.is_set():
+            rep = self.report()
+            body = rep.SerializeToString(deterministic=True)
+            now = time.monotonic()
+            if body != last or now - last_sent >= self.report_interval:
+                outbox.put(pb.AgentMessage(report=rep))
+                last, last_sent = body, now
+            ended.wait(self.cfg.poll_interval)

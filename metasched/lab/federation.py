@@ -1,0 +1,203 @@
+"""A whole local federation on top of a SlurmLab: metaschedd and one metasched-agent per
+site, as real processes talking real gRPC, with a real SQLite file. Used by the
+end-to-end tests and by the README's demo.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from metasched.lab.harness import SlurmLab
+from metasched.v1 import metasched_pb2 as pb
+from metasched.v1 import metasched_pb2_grpc as pb_grpc
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Federation:
+    def __init__(
+        self,
+        lab: SlurmLab,
+        root: Path,
+        *,
+        poll_interval: float = 1.0,
+        report_interval: float = 5.0,
+        site_grace_seconds: float = 15.0,
+        placement_interval: float = 0.5,
+        users: dict[str, str] | None = None,
+        daemon_extra: str = "",
+    ) -> None:
+        self.lab = lab
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.socket = str(self.root / "metaschedd.sock")
+        self.tokens = {name: secrets.token_hex(16) for name in lab.sites}
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.poll_interval = poll_interval
+        self.users = users if users is not None else {"*": "*"}
+        self.daemon_config = self.root / "metaschedd.toml"
+        sites = "\n".join(f'[sites.{n}]\ntoken = "{t}"\n' for n, t in self.tokens.items())
+        self.daemon_config.write_text(
+            f"""[daemon]
+state_dir = "{self.root / "state"}"
+listen = "{self.address}"
+socket = "{self.socket}"
+report_interval = {report_interval}
+site_grace_seconds = {site_grace_seconds}
+placement_interval = {placement_interval}
+log_level = "debug"
+{daemon_extra}
+
+{sites}"""
+        )
+        for name in lab.sites:
+            self.agent_config(name).write_text(self._agent_toml(name))
+
+    def agent_config(self, site: str) -> Path:
+        return self.root / f"agent-{site}.toml"
+
+    def _agent_toml(self, site: str) -> str:
+        users = "\n".join(f'"{k}" = "{v}"' for k, v in self.users.items())
+        return f"""[agent]
+site = "{site}"
+daemon = "{self.address}"
+token = "{self.tokens[site]}"
+state_dir = "{self.root / f"agent-{site}"}"
+poll_interval = {self.poll_interval}
+backend = "cli"
+slurm_conf = "{self.lab.slurm_conf(site)}"
+log_level = "debug"
+
+[users]
+{users}
+"""
+
+    # ---------------------------------------------------------------- processes
+
+    def _spawn(self, key: str, argv: list[str]) -> None:
+        logf = open(self.root / f"{key}.log", "ab")  # noqa: SIM115 - owned by the child
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env.pop("SLURM_CONF", None)
+        self.procs[key] = subprocess.Popen(
+            argv, stdout=logf, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+        logf.close()
+
+    def start_daemon(self) -> None:
+        self._spawn(
+            "metaschedd",
+            [sys.executable, "-m", "metasched.daemon.main", "-c", str(self.daemon_config)],
+        )
+        wait_for(lambda: self._daemon_answers(), 20, "metaschedd to answer", self.log("metaschedd"))
+
+    def start_agent(self, site: str) -> None:
+        self._spawn(
+            f"agent-{site}",
+            [sys.executable, "-m", "metasched.agent.main", "-c", str(self.agent_config(site))],
+        )
+
+    def kill(self, key: str, sig: int = signal.SIGKILL) -> None:
+        p = self.procs.pop(key, None)
+        if p is None:
+            return
+        try:
+            os.killpg(p.pid, sig)
+        except ProcessLookupError:
+            pass
+        try:
+            p.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+
+    def start(self, wait_online: bool = True) -> None:
+        self.start_daemon()
+        for site in self.lab.sites:
+            self.start_agent(site)
+        if wait_online:
+            self.wait_sites_online(list(self.lab.sites))
+
+    def stop(self) -> None:
+        for key in list(self.procs):
+            self.kill(key, signal.SIGTERM)
+
+    def __enter__(self) -> Federation:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def log(self, key: str) -> Path:
+        return self.root / f"{key}.log"
+
+    # ---------------------------------------------------------------- talking to it
+
+    def stub(self) -> pb_grpc.SchedulerStub:
+        return pb_grpc.SchedulerStub(grpc.insecure_channel(self.address))
+
+    def call(self, method: str, request: Any, user: str = "root", timeout: float = 30) -> Any:
+        stub = self.stub()
+        return getattr(stub, method)(
+            request, metadata=(("x-metasched-user", user),), timeout=timeout
+        )
+
+    def _daemon_answers(self) -> bool:
+        try:
+            self.call("ListSites", pb.ListSitesRequest(), timeout=2)
+            return True
+        except grpc.RpcError:
+            return False
+
+    def sites(self) -> dict[str, pb.SiteSummary]:
+        return {s.name: s for s in self.call("ListSites", pb.ListSitesRequest()).sites}
+
+    def wait_sites_online(self, names: Sequence[str], timeout: float = 30) -> None:
+        wait_for(
+            lambda: all(self.sites().get(n, pb.SiteSummary()).state == "online" for n in names),
+            timeout,
+            f"sites {', '.join(names)} to come online",
+            self.log("metaschedd"),
+        )
+
+    def job(self, job_id: int, user: str = "root") -> pb.Job:
+        return self.call("GetJob", pb.GetJobRequest(job_id=job_id), user=user)
+
+    def msub(
+        self, *args: str, check: bool = True, user: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        argv = [sys.executable, "-m", "metasched.cli.msub", *args]
+        if user and user != "root":
+            argv = ["runuser", "-u", user, "--", *argv]
+        env = {**os.environ, "METASCHED_DAEMON": f"unix:{self.socket}"}
+        proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"msub {' '.join(args)} failed: {proc.stderr or proc.stdout}")
+        return proc
+
+
+def wait_for(cond: Callable[[], bool], timeout: float, what: str, log: Path | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.2)
+    hint = f"; see {log}" if log else ""
+    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}{hint}")

@@ -200,6 +200,8 @@ class SlurmLab:
                 "slurmd slurm-client munge)"
             )
         self.root.mkdir(parents=True, exist_ok=True)
+        # munged wants every directory above its socket searchable by all (mkdtemp gives 0700)
+        self.root.chmod(self.root.stat().st_mode | 0o111)
         to_start = [n for n in self.sites if not self._ctld(n).alive()]
         busy = [f"{n}:{p}" for n in to_start for p in self._site_ports(n) if _port_busy(p)]
         if busy:

@@ -1,0 +1,71 @@
+"""The lab harness itself: an outage keeps running jobs, and down() leaves nothing behind."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from metasched.lab import DEMO_SITES, LabError, SiteProfile, SlurmLab, demo_sites
+from metasched.lab.harness import _apply_overrides
+
+
+def test_profiles() -> None:
+    assert [s.name for s in DEMO_SITES] == ["hpc", "gpu", "ai"]
+    assert [s.name for s in demo_sites(4)] == ["hpc", "gpu", "ai", "hpc2"]
+    assert DEMO_SITES[2].node_names() == ["ai-n1", "ai-n2"]
+    with pytest.raises(ValueError, match="site name"):
+        SiteProfile("Bad_Name", nodes=1, cpus=2, sockets=1, cores_per_socket=2, mem_mb=1000)
+    with pytest.raises(ValueError, match="sockets"):
+        SiteProfile("ok", nodes=1, cpus=3, sockets=1, cores_per_socket=2, mem_mb=1000)
+
+
+def test_overrides_replace_and_append() -> None:
+    lines = ["MinJobAge=300", "# MinJobAge=1 in a comment", "KillWait=5"]
+    assert _apply_overrides(lines, {"minjobage": "2", "MaxJobCount": "100"}) == [
+        "minjobage=2",
+        "# MinJobAge=1 in a comment",
+        "KillWait=5",
+        "MaxJobCount=100",
+    ]
+
+
+def test_root_too_long_for_a_socket() -> None:
+    with pytest.raises(LabError, match="too long"):
+        SlurmLab(Path("/tmp/" + "x" * 120), list(DEMO_SITES))
+
+
+@pytest.mark.slurm
+def test_outage_keeps_jobs_and_down_cleans_up(make_lab: Callable[..., SlurmLab]) -> None:
+    site = SiteProfile("out", nodes=1, cpus=4, sockets=1, cores_per_socket=4, mem_mb=8000)
+    lab = make_lab([site])
+    env = {**os.environ, **lab.env("out")}
+
+    def squeue() -> str:
+        return subprocess.run(
+            ["squeue", "-h", "-o", "%i %T"], env=env, capture_output=True, text=True, check=False
+        ).stdout
+
+    jid = subprocess.run(
+        ["sbatch", "--parsable", "--wrap", "sleep 300"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd="/tmp",
+    ).stdout.strip()
+    deadline = time.monotonic() + 15
+    while f"{jid} RUNNING" not in squeue() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert f"{jid} RUNNING" in squeue()
+    lab.stop_site("out")
+    assert not lab.site_up("out")
+    assert lab.leftovers(), "the running job must survive the outage"
+    lab.start_site("out")
+    assert f"{jid} RUNNING" in squeue()  # recovered from saved state
+    lab.down()
+    assert lab.leftovers() == []

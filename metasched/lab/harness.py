@@ -67,6 +67,15 @@ def _find_base_port(sites: int) -> int:
     raise LabError(f"no free range of {span} ports in {_PORT_LOW}..{_PORT_HIGH}")
 
 
+def _saved_base_port(root: Path) -> int | None:
+    """The ports an earlier `up` under root used: daemons still running there keep them."""
+    try:
+        port = json.loads((root / "lab.json").read_text())["base_port"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return port if isinstance(port, int) else None
+
+
 def _template(name: str) -> str:
     return resources.files("metasched.lab").joinpath("templates", name).read_text()
 
@@ -96,7 +105,7 @@ class SlurmLab:
         self.jobid_step = jobid_step
         self.timeout = timeout
         self.cleanup_at_exit = cleanup_at_exit
-        self._base_port = base_port
+        self._base_port = base_port if base_port is not None else _saved_base_port(self.root)
         self._munge_dir = self.root / "munge"
         self.munge_socket = self._munge_dir / "munge.socket.2"
         if len(str(self.munge_socket).encode()) > _MAX_SOCKET_PATH:

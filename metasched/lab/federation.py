@@ -5,6 +5,7 @@ end-to-end tests and by the README's demo.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
@@ -117,10 +118,8 @@ log_level = "debug"
         p = self.procs.pop(key, None)
         if p is None:
             return
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(p.pid, sig)
-        except ProcessLookupError:
-            pass
         try:
             p.wait(timeout=15)
         except subprocess.TimeoutExpired:
@@ -178,7 +177,8 @@ log_level = "debug"
         )
 
     def job(self, job_id: int, user: str = "root") -> pb.Job:
-        return self.call("GetJob", pb.GetJobRequest(job_id=job_id), user=user)
+        job: pb.Job = self.call("GetJob", pb.GetJobRequest(job_id=job_id), user=user)
+        return job
 
     def msub(
         self, *args: str, check: bool = True, user: str | None = None

@@ -1,0 +1,280 @@
+"""The whole path on real Slurm sites: msub -> metaschedd -> agent -> slurmctld, and back.
+
+The sites are the demo's: hpc (CPUs, fp64/fp32), gpu (A100: fp64 .. int8) and ai (Ascend
+910B: bf16/fp16/int8 only). metaschedd and the agents run as real processes over gRPC.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from metasched import tags
+from metasched.agent.slurm.cli import CliBackend
+from metasched.lab import DEMO_SITES, SlurmLab, slurm_installed
+from metasched.lab.federation import Federation, wait_for
+from metasched.states import JobState
+from metasched.v1 import metasched_pb2 as pb
+
+pytestmark = pytest.mark.slurm
+S = JobState
+SCRIPT = "#!/bin/bash\necho hello from $(hostname)\nsleep {sleep}\nexit {code}\n"
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[SlurmLab]:
+    if not slurm_installed() or os.geteuid() != 0:
+        if os.environ.get("METASCHED_REQUIRE_SLURM") == "1":
+            pytest.fail("METASCHED_REQUIRE_SLURM=1 but Slurm is not installed or not root")
+        pytest.skip("needs root and Slurm (slurmctld, slurmd, munge)")
+    root = Path(tempfile.mkdtemp(prefix="mse-", dir="/tmp"))
+    root.chmod(0o755)  # munged wants every directory above its socket searchable
+    lab = SlurmLab(root / "l", list(DEMO_SITES), overrides={"MessageTimeout": "3"})
+    with lab:
+        yield lab
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def fed(lab: SlurmLab) -> Iterator[Federation]:
+    root = Path(tempfile.mkdtemp(prefix="msf-", dir="/tmp"))
+    f = Federation(lab, root)
+    with f:
+        yield f
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def spec(sleep: float = 1, code: int = 0, **kw: object) -> pb.JobSpec:
+    s = pb.JobSpec(
+        script=SCRIPT.format(sleep=sleep, code=code), time_limit_minutes=5, workdir="/tmp"
+    )
+    for k, v in kw.items():
+        if isinstance(v, list):
+            getattr(s, k).extend(v)
+        else:
+            setattr(s, k, v)
+    return s
+
+
+def submit(fed: Federation, s: pb.JobSpec, user: str = "root") -> pb.SubmitJobResponse:
+    resp: pb.SubmitJobResponse = fed.call("SubmitJob", pb.SubmitJobRequest(spec=s), user=user)
+    return resp
+
+
+def wait_state(fed: Federation, job_id: int, states: set[JobState], timeout: float = 30) -> pb.Job:
+    box: list[pb.Job] = []
+
+    def reached() -> bool:
+        box[:] = [fed.job(job_id)]
+        return JobState.from_pb(box[0].state) in states
+
+    wait_for(reached, timeout, f"job {job_id} to reach {sorted(states)}", fed.log("metaschedd"))
+    return box[0]
+
+
+def slurm_jobs(lab: SlurmLab, site: str) -> list[tuple[tags.Tag | None, str, str]]:
+    """(tag, slurm id, state) of every job the site's Slurm shows."""
+    return [
+        (tags.parse(j.comment), j.job_id, j.state)
+        for j in CliBackend(str(lab.slurm_conf(site))).jobs()
+    ]
+
+
+def occupy(lab: SlurmLab, site: str, seconds: int = 120) -> str:
+    """Fill a site with local (non-metasched) work, as its own users would."""
+    out = subprocess.run(
+        [
+            "sbatch",
+            "--parsable",
+            "-N2",
+            "--exclusive",
+            "-t",
+            "10",
+            "-o",
+            "/dev/null",
+            "--wrap",
+            f"sleep {seconds}",
+        ],
+        env=lab.env(site),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    sid = out.stdout.strip().split(";")[0]
+    wait_for(
+        lambda: any(s == sid and st == "RUNNING" for _, s, st in slurm_jobs(lab, site)),
+        20,
+        f"local job {sid} to run at {site}",
+    )
+    return sid
+
+
+def release(lab: SlurmLab, site: str, sid: str) -> None:
+    subprocess.run(["scancel", sid], env=lab.env(site), check=True)
+
+
+def test_fp64_jobs_never_land_on_the_ai_only_site(fed: Federation) -> None:
+    ids = [submit(fed, spec(precision="fp64", cpus_per_task=32)).job_id for _ in range(6)]
+    jobs = [wait_state(fed, i, {S.COMPLETED}, 60) for i in ids]
+    assert {j.site for j in jobs} <= {"hpc", "gpu"}
+    assert all(j.exit_code == 0 for j in jobs)
+    # and the same job pinned to the AI site is refused at once, with the reason
+    with pytest.raises(grpc.RpcError) as e:
+        submit(fed, spec(precision="fp64", sites=["ai"]))
+    assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "precision fp64 not offered" in (e.value.details() or "")
+
+
+def test_low_precision_goes_where_it_is_offered(fed: Federation) -> None:
+    job = submit(fed, spec(precision="int8", gpus_per_node=1))
+    done = wait_state(fed, job.job_id, {S.COMPLETED}, 60)
+    assert done.site in {"gpu", "ai"}
+
+
+def test_gpu_type_lands_only_where_that_type_exists(fed: Federation) -> None:
+    a100 = submit(fed, spec(gpus_per_node=1, gpu_type="a100"))
+    ascend = submit(fed, spec(gpus_per_node=2, gpu_type="ascend910b"))
+    assert wait_state(fed, a100.job_id, {S.COMPLETED}, 60).site == "gpu"
+    assert wait_state(fed, ascend.job_id, {S.COMPLETED}, 60).site == "ai"
+    with pytest.raises(grpc.RpcError) as e:
+        submit(fed, spec(gpus_per_node=1, gpu_type="h100"))
+    assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "no h100 GPUs" in (e.value.details() or "")
+
+
+def test_with_one_site_full_a_new_job_goes_where_it_starts_sooner(
+    fed: Federation, lab: SlurmLab
+) -> None:
+    for busy, free in (("hpc", "gpu"), ("gpu", "hpc")):
+        sid = occupy(lab, busy)
+        try:
+            # wait until the daemon has seen the site full
+            wait_for(lambda b=busy: fed.sites()[b].free_cpus == 0, 20, f"{busy} to report full")
+            job = submit(fed, spec(precision="fp64", cpus_per_task=16))
+            assert job.estimate.site == free, job
+            assert wait_state(fed, job.job_id, {S.COMPLETED}, 60).site == free
+        finally:
+            release(lab, busy, sid)
+
+
+def test_finished_job_shows_final_state_and_exit_code(fed: Federation, tmp_path: Path) -> None:
+    script = tmp_path / "fail.sh"
+    script.write_text(SCRIPT.format(sleep=0, code=3))
+    out = fed.msub("--precision", "fp32", "-t", "2", "--json", str(script))
+    job_id = int(json.loads(out.stdout)["job_id"])
+    wait_state(fed, job_id, {S.FAILED}, 60)
+    shown = fed.msub("show", str(job_id), check=False)
+    assert shown.returncode == 0
+    assert "FAILED" in shown.stdout and "exit code 3" in shown.stdout
+    history = [line for line in shown.stdout.splitlines() if line.startswith("    ")]
+    assert [h.split()[2] for h in history[:2]] == ["QUEUED", "FORWARDING"]
+    assert len(history) >= 4  # queued, forwarded, at Slurm, ..., failed: each with a timestamp
+    as_json = json.loads(fed.msub("show", "--json", str(job_id)).stdout)
+    assert as_json["state"] == "JOB_STATE_FAILED" and as_json["exit_code"] == 3
+
+
+def test_cancel_reaches_slurm_at_every_stage(fed: Federation, lab: SlurmLab) -> None:
+    # running
+    running = submit(fed, spec(sleep=300, sites=["hpc"]))
+    job = wait_state(fed, running.job_id, {S.RUNNING}, 30)
+    fed.call("CancelJob", pb.CancelJobRequest(job_id=running.job_id))
+    done = wait_state(fed, running.job_id, {S.CANCELLED}, 30)
+    states = {sid: st for _, sid, st in slurm_jobs(lab, "hpc")}
+    assert states[job.slurm_job_id] == "CANCELLED"
+    assert done.slurm_job_id == job.slurm_job_id
+
+    # pending in Slurm (the site is full)
+    sid = occupy(lab, "hpc")
+    try:
+        wait_for(lambda: fed.sites()["hpc"].free_cpus == 0, 20, "hpc to report full")
+        pending = submit(fed, spec(sleep=1, sites=["hpc"]))
+        job = wait_state(fed, pending.job_id, {S.PENDING}, 30)
+        assert job.slurm_job_id
+        fed.call("CancelJob", pb.CancelJobRequest(job_id=pending.job_id))
+        wait_state(fed, pending.job_id, {S.CANCELLED}, 30)
+        states = {sid: st for _, sid, st in slurm_jobs(lab, "hpc")}
+        assert states[job.slurm_job_id] == "CANCELLED"
+    finally:
+        release(lab, "hpc", sid)
+
+
+def test_cancel_before_placement_never_reaches_slurm(fed: Federation, lab: SlurmLab) -> None:
+    fed.kill("agent-hpc")  # hpc goes quiet: a job pinned there waits in the global queue
+    try:
+        wait_for(lambda: fed.sites()["hpc"].state == "offline", 30, "hpc to go offline")
+        queued = submit(fed, spec(sites=["hpc"]))
+        job = fed.job(queued.job_id)
+        assert JobState.from_pb(job.state) == S.QUEUED
+        assert "hpc: offline" in job.reason
+        fed.call("CancelJob", pb.CancelJobRequest(job_id=queued.job_id))
+        assert JobState.from_pb(fed.job(queued.job_id).state) == S.CANCELLED
+    finally:
+        fed.start_agent("hpc")
+        fed.wait_sites_online(["hpc"])
+    time.sleep(2)  # a report or two later, nothing of it may have reached Slurm
+    assert not [t for t, _, _ in slurm_jobs(lab, "hpc") if t and t.job_id == queued.job_id]
+
+
+def test_daemon_killed_mid_flight_loses_no_job(fed: Federation) -> None:
+    ids = [submit(fed, spec(sleep=2, precision="fp32")).job_id for _ in range(8)]
+    fed.kill("metaschedd", signal.SIGKILL)
+    fed.start_daemon()
+    fed.wait_sites_online(list(fed.lab.sites))
+    jobs = [wait_state(fed, i, {S.COMPLETED}, 90) for i in ids]
+    assert all(j.exit_code == 0 for j in jobs)
+    # exactly one Slurm job per metasched job, across all sites
+    seen: dict[int, int] = {}
+    for site in fed.lab.sites:
+        for t, _, _ in slurm_jobs(fed.lab, site):
+            if t and t.job_id in ids:
+                seen[t.job_id] = seen.get(t.job_id, 0) + 1
+    assert seen == {i: 1 for i in ids}
+
+
+def test_bad_input_gets_one_clear_line_and_a_nonzero_exit(fed: Federation, tmp_path: Path) -> None:
+    good = tmp_path / "ok.sh"
+    good.write_text("#!/bin/sh\ntrue\n")
+    binary = tmp_path / "bin.sh"
+    binary.write_bytes(b"#!/bin/sh\n\x00\x01\x02")
+    cases: list[tuple[list[str], str]] = [
+        (["--precision", "fp128", str(good)], "unknown precision"),
+        (["-N", "0", str(good)], "nodes must be at least 1"),
+        (["-t", "soon", str(good)], "bad time limit"),
+        ([str(binary)], "not a text script"),
+        (["--site", "nowhere", str(good)], "unknown site 'nowhere'"),
+        ([str(tmp_path / "missing.sh")], "cannot read"),
+        (["show", "999999"], "no job 999999"),
+    ]
+    before = len(fed.call("ListJobs", pb.ListJobsRequest(include_final=True, limit=100000)).jobs)
+    for args, message in cases:
+        r = fed.msub(*args, check=False)
+        assert r.returncode != 0, args
+        assert message in r.stderr, (args, r.stderr)
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    after = len(fed.call("ListJobs", pb.ListJobsRequest(include_final=True, limit=100000)).jobs)
+    assert after == before  # nothing half-queued
+
+
+def test_unreachable_daemon_is_one_line(tmp_path: Path) -> None:
+    script = tmp_path / "ok.sh"
+    script.write_text("#!/bin/sh\ntrue\n")
+    r = subprocess.run(
+        [sys.executable, "-m", "metasched.cli.msub", "--daemon", "127.0.0.1:1", str(script)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 1
+    assert r.stderr.startswith("msub: cannot reach metaschedd at 127.0.0.1:1")
+    assert len(r.stderr.strip().splitlines()) == 1

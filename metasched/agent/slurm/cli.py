@@ -141,7 +141,9 @@ class CliBackend(SlurmBackend):
             gtype = f"{req.gpu_type}:" if req.gpu_type else ""
             args.append(f"--gres=gpu:{gtype}{req.gpus_per_node}")
         for flag, value in (
-            ("--chdir", req.workdir or (_home(req.local_user) if req.local_user else "")),
+            # sbatch runs in "/" (see _run): without a workdir the job starts in its
+            # user's home, as a login shell would, never in the agent's directory
+            ("--chdir", req.workdir or _home(req.local_user or pwd.getpwuid(os.geteuid()).pw_name)),
             ("--output", req.output),
             ("--error", req.error),
             ("--account", req.account),

@@ -143,6 +143,8 @@ def test_squeue_25_11_shapes() -> None:
     assert (j8.state, j8.exit_code, j8.nodes, j8.cpus) == ("CANCELLED", 143, 2, 128)
     assert (j8.gpus, j8.gpu_type) == (4, "h100")  # 2 per node x 2 nodes
     assert j8.comment == "metasched:1"
+    assert j8.node_names == ("site-x-n1", "site-x-n2")
+    assert jobs["10"].node_names == ()
     assert j8.start_time == 1795616503 and j8.time_limit_minutes == 20
     assert (jobs["12"].state, jobs["12"].reason) == ("FAILED", "BadConstraints")
     assert jobs["11"].user == "alice"

@@ -201,6 +201,7 @@ def _job_from_json(j: JsonObj) -> SlurmJob:
         end_time=float(number(j.get("end_time"))),
         exit_code=exit_status(j.get("exit_code")),
         priority=number(j.get("priority")),
+        node_names=tuple(expand_hostlist(str(j.get("nodes") or ""))),
     )
 
 

@@ -79,6 +79,7 @@ def job_from_pyslurm(job: Any) -> SlurmJob:
         end_time=float(_num(getattr(job, "end_time", 0))),
         exit_code=_exit(job),
         priority=_num(getattr(job, "priority", 0)),
+        node_names=tuple(parse.expand_hostlist(str(getattr(job, "nodes", "") or ""))),
     )
 
 

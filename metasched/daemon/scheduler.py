@@ -481,6 +481,8 @@ class Scheduler:
                 except Exception:
                     continue
                 ours = from_slurm(sj.state) if sj.state else None
+                if job.state.is_final and job.site == site_name and job.attempt == attempt:
+                    continue  # already settled; squeue keeps showing it for a while
                 if job.site != site_name or job.attempt != attempt:
                     if ours is not None and not ours.is_final and sj.slurm_job_id:
                         strays.append((job, attempt, sj.slurm_job_id))

@@ -1,0 +1,154 @@
+"""The README's demo: a local federation of three real Slurm sites, jobs of several
+precisions submitted with msub, and where each one went and how it ended.
+
+    python -m metasched.lab.demo [--root DIR] [--keep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from metasched.lab import DEMO_SITES, SlurmLab
+from metasched.lab.federation import Federation
+
+JOBS: list[tuple[str, list[str], str]] = [
+    # name, msub options, what it stands for
+    ("climate-sim", ["--precision", "fp64", "-N", "2", "-c", "16"], "FP64 simulation, 2 nodes"),
+    ("cfd-solver", ["--precision", "fp64", "-c", "32"], "FP64 solver"),
+    ("llm-finetune", ["--precision", "bf16", "--gres", "gpu:2"], "BF16 training on 2 GPUs"),
+    ("inference", ["--precision", "int8", "--gres", "gpu:1"], "INT8 inference"),
+    ("cuda-kernel", ["--gres", "gpu:a100:1"], "needs an A100 specifically"),
+    ("preprocess", ["--precision", "fp32", "-c", "8"], "FP32 data preparation"),
+]
+
+
+def say(text: str = "") -> None:
+    print(text, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m metasched.lab.demo", description=__doc__)
+    ap.add_argument("--root", default="/tmp/metasched-demo", help="where the lab lives")
+    ap.add_argument("--keep", action="store_true", help="leave everything running at the end")
+    args = ap.parse_args(argv)
+    root = Path(args.root)
+    if root.exists():
+        with contextlib.suppress(Exception):  # a lab left by an earlier --keep run
+            SlurmLab.attach(root / "lab").down()
+        shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    root.chmod(0o755)
+
+    say("== 1. three real Slurm 22.05 sites on this machine")
+    t0 = time.monotonic()
+    lab = SlurmLab(root / "lab", list(DEMO_SITES), cleanup_at_exit=not args.keep)
+    lab.up()
+    say(f"   up in {time.monotonic() - t0:.1f}s: " + ", ".join(lab.sites))
+    fed = Federation(lab, root / "fed", poll_interval=1.0)
+    try:
+        say("== 2. metaschedd and one metasched-agent per site")
+        t0 = time.monotonic()
+        fed.start()
+        say(f"   connected in {time.monotonic() - t0:.1f}s (logs: {fed.root}/*.log)")
+        say("\n$ msub sites")
+        say(fed.msub("sites").stdout.rstrip())
+
+        say("\n== 3. submit jobs of several precisions with msub")
+        script_dir = root / "jobs"
+        script_dir.mkdir()
+        ids: dict[int, str] = {}
+        for name, opts, what in JOBS:
+            script = script_dir / f"{name}.sh"
+            script.write_text(
+                f"#!/bin/bash\n#SBATCH -J {name}\n#SBATCH -t 5\n#SBATCH -o {script_dir}/%x-%j.out\n"
+                f'echo "{what} on $(hostname), GPUs: ${{CUDA_VISIBLE_DEVICES:-none}}"\nsleep 3\n'
+            )
+            cmd = ["msub", *opts, str(script)]
+            say(f"$ {' '.join(cmd[:-1])} {script.name}    # {what}")
+            out = fed.msub(*opts, str(script))
+            say("  " + out.stdout.strip())
+            ids[int(out.stdout.split()[2])] = name
+
+        say("\n== 4. follow them to the end")
+        seen: dict[int, str] = {}
+        deadline = time.monotonic() + 120
+        jobs: list[dict[str, Any]] = []
+        while time.monotonic() < deadline:
+            jobs = json.loads(fed.msub("list", "--finished", "--json").stdout)
+            mine = [j for j in jobs if int(str(j["id"])) in ids]
+            for j in mine:
+                state = str(j["state"]).removeprefix("JOB_STATE_")
+                jid = int(str(j["id"]))
+                if seen.get(jid) != state:
+                    seen[jid] = state
+                    where = (
+                        f" at {j.get('site')} (slurm job {j.get('slurm_job_id')})"
+                        if j.get("slurm_job_id")
+                        else ""
+                    )
+                    say(f"   job {jid} {ids[jid]:<13} {state}{where}")
+            if (
+                mine
+                and all(s in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT") for s in seen.values())
+                and len(seen) == len(ids)
+            ):
+                break
+            time.sleep(0.5)
+
+        say("\n$ msub list --finished")
+        say(fed.msub("list", "--finished").stdout.rstrip())
+        first = min(ids)
+        say(f"\n$ msub show {first}")
+        say(fed.msub("show", str(first)).stdout.rstrip())
+
+        say("\n== 5. what happened")
+        ok = True
+        latencies = []
+        for j in sorted(jobs, key=lambda j: int(str(j["id"]))):
+            jid = int(str(j["id"]))
+            if jid not in ids:
+                continue
+            state = str(j["state"]).removeprefix("JOB_STATE_")
+            started = float(str(j.get("started_at", 0) or 0))
+            if started:
+                latencies.append(started - float(str(j["submitted_at"])))
+            spec = j.get("spec", {})
+            prec = spec.get("precision", "-") if isinstance(spec, dict) else "-"
+            say(
+                f"   {ids[jid]:<13} precision {prec or '-':<5} -> {j.get('site')}: {state}, "
+                f"exit code {j.get('exit_code', 0)}"
+            )
+            ok = ok and state == "COMPLETED"
+        fp64_on_ai = [
+            j
+            for j in jobs
+            if j.get("site") == "ai"
+            and isinstance(j.get("spec"), dict)
+            and j["spec"].get("precision") == "fp64"
+        ]
+        say(f"   fp64 jobs on the AI-only site: {len(fp64_on_ai)}")
+        if latencies:
+            say(
+                f"   msub -> running in Slurm: median {sorted(latencies)[len(latencies) // 2]:.1f}s"
+                f", max {max(latencies):.1f}s (Slurm's own start times, whole seconds)"
+            )
+        say("\nAll jobs completed." if ok and not fp64_on_ai else "\nSome jobs did not complete.")
+        if args.keep:
+            say(f"\nLeft running. msub talks to it with: METASCHED_DAEMON=unix:{fed.socket}")
+            say(f"Stop with: python -m metasched.lab down --root {lab.root} and kill the daemons")
+        return 0 if ok and not fp64_on_ai else 1
+    finally:
+        if not args.keep:
+            fed.stop()
+            lab.down()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -426,3 +426,248 @@ class AgentService:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class AdminStub:
+    """Missing associated documentation comment in .proto file."""
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.CreateToken = channel.unary_unary(
+                '/metasched.v1.Admin/CreateToken',
+                request_serializer=metasched_dot_v1_dot_metasched__pb2.CreateTokenRequest.SerializeToString,
+                response_deserializer=metasched_dot_v1_dot_metasched__pb2.CreateTokenResponse.FromString,
+                _registered_method=True)
+        self.ListTokens = channel.unary_unary(
+                '/metasched.v1.Admin/ListTokens',
+                request_serializer=metasched_dot_v1_dot_metasched__pb2.ListTokensRequest.SerializeToString,
+                response_deserializer=metasched_dot_v1_dot_metasched__pb2.ListTokensResponse.FromString,
+                _registered_method=True)
+        self.RevokeToken = channel.unary_unary(
+                '/metasched.v1.Admin/RevokeToken',
+                request_serializer=metasched_dot_v1_dot_metasched__pb2.RevokeTokenRequest.SerializeToString,
+                response_deserializer=metasched_dot_v1_dot_metasched__pb2.TokenInfo.FromString,
+                _registered_method=True)
+        self.SetSiteState = channel.unary_unary(
+                '/metasched.v1.Admin/SetSiteState',
+                request_serializer=metasched_dot_v1_dot_metasched__pb2.SetSiteStateRequest.SerializeToString,
+                response_deserializer=metasched_dot_v1_dot_metasched__pb2.SetSiteStateResponse.FromString,
+                _registered_method=True)
+        self.Backup = channel.unary_stream(
+                '/metasched.v1.Admin/Backup',
+                request_serializer=metasched_dot_v1_dot_metasched__pb2.BackupRequest.SerializeToString,
+                response_deserializer=metasched_dot_v1_dot_metasched__pb2.BackupChunk.FromString,
+                _registered_method=True)
+
+
+class AdminServicer:
+    """Missing associated documentation comment in .proto file."""
+
+    def CreateToken(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTokens(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeToken(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetSiteState(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Backup(self, request, context):
+        """An online, consistent copy of the database (SQLite's backup API), streamed to the caller.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_AdminServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'CreateToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateToken,
+                    request_deserializer=metasched_dot_v1_dot_metasched__pb2.CreateTokenRequest.FromString,
+                    response_serializer=metasched_dot_v1_dot_metasched__pb2.CreateTokenResponse.SerializeToString,
+            ),
+            'ListTokens': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTokens,
+                    request_deserializer=metasched_dot_v1_dot_metasched__pb2.ListTokensRequest.FromString,
+                    response_serializer=metasched_dot_v1_dot_metasched__pb2.ListTokensResponse.SerializeToString,
+            ),
+            'RevokeToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeToken,
+                    request_deserializer=metasched_dot_v1_dot_metasched__pb2.RevokeTokenRequest.FromString,
+                    response_serializer=metasched_dot_v1_dot_metasched__pb2.TokenInfo.SerializeToString,
+            ),
+            'SetSiteState': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetSiteState,
+                    request_deserializer=metasched_dot_v1_dot_metasched__pb2.SetSiteStateRequest.FromString,
+                    response_serializer=metasched_dot_v1_dot_metasched__pb2.SetSiteStateResponse.SerializeToString,
+            ),
+            'Backup': grpc.unary_stream_rpc_method_handler(
+                    servicer.Backup,
+                    request_deserializer=metasched_dot_v1_dot_metasched__pb2.BackupRequest.FromString,
+                    response_serializer=metasched_dot_v1_dot_metasched__pb2.BackupChunk.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'metasched.v1.Admin', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('metasched.v1.Admin', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Admin:
+    """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def CreateToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/metasched.v1.Admin/CreateToken',
+            metasched_dot_v1_dot_metasched__pb2.CreateTokenRequest.SerializeToString,
+            metasched_dot_v1_dot_metasched__pb2.CreateTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTokens(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/metasched.v1.Admin/ListTokens',
+            metasched_dot_v1_dot_metasched__pb2.ListTokensRequest.SerializeToString,
+            metasched_dot_v1_dot_metasched__pb2.ListTokensResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/metasched.v1.Admin/RevokeToken',
+            metasched_dot_v1_dot_metasched__pb2.RevokeTokenRequest.SerializeToString,
+            metasched_dot_v1_dot_metasched__pb2.TokenInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetSiteState(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/metasched.v1.Admin/SetSiteState',
+            metasched_dot_v1_dot_metasched__pb2.SetSiteStateRequest.SerializeToString,
+            metasched_dot_v1_dot_metasched__pb2.SetSiteStateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Backup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/metasched.v1.Admin/Backup',
+            metasched_dot_v1_dot_metasched__pb2.BackupRequest.SerializeToString,
+            metasched_dot_v1_dot_metasched__pb2.BackupChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

@@ -3,17 +3,29 @@
 isort:skip_file
 metasched API, version 1.
 
-Two services share one daemon (metaschedd):
+Three services share one daemon (metaschedd):
   Scheduler      what users (msub) and admins call: submit, plan, show, list, cancel, watch, sites.
+  Admin          what metasched-admin calls (admins only): user tokens, site drain/resume/retire,
+                 online backup.
   AgentService   what a site's metasched-agent calls: one long-lived bidirectional stream on which
                  the agent reports its site and job states, and receives submit/cancel commands.
+
+Who is calling (docs/security.md):
+  users    metadata "authorization: Bearer <token>": a local token from the daemon's ident
+           socket (Unix-socket peer credentials; only accepted over the Unix socket), or an
+           admin-issued user token (stored hashed). Nothing else identifies a user.
+  agents   the URI SAN metasched-site:<site> of their TLS client certificate (mTLS), and/or
+           the site token in Hello (compared by its sha256).
 
 Errors are gRPC status codes with a one-line message:
   INVALID_ARGUMENT     the request itself is wrong (bad size, unknown precision, bad time, ...)
   FAILED_PRECONDITION  well-formed, but no known site could ever run it / the job is already final
   NOT_FOUND            unknown job id or site
-  PERMISSION_DENIED    not your job / an agent speaking for another site
-  UNAVAILABLE          daemon or site not reachable
+  PERMISSION_DENIED    not your job / not an admin / an agent speaking for another site
+  UNAUTHENTICATED      no credential, or a wrong, expired or revoked one
+  RESOURCE_EXHAUSTED   a per-user limit (submission rate: "retry in N s", live jobs), or a
+                       message over the daemon's max_message_bytes
+  UNAVAILABLE          daemon or site not reachable (also: a TLS handshake the daemon refused)
 """
 
 from collections import abc as _abc
@@ -139,3 +151,64 @@ class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_metasched_pb2.DaemonMessage], _abc.AsyncIterator[_metasched_pb2.DaemonMessage]]: ...
 
 def add_AgentServiceServicer_to_server(servicer: AgentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class AdminStub:
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> AdminAsyncStub: ...
+    CreateToken: _grpc.UnaryUnaryMultiCallable[_metasched_pb2.CreateTokenRequest, _metasched_pb2.CreateTokenResponse]
+    ListTokens: _grpc.UnaryUnaryMultiCallable[_metasched_pb2.ListTokensRequest, _metasched_pb2.ListTokensResponse]
+    RevokeToken: _grpc.UnaryUnaryMultiCallable[_metasched_pb2.RevokeTokenRequest, _metasched_pb2.TokenInfo]
+    SetSiteState: _grpc.UnaryUnaryMultiCallable[_metasched_pb2.SetSiteStateRequest, _metasched_pb2.SetSiteStateResponse]
+    Backup: _grpc.UnaryStreamMultiCallable[_metasched_pb2.BackupRequest, _metasched_pb2.BackupChunk]
+    """An online, consistent copy of the database (SQLite's backup API), streamed to the caller."""
+
+@_typing.type_check_only
+class AdminAsyncStub(AdminStub):
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    CreateToken: _aio.UnaryUnaryMultiCallable[_metasched_pb2.CreateTokenRequest, _metasched_pb2.CreateTokenResponse]  # type: ignore[assignment]
+    ListTokens: _aio.UnaryUnaryMultiCallable[_metasched_pb2.ListTokensRequest, _metasched_pb2.ListTokensResponse]  # type: ignore[assignment]
+    RevokeToken: _aio.UnaryUnaryMultiCallable[_metasched_pb2.RevokeTokenRequest, _metasched_pb2.TokenInfo]  # type: ignore[assignment]
+    SetSiteState: _aio.UnaryUnaryMultiCallable[_metasched_pb2.SetSiteStateRequest, _metasched_pb2.SetSiteStateResponse]  # type: ignore[assignment]
+    Backup: _aio.UnaryStreamMultiCallable[_metasched_pb2.BackupRequest, _metasched_pb2.BackupChunk]  # type: ignore[assignment]
+    """An online, consistent copy of the database (SQLite's backup API), streamed to the caller."""
+
+class AdminServicer(metaclass=_abc_1.ABCMeta):
+    @_abc_1.abstractmethod
+    def CreateToken(
+        self,
+        request: _metasched_pb2.CreateTokenRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_metasched_pb2.CreateTokenResponse, _abc.Awaitable[_metasched_pb2.CreateTokenResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListTokens(
+        self,
+        request: _metasched_pb2.ListTokensRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_metasched_pb2.ListTokensResponse, _abc.Awaitable[_metasched_pb2.ListTokensResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RevokeToken(
+        self,
+        request: _metasched_pb2.RevokeTokenRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_metasched_pb2.TokenInfo, _abc.Awaitable[_metasched_pb2.TokenInfo]]: ...
+
+    @_abc_1.abstractmethod
+    def SetSiteState(
+        self,
+        request: _metasched_pb2.SetSiteStateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_metasched_pb2.SetSiteStateResponse, _abc.Awaitable[_metasched_pb2.SetSiteStateResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def Backup(
+        self,
+        request: _metasched_pb2.BackupRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_metasched_pb2.BackupChunk], _abc.AsyncIterator[_metasched_pb2.BackupChunk]]:
+        """An online, consistent copy of the database (SQLite's backup API), streamed to the caller."""
+
+def add_AdminServicer_to_server(servicer: AdminServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         try:
             version = backend.version()
+            backend.nodes()  # the version is local; this one needs slurmctld to answer
         except SlurmError as e:
             print(
                 f"metasched-agent: Slurm at site {cfg.site} does not answer: {e}", file=sys.stderr

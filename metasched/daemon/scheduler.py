@@ -94,7 +94,7 @@ class Scheduler:
             if name not in known:
                 raise Refused("INVALID_ARGUMENT", f"unknown site {name!r}")
         req = request_of(JobRow(0, user, spec, S.QUEUED, 0, 0))
-        reasons = self._never_runnable(req)
+        reasons = self._never_runnable(req) or self._no_account(req)
         if reasons is not None:
             raise Refused("FAILED_PRECONDITION", reasons)
         if self.store.count_live(user) >= self.settings.max_queued_per_user:
@@ -164,6 +164,96 @@ class Scheduler:
         req = request_of(JobRow(0, user, spec, S.QUEUED, 0, 0))
         now = time.time()
         return self.placer.plan(req, self._views(now), now)
+
+    def _no_account(self, req: Request) -> str | None:
+        """None if the user has an account at some site that could run this shape; else why not.
+
+        Sites map global users to local accounts (the agent's [users]); a job whose user is
+        mapped nowhere it could run would wait forever, so it is refused with the reason."""
+        why: dict[str, str] = {}
+        for site in self.sites.all():
+            base = site.view_base
+            if base is None or site.admin_state == "retired":
+                continue
+            parts, reason = site_refusal(base, req, shape_only=True)
+            if not parts:
+                why[site.name] = reason
+            elif base.mapped_users is None or req.user in base.mapped_users:
+                return None
+            else:
+                why[site.name] = "not mapped"
+        if "not mapped" not in why.values():
+            return None  # nothing reported yet, or no site fits at all (said elsewhere)
+        detail = "; ".join(f"{s}: {r}" for s, r in sorted(why.items()))
+        return f"user {req.user} has no account at any site that could run this job ({detail})"
+
+    # ---------------------------------------------------------------- admins
+
+    def set_site_state(self, name: str, state: str) -> tuple[list[int], list[int]]:
+        """An admin's drain (no new jobs), resume (online) or retire (give up for good).
+
+        Retiring moves the site's live jobs away, each in one transaction with the site state:
+        never started (FORWARDING, PENDING, RECALLING) -> QUEUED, placed elsewhere; RUNNING ->
+        an infrastructure failure (QUEUED while infra retries last, else NODE_FAIL);
+        CANCELLING -> CANCELLED. A best-effort cancel still goes to the site, and any Slurm job
+        of an old attempt that it shows later is a stray and is cancelled then.
+        Returns (requeued job ids, ended job ids)."""
+        if state not in ("online", "draining", "retired"):
+            raise Refused("INVALID_ARGUMENT", "site state must be online, draining or retired")
+        site = self.sites.get(name)
+        if site is None:
+            raise Refused("NOT_FOUND", f"unknown site {name!r}")
+        site.admin_state = state
+        self.store.save_site(name, state, site.last_seen, None)
+        self.log.info("site_state_set", site=name, admin_state=state)
+        if state != "retired":
+            self._wake.set()
+            return [], []
+        requeued: list[int] = []
+        ended: list[int] = []
+        at_site: list[JobRow] = []
+
+        def op(b: Batch) -> None:
+            for job in [j for j in list(self.store.live.values()) if j.site == name]:
+                try:
+                    job = b.job(job.id)
+                    if job.site != name or job.state.is_final:
+                        continue
+                    at_site.append(job)
+                    why = f"site {name} retired by an admin"
+                    if job.state == S.CANCELLING:
+                        b.move(job.id, S.CANCELLED, f"{why}; cancel taken as done")
+                        ended.append(job.id)
+                    elif job.state == S.RUNNING:
+                        if job.infra_retries < self.settings.max_infra_retries:
+                            b.move(
+                                job.id,
+                                S.QUEUED,
+                                f"{why} while running: retrying elsewhere",
+                                site="",
+                                partition="",
+                                slurm_job_id="",
+                                est_at=0.0,
+                                infra_retries=job.infra_retries + 1,
+                                avoid_sites=(*job.avoid_sites, name),
+                                reason=f"{why} while running",
+                            )
+                            requeued.append(job.id)
+                        else:
+                            b.move(job.id, S.NODE_FAIL, f"{why} while running; no retries left")
+                            ended.append(job.id)
+                    else:  # FORWARDING, PENDING, RECALLING: it never started there
+                        self._requeue(b, job, f"{why} before it started")
+                        requeued.append(job.id)
+                except IllegalTransition:
+                    continue
+
+        self.store.run(op)
+        for job in at_site:  # if the site still answers, nothing of it keeps running there
+            self._send_cancel(job)
+        self.log.warning("site_retired", site=name, requeued=len(requeued), ended=len(ended))
+        self._wake.set()
+        return requeued, ended
 
     # ---------------------------------------------------------------- placement
 
@@ -351,7 +441,12 @@ class Scheduler:
     def on_report(self, site_name: str, report: pb.SiteReport) -> None:
         now = time.time()
         site = self.sites.update(site_name, report, now)
-        self.store.save_site(site_name, site.admin_state, now, report.SerializeToString())
+        self.store.save_site(
+            site_name,
+            site.admin_state,
+            now,
+            report.SerializeToString() if report.slurm_reachable else None,
+        )
         self._learn_runtimes(site, report)
         seen: set[int] = set()
         observations = []

@@ -185,9 +185,11 @@ class SiteRegistry:
     def update(self, name: str, report: pb.SiteReport, now: float) -> Site:
         with self._lock:
             site = self.ensure(name)
-            site.report = report
             site.last_seen = now
-            site.view_base = view_of(name, report)
+            if report.slurm_reachable or site.report is None:
+                site.report = report
+                site.view_base = view_of(name, report)
+            # else: keep the last good picture of the site; it is offline, not gone
             if not site.online and report.slurm_reachable:
                 site.online = True
                 self.log.info("site_online", site=name, slurm_version=report.slurm_version)

@@ -278,3 +278,41 @@ def test_unreachable_daemon_is_one_line(tmp_path: Path) -> None:
     assert r.returncode == 1
     assert r.stderr.startswith("msub: cannot reach metaschedd at 127.0.0.1:1")
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_msub_commands_for_following_work(fed: Federation, tmp_path: Path) -> None:
+    script = tmp_path / "short.sh"
+    script.write_text("#!/bin/bash\n#SBATCH -J followme\n#SBATCH -t 3\nsleep 2\n")
+    out = fed.msub("--precision", "fp64", str(script)).stdout
+    assert out.startswith("Submitted job ") and "to site " in out and "expected start" in out
+    job_id = out.split()[2]
+    listed = fed.msub("status").stdout
+    assert any(line.split()[0] == job_id and "followme" in line for line in listed.splitlines())
+    watched = fed.msub("watch", job_id)
+    assert watched.returncode == 0
+    lines = watched.stdout.strip().splitlines()
+    assert "RUNNING" in watched.stdout and lines[-1].startswith(f"job {job_id} ended COMPLETED")
+    finished = json.loads(fed.msub("list", "--finished", "--json").stdout)
+    mine = [j for j in finished if str(j["id"]) == job_id]
+    assert mine and mine[0]["state"] == "JOB_STATE_COMPLETED"
+    assert mine[0]["spec"]["name"] == "followme"  # the #SBATCH -J line was honoured
+    assert mine[0]["spec"]["time_limit_minutes"] == 3
+
+
+def test_msub_sites_and_plan_explain_the_choice(fed: Federation, tmp_path: Path) -> None:
+    sites = fed.msub("sites").stdout
+    for name, precisions in (("hpc", "fp64 fp32"), ("ai", "bf16 fp16 int8")):
+        row = next(line for line in sites.splitlines() if line.startswith(name + " "))
+        assert "online" in row and precisions in row
+    as_json = {s["name"]: s for s in json.loads(fed.msub("sites", "--json").stdout)}
+    assert as_json["gpu"]["total_gpus"] == 8
+    script = tmp_path / "p.sh"
+    script.write_text("#!/bin/bash\ntrue\n")
+    plan = json.loads(fed.msub("plan", "--precision", "fp64", "--json", str(script)).stdout)
+    by_site = {c["site"]: c for c in plan["choices"]}
+    assert by_site["ai"].get("eligible", False) is False
+    assert "precision fp64 not offered" in by_site["ai"]["reason"]
+    assert by_site["hpc"]["eligible"] and by_site["gpu"]["eligible"]
+    human = fed.msub("plan", "--gres", "gpu:a100:1", str(script)).stdout
+    ai_row = next(line for line in human.splitlines() if line.startswith("ai "))
+    assert "no a100 GPUs" in ai_row

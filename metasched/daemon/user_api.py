@@ -114,7 +114,8 @@ class UserService(pb_grpc.SchedulerServicer):
         self, request: pb.SubmitJobRequest, context: grpc.ServicerContext
     ) -> pb.SubmitJobResponse:
         user = self._user(context)
-        job = self._guard(context, lambda: self.s.submit(user, request.spec, SUBMIT_WAIT_S))
+        wait = 0.0 if request.no_wait else SUBMIT_WAIT_S
+        job = self._guard(context, lambda: self.s.submit(user, request.spec, wait))
         resp = pb.SubmitJobResponse(job_id=job.id)
         if job.est_site:
             resp.estimate.CopyFrom(

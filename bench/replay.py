@@ -72,7 +72,9 @@ def make_jobs(trace: Trace, sites: list[Site], seed: int, load: float) -> tuple[
     jobs: list[Job] = []
     for i, (submit, run, limit, procs, user) in enumerate(trace.jobs):
         # Only precisions some site can run at this size; weights renormalised.
-        opts = [(p, w) for p, w in NEEDS if any(p in s.precisions and procs <= s.nodes for s in sites)]
+        opts = [
+            (p, w) for p, w in NEEDS if any(p in s.precisions and procs <= s.nodes for s in sites)
+        ]
         r = rng.random() * sum(w for _, w in opts)
         prec = opts[-1][0]
         for p, w in opts:
@@ -165,15 +167,17 @@ def report(name: str, results: dict[str, dict[str, float]], secs: dict[str, floa
             f"| {fmt_r(m['mean_wait'], orc['mean_wait'] if orc else None)} "
             f"| {fmt_r(m['bsld'], base['bsld'] if base else None)} | {secs[pol]:.0f} s |"
         )
-    print(
-        f"\nEstimates given at submission (waited = started >= {WAITED_S:.0f} s after submit):\n"
-    )
+    print(f"\nEstimates given at submission (waited = started >= {WAITED_S:.0f} s after submit):\n")
     print(
         "| estimator | jobs waited | waited: within 1 min | within 10 min | median abs err "
         "| all jobs within 10 min | 90% bound held | 10-min share vs -M | MAE vs -M |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
-    label = {"slurm-m": "slurm -M will-run", "metasched": "metasched", "oracle": "oracle (true runtimes)"}
+    label = {
+        "slurm-m": "slurm -M will-run",
+        "metasched": "metasched",
+        "oracle": "oracle (true runtimes)",
+    }
     for pol, m in results.items():
         if "w_10min" not in m:
             continue
@@ -191,7 +195,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("traces", nargs="+", help="SWF trace files (.swf or .swf.gz)")
     ap.add_argument("--sites", type=int, default=4, help="number of sites (2..8), default 4")
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--limit-jobs", type=int, default=0, help="replay only the first N jobs (0 = all)")
+    ap.add_argument(
+        "--limit-jobs", type=int, default=0, help="replay only the first N jobs (0 = all)"
+    )
     ap.add_argument("--load", type=float, default=1.0, help="offered load vs the traced machine")
     ap.add_argument("--policies", default=",".join(POLICIES))
     args = ap.parse_args(argv)
@@ -206,7 +212,10 @@ def main(argv: list[str] | None = None) -> int:
             for j in probe
             if sum(j.prec in s.precisions and j.procs <= s.nodes for s in sites) == 1
         )
-        print(f"\n## {trace.name}: {len(probe)} jobs" + (f" (first {args.limit_jobs})" if args.limit_jobs else ""))
+        print(
+            f"\n## {trace.name}: {len(probe)} jobs"
+            + (f" (first {args.limit_jobs})" if args.limit_jobs else "")
+        )
         print(
             f"sites: {'; '.join(s.name + ' ' + str(s.nodes) + ' nodes ' + '/'.join(s.precisions) for s in sites)}; "
             f"arrivals compressed {scale:.2f}x (load {args.load}); seed {args.seed}; "

@@ -212,9 +212,7 @@ class Progress:
         frac = min(1.0, done / self.total)
         bar = "#" * int(frac * self.width)
         el = time.monotonic() - self.t0
-        sys.stderr.write(
-            f"\r{self.label:<28} [{bar:<{self.width}}] {frac * 100:5.1f}% {el:6.1f}s"
-        )
+        sys.stderr.write(f"\r{self.label:<28} [{bar:<{self.width}}] {frac * 100:5.1f}% {el:6.1f}s")
         if done >= self.total:
             sys.stderr.write("\n")
         sys.stderr.flush()

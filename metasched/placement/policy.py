@@ -202,52 +202,97 @@ class Placer:
 
     def place(self, reqs: list[Request], sites: list[SiteView], now: float) -> list[Decision]:
         """Place each request (in the given priority order) on the site where it starts soonest,
-        reserving its slot so later ones see the capacity it takes. Requests no eligible site
-        can take now are left out (they stay queued)."""
+        reserving its slot so later ones see the capacity it takes (a burst spreads instead of
+        herding). Requests no eligible site can ever take are left out (they stay queued); with
+        hold_horizon_s set, those whose start is further away come back with hold=True.
+
+        Speed (the daemon places ~100k queued jobs over ~1000 sites per cycle): jobs of one
+        shape class (same shape and constraints; the user only through the predicted runtime)
+        share a heap of eligible partitions keyed by a lower bound of the start, the earliest
+        slot for the class's shortest runtime. The bound holds for every job of the class
+        (a longer job cannot start sooner) and for every later version of a profile (reserving
+        only delays), so each job computes exact starts only for the partitions whose bound
+        beats the best start found so far (branch and bound), not for all of them.
+        """
         by_name = {s.name: s for s in sites}
         cache: dict[tuple[str, str, str], Profile] = {}
-        eligible: dict[tuple[object, ...], list[tuple[str, str]]] = {}
-        # Per request class, a heap of (start, site, partition, profile version): the start is
-        # exact for that version and a lower bound after (reserving only delays a profile),
-        # so a popped entry whose version is current is the true minimum.
-        heaps: dict[tuple[object, ...], list[tuple[float, str, str, int]]] = {}
+        views: dict[tuple[str, str], list[tuple[str, Profile]]] = {}
+        mapping = any(s.mapped_users is not None for s in sites)
+        runtimes = [self.runtimes.predict(r.user, r.shape.time_limit_minutes * 60.0) for r in reqs]
+        keys: list[tuple[object, ...]] = []
+        shortest: dict[tuple[object, ...], float] = {}
+        for req, rt in zip(reqs, runtimes, strict=True):
+            k = (req.user if mapping else "", req.shape, req.partition, req.sites, req.exclude)
+            keys.append(k)
+            shortest[k] = min(rt, shortest.get(k, math.inf))
+        classes: dict[tuple[object, ...], _Class] = {}
+
+        def profile(sname: str, part: str, gpu_type: str) -> Profile:
+            ck = (sname, part, gpu_type)
+            prof = cache.get(ck)
+            if prof is None:
+                prof = build_profile(by_name[sname], part, gpu_type, now, self.runtimes)
+                cache[ck] = prof
+                views.setdefault((sname, part), []).append((gpu_type, prof))
+            return prof
+
         out: list[Decision] = []
-        for req in reqs:
-            key = req.key
-            pairs = eligible.get(key)
-            if pairs is None:
-                pairs = []
+        for req, rt, k in zip(reqs, runtimes, keys, strict=True):
+            cls = classes.get(k)
+            gpu_type = req.shape.gpu_type
+            if cls is None:
+                pairs: list[tuple[str, str]] = []
                 for site in sites:
                     parts, _ = site_refusal(site, req)
                     pairs.extend((site.name, p) for p in parts)
-                eligible[key] = pairs
-            if not pairs:
-                continue
-            heap = heaps.get(key)
-            if heap is None:
+                lb_need = need_of(req.shape, max(1.0, shortest[k]))
                 heap = []
                 for sname, p in pairs:
-                    prof = self._profile(cache, by_name[sname], p, req.shape.gpu_type, now)
-                    heap.append((self._start(prof, req, now), sname, p, prof.version))
+                    prof = profile(sname, p, gpu_type)
+                    heap.append((prof.earliest(lb_need, now), sname, p, prof.version))
                 heapq.heapify(heap)
-                heaps[key] = heap
-            while True:
-                start, sname, p, version = heap[0]
-                prof = self._profile(cache, by_name[sname], p, req.shape.gpu_type, now)
-                if version == prof.version:
-                    break
-                heapq.heapreplace(heap, (self._start(prof, req, now), sname, p, prof.version))
-            if start == math.inf:
+                cls = classes[k] = _Class(lb_need, heap)
+            heap = cls.heap
+            if not heap:
                 continue
-            runtime = self.runtimes.predict(req.user, req.shape.time_limit_minutes * 60.0)
-            need = need_of(req.shape, runtime)
-            prof.reserve(start, need)
-            # Other GPU-type views of the same partition share its CPUs: mark them stale.
-            for (s2, p2, g2), other in cache.items():
-                if s2 == sname and p2 == p and g2 != req.shape.gpu_type:
-                    other.reserve(start, Need(need.cpus, 0, need.seconds))
-            basis = "free now" if start <= now else "after work ahead ends"
-            est = self.calibration.estimate(sname, p, now, start, basis)
-            hold = self.hold_horizon_s is not None and start > now + self.hold_horizon_s
-            out.append(Decision(req.job_id, sname, p, est, hold))
+            need = need_of(req.shape, rt)
+            best_t, best_site, best_part = math.inf, "", ""
+            best_prof: Profile | None = None
+            popped: list[tuple[float, str, str, int]] = []
+            while heap:
+                lb, sname, p, version = heap[0]
+                if lb >= best_t:
+                    break
+                prof = profile(sname, p, gpu_type)
+                if version != prof.version:
+                    heapq.heapreplace(
+                        heap, (prof.earliest(cls.lb_need, now), sname, p, prof.version)
+                    )
+                    continue
+                popped.append(heapq.heappop(heap))
+                t = prof.earliest(need, now) if lb != math.inf else math.inf
+                if t < best_t:
+                    best_t, best_site, best_part, best_prof = t, sname, p, prof
+            for e in popped:
+                heapq.heappush(heap, e)
+            if best_prof is None:
+                continue
+            best_prof.reserve(best_t, need)
+            # Other GPU-type views of the same partition share its CPUs.
+            for g2, other in views.get((best_site, best_part), ()):
+                if g2 != gpu_type:
+                    other.reserve(best_t, Need(need.cpus, 0, need.seconds))
+            basis = "free now" if best_t <= now else "after work ahead ends"
+            est = self.calibration.estimate(best_site, best_part, now, best_t, basis)
+            hold = self.hold_horizon_s is not None and best_t > now + self.hold_horizon_s
+            out.append(Decision(req.job_id, best_site, best_part, est, hold))
         return out
+
+
+@dataclass
+class _Class:
+    """Jobs of one shape class in one placement cycle: the need whose earliest start bounds
+    theirs from below, and the heap of (bound, site, partition, profile version)."""
+
+    lb_need: Need
+    heap: list[tuple[float, str, str, int]]

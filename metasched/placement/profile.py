@@ -60,9 +60,9 @@ class Profile:
     def release(self, at: float, cpus: int, gpus: int) -> None:
         """A running job ends at `at`, giving back what it holds from then on."""
         i = self._split(max(at, self.times[0]))
-        for j in range(i, len(self.times)):
-            self.free_cpus[j] += cpus
-            self.free_gpus[j] += gpus
+        self.free_cpus[i:] = [c + cpus for c in self.free_cpus[i:]]
+        if gpus:
+            self.free_gpus[i:] = [g + gpus for g in self.free_gpus[i:]]
         self.version += 1
 
     def fits_ever(self, need: Need) -> bool:
@@ -73,23 +73,21 @@ class Profile:
         if not self.fits_ever(need):
             return INF
         times, fc, fg = self.times, self.free_cpus, self.free_gpus
+        cpus, gpus, secs = need.cpus, need.gpus, need.seconds
         n = len(times)
-        start_i = max(0, bisect.bisect_right(times, not_before) - 1)
-        i = start_i
+        i = max(0, bisect.bisect_right(times, not_before) - 1)
         start = max(times[i], not_before)
         while i < n:
-            end = start + need.seconds
-            j = i
-            ok = True
-            while j < n and times[j] < end:
-                if fc[j] < need.cpus or fg[j] < need.gpus:
-                    ok = False
+            # the steps the window [start, start + secs) overlaps are i .. j-1
+            j = bisect.bisect_left(times, start + secs, i + 1) if secs != INF else n
+            bad = -1
+            for k in range(j - 1, i - 1, -1):  # from the end: jump past the last shortfall
+                if fc[k] < cpus or fg[k] < gpus:
+                    bad = k
                     break
-                j += 1
-            if ok:
+            if bad < 0:
                 return start
-            # the window broke at step j: the next chance starts when step j ends
-            i = j + 1
+            i = bad + 1
             if i >= n:
                 return INF  # the last step is short of capacity forever (should not happen)
             start = times[i]
@@ -101,9 +99,10 @@ class Profile:
             return
         i = self._split(start)
         k = self._split(start + need.seconds) if need.seconds != INF else len(self.times)
-        for j in range(i, k):
-            self.free_cpus[j] -= need.cpus
-            self.free_gpus[j] -= need.gpus
+        c, g = need.cpus, need.gpus
+        self.free_cpus[i:k] = [x - c for x in self.free_cpus[i:k]]
+        if g:
+            self.free_gpus[i:k] = [x - g for x in self.free_gpus[i:k]]
         self.version += 1
 
     def free_at(self, t: float) -> tuple[int, int]:

@@ -145,8 +145,9 @@ class Metasched(Base):
 
     name = "metasched"
 
-    def __init__(self, placer: Placer | None = None) -> None:
-        self.placer = placer or Placer()
+    def __init__(self, placer: Placer | None = None, name: str = "metasched") -> None:
+        self.placer = placer or Placer(hold_horizon_s=0.0)
+        self.name = name
         self.held: dict[int, tuple[Job, Request]] = {}  # insertion order = priority order
 
     def views(self, sim: Sim) -> list[SiteView]:

@@ -28,6 +28,7 @@ from bench.policies import (
 )
 from bench.sim import T0, Job, Progress, Sim, Site
 from bench.swf import Trace, read_swf
+from metasched.placement.policy import Placer
 
 # Site catalogue, taken in order for --sites N: (name, share of the traced machine's
 # processors, precisions offered). Sizes differ on purpose; every precision class a job can
@@ -45,7 +46,15 @@ CATALOGUE: list[tuple[str, float, tuple[str, ...]]] = [
 # Share of jobs needing each precision (classic HPC traces: mostly fp64).
 NEEDS: list[tuple[str, float]] = [("fp64", 0.45), ("fp32", 0.25), ("bf16", 0.2), ("int8", 0.1)]
 
-POLICIES = ["random", "round-robin", "fewest-queued", "slurm-m", "metasched", "oracle"]
+POLICIES = [
+    "random",
+    "round-robin",
+    "fewest-queued",
+    "slurm-m",
+    "metasched-early",
+    "metasched",
+    "oracle",
+]
 WAITED_S = 60.0  # a job "waited" if it started at least a minute after submission
 
 
@@ -93,7 +102,8 @@ def make_policy(name: str, seed: int) -> Base:
         "round-robin": RoundRobin,
         "fewest-queued": FewestQueued,
         "slurm-m": SlurmM,
-        "metasched": Metasched,
+        "metasched": lambda: Metasched(Placer(hold_horizon_s=0.0)),
+        "metasched-early": lambda: Metasched(Placer(hold_horizon_s=None), "metasched-early"),
         "oracle": Oracle,
     }
     if name not in factories:
@@ -216,8 +226,9 @@ def main(argv: list[str] | None = None) -> int:
             f"\n## {trace.name}: {len(probe)} jobs"
             + (f" (first {args.limit_jobs})" if args.limit_jobs else "")
         )
+        site_list = "; ".join(f"{s.name} {s.nodes} nodes " + "/".join(s.precisions) for s in sites)
         print(
-            f"sites: {'; '.join(s.name + ' ' + str(s.nodes) + ' nodes ' + '/'.join(s.precisions) for s in sites)}; "
+            f"sites: {site_list}; "
             f"arrivals compressed {scale:.2f}x (load {args.load}); seed {args.seed}; "
             f"jobs with only one eligible site: {one / len(probe) * 100:.2f}%; "
             f"killed at limit: {trace.killed_at_limit}; no limit in trace: {trace.no_limit}; "

@@ -222,7 +222,13 @@ class Placer:
         keys: list[tuple[object, ...]] = []
         shortest: dict[tuple[object, ...], float] = {}
         for req, rt in zip(reqs, runtimes, strict=True):
-            k = (req.user if mapping else "", req.shape, req.partition, req.sites, req.exclude)
+            k: tuple[object, ...] = (
+                req.user if mapping else "",
+                req.shape,
+                req.partition,
+                req.sites,
+                req.exclude,
+            )
             keys.append(k)
             shortest[k] = min(rt, shortest.get(k, math.inf))
         classes: dict[tuple[object, ...], _Class] = {}

@@ -1,0 +1,294 @@
+"""The pure placement logic: profiles, runtime prediction, calibration, filtering, herding."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from metasched.jobspec import Shape
+from metasched.placement.estimate import Calibrator, build_profile
+from metasched.placement.model import NodeView, PartitionView, SiteView, Work
+from metasched.placement.policy import Placer, Request, site_refusal
+from metasched.placement.profile import Need, Profile
+from metasched.placement.runtime import MIN_RUNTIME_S, RuntimePredictor
+
+NOW = 1_000_000.0
+
+
+def shape(
+    nodes: int = 1,
+    cpus: int = 1,
+    minutes: int = 60,
+    precision: str = "fp64",
+    gpus: int = 0,
+    gpu_type: str = "",
+) -> Shape:
+    return Shape(nodes, nodes, cpus, 0, gpus, gpu_type, minutes, precision)
+
+
+def site(
+    name: str,
+    nodes: int = 4,
+    cpus: int = 8,
+    free: int | None = None,
+    precisions: tuple[str, ...] = ("fp64", "fp32"),
+    gpus: dict[str, int] | None = None,
+    max_time_minutes: int = 0,
+    running: list[Work] | None = None,
+    online: bool = True,
+    mapped: frozenset[str] | None = None,
+) -> SiteView:
+    ns = {
+        f"{name}-n{i}": NodeView(
+            f"{name}-n{i}",
+            ("batch",),
+            True,
+            cpus,
+            cpus if free is None else free,
+            64_000,
+            64_000,
+            dict(gpus or {}),
+            dict(gpus or {}),
+        )
+        for i in range(nodes)
+    }
+    part = PartitionView(
+        "batch",
+        tuple(ns),
+        max_time_minutes=max_time_minutes,
+        precisions=dict.fromkeys(precisions, 1.0),
+    )
+    return SiteView(name, online, [part], ns, running or [], mapped_users=mapped)
+
+
+# -- profile ---------------------------------------------------------------------------
+
+
+def test_profile_earliest_now_when_free() -> None:
+    p = Profile(NOW, 8, 0, 8, 0)
+    assert p.earliest(Need(8, 0, 100), NOW) == NOW
+
+
+def test_profile_earliest_waits_for_release() -> None:
+    p = Profile(NOW, 2, 0, 8, 0)
+    p.release(NOW + 50, 6, 0)
+    assert p.earliest(Need(4, 0, 100), NOW) == NOW + 50
+    assert p.earliest(Need(2, 0, 100), NOW) == NOW
+    assert p.earliest(Need(9, 0, 1), NOW) == math.inf  # never: bigger than the partition
+
+
+def test_profile_reserve_blocks_and_backfills_holes() -> None:
+    p = Profile(NOW, 8, 0, 8, 0)
+    p.reserve(NOW + 100, Need(8, 0, 100))  # a reservation from +100 to +200
+    assert p.earliest(Need(4, 0, 50), NOW) == NOW  # fits in the hole before it
+    assert p.earliest(Need(4, 0, 150), NOW) == NOW + 200  # too long for the hole
+    assert p.free_at(NOW + 150) == (0, 0)
+    assert p.free_at(NOW + 250) == (8, 0)
+
+
+def test_profile_gpus_count() -> None:
+    p = Profile(NOW, 8, 0, 8, 4)
+    p.release(NOW + 30, 0, 4)
+    assert p.earliest(Need(1, 2, 10), NOW) == NOW + 30
+
+
+def test_build_profile_uses_predicted_ends_and_pending() -> None:
+    rt = RuntimePredictor()
+    running = [Work("batch", 1, 8, 0, "", 3600.0, NOW - 100, start_time=NOW - 100, user="a")]
+    s = site("s", nodes=1, cpus=8, free=0, running=running)
+    s.pending.append(Work("batch", 1, 8, 0, "", 600.0, NOW - 50, user="b"))
+    prof = build_profile(s, "batch", "", NOW, rt)
+    # no history: the running job is expected to run to its limit, then the pending one runs
+    assert prof.earliest(Need(8, 0, 60), NOW) == pytest.approx(NOW + 3500 + 600)
+
+
+# -- runtime prediction ----------------------------------------------------------------
+
+
+def test_runtime_without_history_is_the_limit() -> None:
+    assert RuntimePredictor().predict("u", 7200.0) == 7200.0
+
+
+def test_runtime_from_history_capped_by_limit() -> None:
+    rt = RuntimePredictor(history=2)
+    rt.observe("u", 100.0, 3600.0)
+    rt.observe("u", 300.0, 3600.0)
+    assert rt.predict("u", 3600.0) == 200.0
+    assert rt.predict("u", 120.0) == 120.0  # capped by the new job's limit
+    rt.observe("v", 1.0, 3600.0)
+    assert rt.predict("v", 3600.0) == MIN_RUNTIME_S  # never "instant"
+
+
+def test_runtime_prefers_same_limit_history() -> None:
+    rt = RuntimePredictor()
+    rt.observe("u", 500.0, 600.0)
+    rt.observe("u", 20_000.0, 86_400.0)
+    assert rt.predict("u", 600.0) == 500.0
+    assert rt.predict("u", 86_400.0) == 20_000.0
+    assert rt.predict("u", 7200.0) == 7200.0  # unseen limit: the user's last, capped
+
+
+def test_runtime_raised_when_job_outlives_prediction() -> None:
+    rt = RuntimePredictor()
+    rt.observe("u", 100.0, 3600.0)
+    started = NOW - 50
+    assert rt.remaining("u", 3600.0, started, NOW) == pytest.approx(50.0)
+    late = NOW - 1000  # ran ten times longer than predicted: expect it to run to its limit
+    assert rt.remaining("u", 3600.0, late, NOW) == pytest.approx(2600.0)
+
+
+# -- calibration -----------------------------------------------------------------------
+
+
+def test_calibration_default_is_cautious() -> None:
+    c = Calibrator()
+    e = c.estimate("s", "batch", NOW, NOW + 600, "")
+    assert e.start <= e.start_p90
+    assert e.start_p90 > NOW + 600  # a wide bound until it has seen enough
+
+
+def test_calibration_quantiles_follow_observed_errors() -> None:
+    c = Calibrator()
+    for i in range(100):
+        # actual waits 1x..2x the prediction, uniformly
+        c.observe("s", 1000.0, (1000.0 + c.C) * (1 + i / 100) - c.C)
+    m50, m90 = c.quantiles("s")
+    assert m50 == pytest.approx(1.5, abs=0.02)
+    assert m90 == pytest.approx(1.9, abs=0.02)
+    e = c.estimate("s", "batch", NOW, NOW + 1000, "")
+    assert e.start < e.start_p90
+    assert e.point == NOW + 1000
+    assert c.quantiles("other") == (1.0, 3.0)  # per site
+
+
+# -- filtering -------------------------------------------------------------------------
+
+
+def req(s: Shape, user: str = "alice", job_id: int = 1) -> Request:
+    return Request(job_id, user, s)
+
+
+def test_refuses_missing_precision() -> None:
+    parts, why = site_refusal(site("ai", precisions=("bf16", "int8")), req(shape()))
+    assert not parts and "precision fp64" in why
+
+
+def test_refuses_missing_gpu_type() -> None:
+    s = site("g", gpus={"a100": 4})
+    parts, why = site_refusal(s, req(shape(gpus=2, gpu_type="h100")))
+    assert not parts and "no h100 GPUs" in why
+    parts, _ = site_refusal(s, req(shape(gpus=2, gpu_type="a100")))
+    assert parts == ["batch"]
+
+
+def test_refuses_shape_that_fits_no_node() -> None:
+    parts, why = site_refusal(site("s", nodes=2, cpus=8), req(shape(nodes=1, cpus=16)))
+    assert not parts and "shape does not fit" in why
+    parts, why = site_refusal(site("s", nodes=2, cpus=8), req(shape(nodes=3)))
+    assert not parts and "shape does not fit" in why
+
+
+def test_refuses_time_limit_over_partition_max() -> None:
+    parts, why = site_refusal(site("s", max_time_minutes=60), req(shape(minutes=120)))
+    assert not parts and "time limit" in why
+
+
+def test_refuses_offline_site() -> None:
+    parts, why = site_refusal(site("s", online=False), req(shape()))
+    assert not parts and why == "offline"
+
+
+def test_refuses_unmapped_user() -> None:
+    s = site("s", mapped=frozenset({"bob"}))
+    parts, why = site_refusal(s, req(shape(), user="alice"))
+    assert not parts and "no account mapping" in why
+    assert site_refusal(s, req(shape(), user="bob"))[0] == ["batch"]
+
+
+def test_plan_lists_every_site_with_estimate_or_reason() -> None:
+    sites = [site("a"), site("b", precisions=("bf16",)), site("c", online=False)]
+    plan = Placer().plan(req(shape()), sites, NOW)
+    assert [c.site for c in plan] == ["a", "b", "c"]
+    assert plan[0].eligible and plan[0].estimate is not None
+    assert not plan[1].eligible and "precision" in plan[1].reason
+    assert plan[2].reason == "offline"
+
+
+def test_node_groups_count_as_many_nodes() -> None:
+    node = NodeView("g", ("batch",), True, 1, 100, 1000, 1000, count=100)
+    part = PartitionView("batch", ("g",), precisions={"fp64": 1.0})
+    s = SiteView("grp", True, [part], {"g": node})
+    assert site_refusal(s, req(shape(nodes=100)))[0] == ["batch"]
+    assert site_refusal(s, req(shape(nodes=101)))[0] == []
+
+
+# -- ranking and herding ---------------------------------------------------------------
+
+
+def test_burst_spreads_over_two_equal_empty_sites() -> None:
+    sites = [site("a", nodes=4, cpus=8), site("b", nodes=4, cpus=8)]
+    burst = [req(shape(nodes=4, cpus=8), job_id=i) for i in range(4)]
+    out = Placer().place(burst, sites, NOW)
+    assert [d.site for d in out].count("a") == 2
+    assert [d.site for d in out].count("b") == 2
+    starts = sorted(d.estimate.point for d in out)
+    assert starts[0] == starts[1] == NOW  # two start at once, one per site
+    assert starts[2] > NOW
+
+
+def test_job_goes_to_site_that_frees_sooner() -> None:
+    def busy(name: str, ends_in: float) -> SiteView:
+        w = Work("batch", 4, 32, 0, "", ends_in + 100, NOW - 100, start_time=NOW - 100, user="x")
+        return site(name, nodes=4, cpus=8, free=0, running=[w])
+
+    rt = RuntimePredictor()
+    sites = [busy("late", 7200.0), busy("soon", 600.0)]
+    out = Placer(runtimes=rt).place([req(shape(nodes=4, cpus=8))], sites, NOW)
+    assert out[0].site == "soon"
+    assert out[0].estimate.point == pytest.approx(NOW + 600.0)
+
+
+def test_hold_horizon_holds_jobs_that_cannot_start_soon() -> None:
+    sites = [site("a", nodes=1, cpus=8)]
+    jobs = [req(shape(cpus=8), job_id=i) for i in range(2)]
+    out = Placer(hold_horizon_s=0.0).place(jobs, sites, NOW)
+    assert [d.hold for d in out] == [False, True]
+    assert out[1].estimate.point > NOW  # the held job still has a current estimate
+    early = Placer().place(jobs, sites, NOW)
+    assert [d.hold for d in early] == [False, False]  # early binding forwards both
+
+
+def test_unplaceable_job_is_left_out() -> None:
+    out = Placer().place([req(shape(precision="int8"))], [site("a")], NOW)
+    assert out == []
+
+
+def _earliest_by_brute_force(p: Profile, need: Need, not_before: float) -> float:
+    for start in sorted({not_before, *(t for t in p.times if t >= not_before)}):
+        ok = True
+        for k, t in enumerate(p.times):
+            t_end = p.times[k + 1] if k + 1 < len(p.times) else math.inf
+            overlaps = t_end > start and t < start + need.seconds
+            if overlaps and (p.free_cpus[k] < need.cpus or p.free_gpus[k] < need.gpus):
+                ok = False
+                break
+        if ok:
+            return start
+    return math.inf
+
+
+def test_profile_earliest_matches_brute_force() -> None:
+    import random
+
+    rng = random.Random(7)
+    for _ in range(500):
+        p = Profile(0.0, rng.randint(0, 10), rng.randint(0, 2), 10, 2)
+        for _ in range(rng.randint(0, 6)):
+            p.release(rng.uniform(0, 100), rng.randint(0, 5), rng.randint(0, 1))
+        for _ in range(rng.randint(0, 6)):
+            n = Need(rng.randint(1, 6), rng.randint(0, 1), rng.uniform(1, 50))
+            p.reserve(p.earliest(n, 0.0), n)
+        n = Need(rng.randint(1, 10), rng.randint(0, 2), rng.uniform(1, 60))
+        nb = rng.uniform(0, 50)
+        assert p.earliest(n, nb) == _earliest_by_brute_force(p, n, nb)

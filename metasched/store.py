@@ -71,6 +71,7 @@ class JobRow:
     est_at: float = 0.0
     est_point: float = 0.0  # the uncalibrated profile start, what calibration learns from
     infra_retries: int = 0
+    recalls: int = 0  # times pulled back from a site by rebalancing
     cancel_requested: bool = False
     # sites this job may no longer go to (a site refused it, or failed it for infra reasons)
     avoid_sites: tuple[str, ...] = field(default=())
@@ -110,6 +111,7 @@ _JOB_COLUMNS = {
     "est_at": float,
     "est_point": float,
     "infra_retries": int,
+    "recalls": int,
     "cancel_requested": int,
     "avoid_sites": str,
 }
@@ -140,6 +142,7 @@ def _row_to_job(r: sqlite3.Row) -> JobRow:
         est_at=r["est_at"] or 0.0,
         est_point=r["est_point"] or 0.0,
         infra_retries=r["infra_retries"] or 0,
+        recalls=r["recalls"] or 0,
         cancel_requested=bool(r["cancel_requested"]),
         avoid_sites=tuple(s for s in (r["avoid_sites"] or "").split(",") if s),
     )
@@ -163,6 +166,7 @@ _UPDATABLE = (
     "est_at",
     "est_point",
     "infra_retries",
+    "recalls",
     "cancel_requested",
     "avoid_sites",
 )
@@ -331,7 +335,12 @@ class Store:
 
     def _create_schema(self, conn: sqlite3.Connection) -> None:
         db = sqlite_utils.Database(conn)
-        db.table("jobs").create(_JOB_COLUMNS, pk="id", if_not_exists=True)
+        jobs = db.table("jobs")
+        jobs.create(_JOB_COLUMNS, pk="id", if_not_exists=True)
+        have = jobs.columns_dict
+        for name, kind in _JOB_COLUMNS.items():  # a database from an older metaschedd
+            if name not in have:
+                jobs.add_column(name, kind)
         db.table("job_events").create(
             {
                 "id": int,

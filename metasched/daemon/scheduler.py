@@ -45,6 +45,15 @@ class Settings:
     resolve_after: float = 10.0  # a job missing from reports this long is looked up
     max_script_bytes: int = jobspec.MAX_SCRIPT_BYTES
     max_queued_per_user: int = 100_000
+    # Rebalancing: a job still pending at a site rebalance_grace_s past its expected start is
+    # pulled back (cancelled while still pending, confirmed by the agent) and placed again when
+    # another site would start it at least rebalance_min_gain_s sooner, and sooner by at least
+    # half its remaining expected wait. At most max_recalls times per job.
+    rebalance: bool = True
+    rebalance_interval: float = 30.0
+    rebalance_grace_s: float = 300.0
+    rebalance_min_gain_s: float = 600.0
+    max_recalls: int = 2
 
 
 def request_of(job: JobRow) -> Request:
@@ -71,6 +80,7 @@ class Scheduler:
         self._placed = threading.Condition()
         self._last_sent: dict[tuple[int, int, str], float] = {}  # (job, attempt, kind) -> when
         self._thread: threading.Thread | None = None
+        self._last_rebalance = 0.0
         for name, state, last_seen, report in store.sites():
             sites.restore(name, state, last_seen, report)
         self._learn_from_history()
@@ -293,6 +303,7 @@ class Scheduler:
         for name in self.sites.check_liveness(now):
             self.store.save_site(name, self.sites.ensure(name).admin_state, now, None)
         self._resend_stale(now)
+        self._rebalance(now)
         queued = sorted(
             (j for j in list(self.store.live.values()) if j.state == S.QUEUED),
             key=lambda j: j.id,
@@ -359,6 +370,65 @@ class Scheduler:
             self._placed.notify_all()
         return len(forwarded)
 
+    def _rebalance(self, now: float) -> None:
+        """Pull back jobs stuck pending at one site when another would start them much sooner."""
+        st = self.settings
+        if not st.rebalance or now - self._last_rebalance < st.rebalance_interval:
+            return
+        self._last_rebalance = now
+        stale = [
+            j
+            for j in list(self.store.live.values())
+            if j.state == S.PENDING
+            and not j.started_at
+            and j.est_start
+            and j.slurm_job_id
+            and now > j.est_start + st.rebalance_grace_s
+            and j.recalls < st.max_recalls
+        ]
+        if not stale:
+            return
+        views = {v.name: v for v in self._views(now)}
+        recalls: list[tuple[int, str]] = []
+        for job in stale:
+            here = views.get(job.site)
+            if here is None or not here.online:
+                continue
+            req = request_of(job)
+            # where it stands at its own site: the queue without itself, it last in line
+            alone = replace(here, pending=[w for w in here.pending if w.job_id != job.slurm_job_id])
+            cur = self.placer.plan(replace(req, sites=frozenset()), [alone], now)[0].estimate
+            others = [v for v in views.values() if v.name != job.site]
+            choices = self.placer.plan(replace(req, sites=req.sites), others, now)
+            best = choices[0].estimate if choices and choices[0].eligible else None
+            if cur is None or best is None:
+                continue
+            gain = cur.start - best.start
+            if gain >= st.rebalance_min_gain_s and gain >= 0.5 * (cur.start - now):
+                recalls.append(
+                    (
+                        job.id,
+                        f"recalling from {job.site}: {best.site} would start it {gain:.0f}s sooner",
+                    )
+                )
+
+        def op(b: Batch) -> list[JobRow]:
+            out = []
+            for job_id, why in recalls:
+                try:
+                    job = b.job(job_id)
+                    out.append(
+                        b.move(
+                            job_id, S.RECALLING, why, expect=[S.PENDING], recalls=job.recalls + 1
+                        )
+                    )
+                except IllegalTransition:
+                    continue  # it started or was cancelled meanwhile
+            return out
+
+        for job in self.store.run(op) if recalls else []:
+            self._send_cancel(job)
+
     def _why_waiting(self, job: JobRow, views: list[SiteView]) -> str:
         req = request_of(job)
         reasons = []
@@ -389,6 +459,7 @@ class Scheduler:
                 attempt=attempt,
                 slurm_job_id=slurm_job_id or job.slurm_job_id,
                 tag=self.tag(job.id, attempt),
+                only_if_pending=job.state == S.RECALLING,
             )
         )
         self._last_sent[(job.id, attempt, "cancel")] = time.time()

@@ -1177,11 +1177,14 @@ class CancelCommand(_message.Message):
     ATTEMPT_FIELD_NUMBER: _builtins.int
     SLURM_JOB_ID_FIELD_NUMBER: _builtins.int
     TAG_FIELD_NUMBER: _builtins.int
+    ONLY_IF_PENDING_FIELD_NUMBER: _builtins.int
     job_id: _builtins.int
     attempt: _builtins.int
     slurm_job_id: _builtins.str
     """empty if the daemon never learnt it (the agent looks the tag up)"""
     tag: _builtins.str
+    only_if_pending: _builtins.bool
+    """a recall (rebalancing): never cancel work that has started"""
     def __init__(
         self,
         *,
@@ -1189,10 +1192,11 @@ class CancelCommand(_message.Message):
         attempt: _builtins.int = ...,
         slurm_job_id: _builtins.str = ...,
         tag: _builtins.str = ...,
+        only_if_pending: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "job_id", b"job_id", "slurm_job_id", b"slurm_job_id", "tag", b"tag"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "job_id", b"job_id", "only_if_pending", b"only_if_pending", "slurm_job_id", b"slurm_job_id", "tag", b"tag"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -115,8 +115,10 @@ class SlurmBackend(abc.ABC):
         """Every job Slurm currently shows (all users, all states it still keeps)."""
 
     @abc.abstractmethod
-    def cancel(self, job_id: str) -> None:
-        """Cancel; a job that is already finished or unknown is not an error."""
+    def cancel(self, job_id: str, only_pending: bool = False) -> None:
+        """Cancel; a job that is already finished or unknown is not an error.
+        only_pending: leave it alone if it has started (atomically, in slurmctld), as
+        rebalancing must never kill work that is already running."""
 
     @abc.abstractmethod
     def nodes(self) -> list[Node]: ...

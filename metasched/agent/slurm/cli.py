@@ -196,10 +196,12 @@ class CliBackend(SlurmBackend):
             raise SlurmUnavailable(parse.sbatch_error(proc.stderr))
         return parse.parse_test_only(proc.stderr, proc.returncode)
 
-    def cancel(self, job_id: str) -> None:
+    def cancel(self, job_id: str, only_pending: bool = False) -> None:
         if not job_id.isdigit():
             raise SlurmError(f"bad job id {job_id!r}")
-        proc = self._run("scancel", [job_id], check=False)
+        # --state=PENDING: slurmctld itself skips the job if it has started meanwhile
+        args = ["--state=PENDING", job_id] if only_pending else [job_id]
+        proc = self._run("scancel", args, check=False)
         # 22.05 exits 0 for unknown ids; older or other setups say so on stderr
         if proc.returncode != 0 and not any(s in proc.stderr.lower() for s in _ALREADY_GONE):
             message = _one_line(proc.stderr) or f"scancel exited {proc.returncode}"

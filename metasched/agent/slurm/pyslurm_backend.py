@@ -196,7 +196,13 @@ class PyslurmBackend(SlurmBackend):
         loaded = self._call("load jobs", self._ps.Jobs.load)
         return [job_from_pyslurm(j) for j in iter_loaded(loaded)]
 
-    def cancel(self, job_id: str) -> None:
+    def cancel(self, job_id: str, only_pending: bool = False) -> None:
+        if only_pending:
+            # pyslurm has no state filter on cancel: check, then cancel. The window between
+            # the two is one RPC; a job that starts inside it is cancelled while starting.
+            job = self._call("load", self._ps.Job.load, int(job_id))
+            if str(getattr(job, "state", "")).upper() != "PENDING":
+                return
         self._call("cancel", self._ps.Job(int(job_id)).cancel)  # idempotent in 25.11
 
     def nodes(self) -> list[Node]:

@@ -403,8 +403,13 @@ class Scheduler:
             best = choices[0].estimate if choices and choices[0].eligible else None
             if cur is None or best is None:
                 continue
-            gain = cur.start - best.start
-            if gain >= st.rebalance_min_gain_s and gain >= 0.5 * (cur.start - now):
+            # The site has already kept it waiting `overdue` past our estimate: whatever holds
+            # it there (memory, a reservation, someone's priority) is invisible to us, so
+            # expect at least as long again rather than trusting the same profile twice.
+            overdue = now - job.est_start
+            cur_start = max(cur.start, now + overdue)
+            gain = cur_start - best.start
+            if gain >= st.rebalance_min_gain_s and gain >= 0.5 * (cur_start - now):
                 recalls.append(
                     (
                         job.id,
@@ -419,7 +424,13 @@ class Scheduler:
                     job = b.job(job_id)
                     out.append(
                         b.move(
-                            job_id, S.RECALLING, why, expect=[S.PENDING], recalls=job.recalls + 1
+                            job_id,
+                            S.RECALLING,
+                            why,
+                            expect=[S.PENDING],
+                            recalls=job.recalls + 1,
+                            # a site that kept it waiting past its estimate is not tried again
+                            avoid_sites=(*job.avoid_sites, job.site),
                         )
                     )
                 except IllegalTransition:

@@ -27,7 +27,7 @@ class UserMap:
 class AgentConfig:
     site: str
     daemon: str  # host:port, or unix:/path
-    token: str
+    token: str  # the site's shared secret ("" when the certificate alone identifies the site)
     state_dir: Path = Path("/var/lib/metasched-agent")
     poll_interval: float = 5.0
     backend: str = "auto"
@@ -36,6 +36,11 @@ class AgentConfig:
     users: UserMap = field(default_factory=UserMap)
     # partition name -> declared precisions (peak TFLOPS per node); absent = derived from GRES
     precisions: dict[str, dict[str, float]] = field(default_factory=dict)
+    # mutual TLS: this site's certificate (URI SAN metasched-site:<site>) and key, and the CA
+    # that signed metaschedd's certificate. All three, or none (then the token alone).
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_ca: Path | None = None
 
 
 def from_file(path: str | Path) -> AgentConfig:
@@ -53,6 +58,12 @@ def from_dict(raw: dict[str, Any], where: str = "config") -> AgentConfig:
     daemon = config.get(a, "daemon", str, "", w)
     if not daemon:
         raise ConfigError(f"{w}.daemon (host:port of metaschedd) is required")
+    tls = {k: config.get(a, k, str, "", w) for k in ("tls_cert", "tls_key", "tls_ca")}
+    if any(tls.values()) and not all(tls.values()):
+        raise ConfigError(f"{w}: tls_cert, tls_key and tls_ca go together (mutual TLS)")
+    for k, v in tls.items():
+        if v and not Path(v).is_file():
+            raise ConfigError(f"{w}.{k}: no such file {v}")
     backend = config.get(a, "backend", str, "auto", w)
     if backend not in ("auto", "cli", "pyslurm"):
         raise ConfigError(f"{w}.backend must be auto, cli or pyslurm, not {backend!r}")
@@ -83,7 +94,7 @@ def from_dict(raw: dict[str, Any], where: str = "config") -> AgentConfig:
             precisions[p["name"]] = catalog.partition_precisions({}, 0, declared)
         except (ValueError, precision.UnknownPrecision) as e:
             raise ConfigError(f"{where}: partitions[{i}].precisions: {e}") from None
-    return AgentConfig(
+    cfg = AgentConfig(
         site=site,
         daemon=daemon,
         token=config.get(a, "token", str, "", w),
@@ -94,4 +105,10 @@ def from_dict(raw: dict[str, Any], where: str = "config") -> AgentConfig:
         log_level=config.get(a, "log_level", str, "info", w),
         users=UserMap(accounts, identity),
         precisions=precisions,
+        tls_cert=Path(tls["tls_cert"]) if tls["tls_cert"] else None,
+        tls_key=Path(tls["tls_key"]) if tls["tls_key"] else None,
+        tls_ca=Path(tls["tls_ca"]) if tls["tls_ca"] else None,
     )
+    if not cfg.token and cfg.tls_cert is None:
+        raise ConfigError(f"{w}: needs tls_cert/tls_key/tls_ca or a token to authenticate")
+    return cfg

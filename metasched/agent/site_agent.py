@@ -334,6 +334,23 @@ class SiteAgent:
             stop.wait(delay)
             delay = min(delay * 2, 30.0)
 
+    def _channel(self) -> grpc.Channel:
+        """The channel to metaschedd: mutual TLS when the config names a certificate."""
+        options = [
+            ("grpc.keepalive_time_ms", 20_000),
+            ("grpc.keepalive_timeout_ms", 10_000),
+            ("grpc.max_receive_message_length", 64 << 20),
+        ]
+        cert, key, ca = self.cfg.tls_cert, self.cfg.tls_key, self.cfg.tls_ca
+        if cert is None or key is None or ca is None:
+            return grpc.insecure_channel(self.cfg.daemon, options=options)
+        creds = grpc.ssl_channel_credentials(
+            root_certificates=ca.read_bytes(),
+            private_key=key.read_bytes(),
+            certificate_chain=cert.read_bytes(),
+        )
+        return grpc.secure_channel(self.cfg.daemon, creds, options=options)
+
     def _session(self, stop: threading.Event) -> None:
         outbox: queue.Queue[pb.AgentMessage | None] = queue.Queue()
         hello = pb.AgentMessage(
@@ -348,14 +365,7 @@ class SiteAgent:
                     return
                 yield m
 
-        channel = grpc.insecure_channel(
-            self.cfg.daemon,
-            options=[
-                ("grpc.keepalive_time_ms", 20_000),
-                ("grpc.keepalive_timeout_ms", 10_000),
-                ("grpc.max_receive_message_length", 64 << 20),
-            ],
-        )
+        channel = self._channel()
         ended = threading.Event()
         poller = threading.Thread(target=self._poll, args=(outbox, stop, ended), daemon=True)
         try:

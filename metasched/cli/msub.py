@@ -5,7 +5,9 @@
   msub status | list [--all] [--finished]
   msub show ID      msub watch ID      msub cancel ID      msub sites
 Every command takes --json for scripts. The daemon is METASCHED_DAEMON (default: the local
-socket unix:/run/metasched/metaschedd.sock).
+socket unix:/run/metasched/metaschedd.sock), where you are known by your Unix account. From
+elsewhere, use a token an admin created for you: METASCHED_TOKEN (or METASCHED_TOKEN_FILE),
+with METASCHED_DAEMON=host:port and METASCHED_CA=<the daemon's CA file> for TLS.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import pwd
 import shlex
 import sys
 import time
@@ -24,7 +25,7 @@ from typing import Any, NoReturn
 import grpc
 from google.protobuf import json_format
 
-from metasched import jobspec
+from metasched import auth, jobspec
 from metasched.states import JobState
 from metasched.v1 import metasched_pb2 as pb
 from metasched.v1 import metasched_pb2_grpc as pb_grpc
@@ -223,11 +224,17 @@ def to_json(msg: Any) -> Any:
 
 
 class Client:
-    def __init__(self, address: str, user: str) -> None:
+    def __init__(self, address: str) -> None:
         self.address = address
-        self.channel = grpc.insecure_channel(address)
+        self.channel = auth.client_channel(address)
         self.stub = pb_grpc.SchedulerStub(self.channel)
-        self.metadata = (("x-metasched-user", user),)
+        self._metadata: tuple[tuple[str, str], ...] | None = None
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        if self._metadata is None:  # fetched at the first call: usage errors come first
+            self._metadata = auth.client_metadata(self.address)
+        return self._metadata
 
     def call(self, method: str, request: Any, timeout: float = 30) -> Any:
         return getattr(self.stub, method)(request, metadata=self.metadata, timeout=timeout)
@@ -434,11 +441,17 @@ def main(argv: list[str] | None = None) -> int:
     out = lambda line: print(line, flush=True)  # noqa: E731
     try:
         opts = parser_for(command).parse_args(args)
-        client = Client(opts.daemon, pwd.getpwuid(os.getuid()).pw_name)
+        client = Client(opts.daemon)
         return HANDLERS[command](client, opts, out)
     except UsageError as e:
         print(f"msub: {e}", file=sys.stderr)
         return 2
+    except auth.Unreachable as e:
+        print(f"msub: cannot reach metaschedd at {opts.daemon}: {e}", file=sys.stderr)
+        return 1
+    except auth.AuthError as e:
+        print(f"msub: {e}", file=sys.stderr)
+        return 1
     except grpc.RpcError as e:
         code = e.code() if hasattr(e, "code") else None
         details = (e.details() if hasattr(e, "details") else "") or str(code)

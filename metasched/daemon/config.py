@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from metasched import config
+from metasched import auth, config
 from metasched.config import ConfigError
 from metasched.daemon.scheduler import Settings
+
+T = TypeVar("T", int, float)
 
 
 @dataclass(frozen=True)
@@ -21,8 +23,24 @@ class DaemonConfig:
     log_level: str = "info"
     admins: frozenset[str] = frozenset({"root"})
     synchronous: str = "FULL"
+    # site -> sha256 hex of its agent token ("" = none: the TLS certificate alone identifies it)
     site_tokens: dict[str, str] = field(default_factory=dict)
+    plain_token_sites: tuple[str, ...] = ()  # sites configured with a plain `token` (warned)
     settings: Settings = field(default_factory=Settings)
+    # TLS on `listen` (mTLS: agents must present a certificate from tls_client_ca)
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
+    users_listen: str = ""  # TCP for remote users (token auth; server-side TLS when configured)
+    # limits
+    submit_rate: float = 20.0  # per user, jobs per second sustained (0 = no limit)
+    submit_burst: int = 1000
+    max_request_bytes: int = 4 << 20  # one user request (SubmitJob, Plan)
+    max_message_bytes: int = 64 << 20  # any gRPC message (agents' site reports are the largest)
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.tls_cert)
 
     @property
     def db_path(self) -> Path:
@@ -39,15 +57,37 @@ def from_dict(raw: dict[str, Any], where: str = "config") -> DaemonConfig:
     if not isinstance(d, dict):
         raise ConfigError(f"{where}: [daemon] must be a table")
     w = f"{where}: daemon"
+    tls = {k: config.get(d, k, str, "", w) for k in ("tls_cert", "tls_key", "tls_client_ca")}
+    if any(tls.values()) and not all(tls.values()):
+        raise ConfigError(f"{w}: tls_cert, tls_key and tls_client_ca go together (mutual TLS)")
     sites_raw = raw.get("sites", {})
+    if not isinstance(sites_raw, dict):
+        raise ConfigError(f"{where}: [sites] must be a table of [sites.NAME] tables")
     tokens: dict[str, str] = {}
+    plain: list[str] = []
     for name, table in sites_raw.items():
+        ws = f"{where}: sites.{name}"
         if not isinstance(table, dict):
             raise ConfigError(f"{where}: [sites.{name}] must be a table")
-        token = config.get(table, "token", str, "", f"{where}: sites.{name}")
-        if len(token) < 16:
-            raise ConfigError(f"{where}: sites.{name}.token must be at least 16 characters")
-        tokens[name] = token
+        if not auth.valid_user(name):
+            raise ConfigError(f"{where}: bad site name {name!r}")
+        token = config.get(table, "token", str, "", ws)
+        digest = config.get(table, "token_sha256", str, "", ws).lower()
+        if token and digest:
+            raise ConfigError(f"{ws}: give token_sha256 or token, not both")
+        if token:
+            if len(token) < 16:
+                raise ConfigError(f"{ws}.token must be at least 16 characters")
+            digest = auth.sha256_hex(token)
+            plain.append(name)
+        elif digest and (len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest)):
+            raise ConfigError(f"{ws}.token_sha256 must be 64 hex digits (sha256sum of the token)")
+        if not digest and not tls["tls_cert"]:
+            raise ConfigError(
+                f"{ws}: needs token_sha256 (or token) when TLS is off: nothing would "
+                "authenticate its agent"
+            )
+        tokens[name] = digest
     sync = config.get(d, "synchronous", str, "FULL", w).upper()
     if sync not in ("FULL", "NORMAL", "EXTRA"):
         raise ConfigError(f"{w}.synchronous must be FULL, EXTRA or NORMAL")
@@ -67,5 +107,22 @@ def from_dict(raw: dict[str, Any], where: str = "config") -> DaemonConfig:
         admins=frozenset(config.get(d, "admins", list, ["root"], w)),
         synchronous=sync,
         site_tokens=tokens,
+        plain_token_sites=tuple(plain),
         settings=settings,
+        users_listen=config.get(d, "users_listen", str, "", w),
+        submit_rate=_at_least(config.get(d, "submit_rate", float, 20.0, w), 0, f"{w}.submit_rate"),
+        submit_burst=_at_least(config.get(d, "submit_burst", int, 1000, w), 1, f"{w}.submit_burst"),
+        max_request_bytes=_at_least(
+            config.get(d, "max_request_bytes", int, 4 << 20, w), 1024, f"{w}.max_request_bytes"
+        ),
+        max_message_bytes=_at_least(
+            config.get(d, "max_message_bytes", int, 64 << 20, w), 1 << 20, f"{w}.max_message_bytes"
+        ),
+        **tls,
     )
+
+
+def _at_least(value: T, low: float, where: str) -> T:
+    if value < low:  # type: ignore[operator]
+        raise ConfigError(f"{where} must be at least {low}, not {value}")
+    return value

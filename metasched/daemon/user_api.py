@@ -13,7 +13,8 @@ from typing import Any, TypeVar
 
 import grpc
 
-from metasched import jobspec
+from metasched import auth, jobspec
+from metasched.daemon.identity import Identity
 from metasched.daemon.scheduler import Refused, Scheduler
 from metasched.placement.estimate import Estimate
 from metasched.placement.policy import Request
@@ -23,7 +24,6 @@ from metasched.v1 import metasched_pb2 as pb
 from metasched.v1 import metasched_pb2_grpc as pb_grpc
 
 T = TypeVar("T")
-USER_HEADER = "x-metasched-user"
 # How long SubmitJob waits for the placement cycle to choose a site, so msub can say where.
 SUBMIT_WAIT_S = 2.0
 
@@ -76,18 +76,43 @@ def job_pb(job: JobRow, events: list[Any] | None = None) -> pb.Job:
 
 
 class UserService(pb_grpc.SchedulerServicer):
-    def __init__(self, scheduler: Scheduler, admins: frozenset[str] = frozenset({"root"})) -> None:
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        identity: Identity,
+        submit_rate: float = 0.0,
+        submit_burst: int = 1,
+        max_request_bytes: int = 0,
+    ) -> None:
         self.s = scheduler
-        self.admins = admins
+        self.identity = identity
+        self.rate = auth.RateLimiter(submit_rate, submit_burst)
+        self.max_request_bytes = max_request_bytes
 
-    # -- who is calling
+    # -- who is calling, and limits
 
     def _user(self, context: grpc.ServicerContext) -> str:
-        md = dict(context.invocation_metadata())
-        user = str(md.get(USER_HEADER, "")).strip()
-        if not user or len(user) > 64 or not user.replace("-", "").replace("_", "").isalnum():
-            context.abort(grpc.StatusCode.UNAUTHENTICATED, "no valid user given")
-        return user
+        return self.identity.who(context)
+
+    def _is_admin(self, user: str) -> bool:
+        return self.identity.is_admin(user)
+
+    def _limit_size(self, request: Any, context: grpc.ServicerContext) -> None:
+        size = request.ByteSize()
+        if self.max_request_bytes and size > self.max_request_bytes:
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"request is {size} bytes; the limit is {self.max_request_bytes}",
+            )
+
+    def _limit_rate(self, user: str, context: grpc.ServicerContext) -> None:
+        wait = self.rate.take(user)
+        if wait > 0:
+            context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"user {user} submits too fast (limit {self.rate.rate:g}/s, bursts of "
+                f"{self.rate.burst}): retry in {math.ceil(wait)} s",
+            )
 
     def _guard(self, context: grpc.ServicerContext, fn: Callable[[], T]) -> T:
         try:
@@ -104,7 +129,7 @@ class UserService(pb_grpc.SchedulerServicer):
         if job is None:
             context.abort(grpc.StatusCode.NOT_FOUND, f"no job {job_id}")
         assert job is not None
-        if job.user != user and user not in self.admins:
+        if job.user != user and not self._is_admin(user):
             context.abort(grpc.StatusCode.PERMISSION_DENIED, f"job {job_id} is not yours")
         return job
 
@@ -114,6 +139,8 @@ class UserService(pb_grpc.SchedulerServicer):
         self, request: pb.SubmitJobRequest, context: grpc.ServicerContext
     ) -> pb.SubmitJobResponse:
         user = self._user(context)
+        self._limit_size(request, context)
+        self._limit_rate(user, context)
         wait = 0.0 if request.no_wait else SUBMIT_WAIT_S
         job = self._guard(context, lambda: self.s.submit(user, request.spec, wait))
         resp = pb.SubmitJobResponse(job_id=job.id)
@@ -133,6 +160,7 @@ class UserService(pb_grpc.SchedulerServicer):
 
     def Plan(self, request: pb.PlanRequest, context: grpc.ServicerContext) -> pb.PlanResponse:
         user = self._user(context)
+        self._limit_size(request, context)
         choices = self._guard(context, lambda: self.s.plan(user, request.spec))
         out = pb.PlanResponse()
         for c in choices:
@@ -153,7 +181,7 @@ class UserService(pb_grpc.SchedulerServicer):
         self, request: pb.ListJobsRequest, context: grpc.ServicerContext
     ) -> pb.ListJobsResponse:
         user = self._user(context)
-        if request.all_users and user not in self.admins:
+        if request.all_users and not self._is_admin(user):
             context.abort(grpc.StatusCode.PERMISSION_DENIED, "only admins may list all users")
         states = [JobState.from_pb(s) for s in request.states] or None
         jobs = self.s.store.jobs(

@@ -1,12 +1,19 @@
 """A whole local federation on top of a SlurmLab: metaschedd and one metasched-agent per
 site, as real processes talking real gRPC, with a real SQLite file. Used by the
 end-to-end tests and by the README's demo.
+
+Security is real, not switched off: a throwaway CA in <root>/tls gives metaschedd its server
+certificate and each agent a client certificate for its own site (mutual TLS), each site also
+has a token (stored hashed in metaschedd's config), and users are who the kernel says they
+are: the harness itself (root) through the ident socket, other users through msub run with
+runuser, or through a user token the harness creates as admin (call(..., user=...)).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import secrets
 import signal
 import socket
@@ -19,6 +26,7 @@ from typing import Any
 
 import grpc
 
+from metasched import auth
 from metasched.lab.harness import SlurmLab
 from metasched.v1 import metasched_pb2 as pb
 from metasched.v1 import metasched_pb2_grpc as pb_grpc
@@ -42,10 +50,15 @@ class Federation:
         placement_interval: float = 0.5,
         users: dict[str, str] | None = None,
         daemon_extra: str = "",
+        tls: bool = True,
     ) -> None:
         self.lab = lab
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
+        self.root.chmod(0o755)  # local users (msub via runuser) reach the sockets in it
+        self.tls = tls
+        self._creds: dict[str, tuple[tuple[str, str], ...]] = {}  # user -> metadata
+        self._local_at = 0.0
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.socket = str(self.root / "metaschedd.sock")
@@ -54,8 +67,22 @@ class Federation:
         self.poll_interval = poll_interval
         self.users = users if users is not None else {"*": "*"}
         self.daemon_config = self.root / "metaschedd.toml"
-        sites = "\n".join(f'[sites.{n}]\ntoken = "{t}"\n' for n, t in self.tokens.items())
-        self.daemon_config.write_text(
+        sites = "\n".join(
+            f'[sites.{n}]\ntoken_sha256 = "{auth.sha256_hex(t)}"\n' for n, t in self.tokens.items()
+        )
+        tls_keys = ""
+        if tls:
+            from metasched.lab.pki import LabCA  # needs `cryptography` (dev dependency)
+
+            self.ca = LabCA(self.root / "tls")
+            server = self.ca.server()
+            self.site_certs = {n: self.ca.site(n) for n in lab.sites}
+            tls_keys = (
+                f'tls_cert = "{server.cert}"\ntls_key = "{server.key}"\n'
+                f'tls_client_ca = "{self.ca.cert}"\n'
+            )
+        _private(
+            self.daemon_config,
             f"""[daemon]
 state_dir = "{self.root / "state"}"
 listen = "{self.address}"
@@ -64,23 +91,27 @@ report_interval = {report_interval}
 site_grace_seconds = {site_grace_seconds}
 placement_interval = {placement_interval}
 log_level = "debug"
-{daemon_extra}
+{tls_keys}{daemon_extra}
 
-{sites}"""
+{sites}""",
         )
         for name in lab.sites:
-            self.agent_config(name).write_text(self._agent_toml(name))
+            _private(self.agent_config(name), self._agent_toml(name))
 
     def agent_config(self, site: str) -> Path:
         return self.root / f"agent-{site}.toml"
 
     def _agent_toml(self, site: str) -> str:
         users = "\n".join(f'"{k}" = "{v}"' for k, v in self.users.items())
+        tls = ""
+        if self.tls:
+            c = self.site_certs[site]
+            tls = f'tls_cert = "{c.cert}"\ntls_key = "{c.key}"\ntls_ca = "{self.ca.cert}"\n'
         return f"""[agent]
 site = "{site}"
 daemon = "{self.address}"
 token = "{self.tokens[site]}"
-state_dir = "{self.root / f"agent-{site}"}"
+{tls}state_dir = "{self.root / f"agent-{site}"}"
 poll_interval = {self.poll_interval}
 backend = "cli"
 slurm_conf = "{self.lab.slurm_conf(site)}"
@@ -150,19 +181,44 @@ log_level = "debug"
     # ---------------------------------------------------------------- talking to it
 
     def stub(self) -> pb_grpc.SchedulerStub:
-        return pb_grpc.SchedulerStub(grpc.insecure_channel(self.address))
+        return pb_grpc.SchedulerStub(grpc.insecure_channel(f"unix:{self.socket}"))
+
+    def admin_stub(self) -> pb_grpc.AdminStub:
+        return pb_grpc.AdminStub(grpc.insecure_channel(f"unix:{self.socket}"))
+
+    def credentials(self, user: str = "root", fresh: bool = False) -> tuple[tuple[str, str], ...]:
+        """Metadata that authenticates `user`: the harness's own local token (from the ident
+        socket) for itself, else a user token it creates as admin (it runs as root)."""
+        me = pwd.getpwuid(os.geteuid()).pw_name
+        if user == me:
+            if fresh or time.monotonic() - self._local_at > auth.LOCAL_TTL_S / 2:
+                self._creds[me] = auth.client_metadata(f"unix:{self.socket}")
+                self._local_at = time.monotonic()
+            return self._creds[me]
+        if fresh or user not in self._creds:
+            made = self.admin_stub().CreateToken(
+                pb.CreateTokenRequest(user=user, ttl_seconds=24 * 3600, note="lab harness"),
+                metadata=self.credentials(me, fresh),
+                timeout=30,
+            )
+            self._creds[user] = (("authorization", f"Bearer {made.token}"),)
+        return self._creds[user]
 
     def call(self, method: str, request: Any, user: str = "root", timeout: float = 30) -> Any:
-        stub = self.stub()
-        return getattr(stub, method)(
-            request, metadata=(("x-metasched-user", user),), timeout=timeout
-        )
+        fn = getattr(self.stub(), method)
+        try:
+            return fn(request, metadata=self.credentials(user), timeout=timeout)
+        except grpc.RpcError as e:
+            if e.code() != grpc.StatusCode.UNAUTHENTICATED:
+                raise
+            # a restarted metaschedd has a new signing key: local tokens must be fetched again
+            return fn(request, metadata=self.credentials(user, fresh=True), timeout=timeout)
 
     def _daemon_answers(self) -> bool:
         try:
             self.call("ListSites", pb.ListSitesRequest(), timeout=2)
             return True
-        except grpc.RpcError:
+        except (grpc.RpcError, auth.Unreachable, OSError):
             return False
 
     def sites(self) -> dict[str, pb.SiteSummary]:
@@ -191,6 +247,13 @@ log_level = "debug"
         if check and proc.returncode != 0:
             raise AssertionError(f"msub {' '.join(args)} failed: {proc.stderr or proc.stdout}")
         return proc
+
+
+def _private(path: Path, text: str) -> None:
+    """Write a file only its owner can read (configs hold tokens and key paths)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
 
 
 def wait_for(cond: Callable[[], bool], timeout: float, what: str, log: Path | None = None) -> None:

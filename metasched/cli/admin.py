@@ -1,0 +1,232 @@
+"""metasched-admin: what the federation's admins do (they are listed in metaschedd's `admins`).
+
+  metasched-admin token create USER [--expires 30d|12h|never] [--note TEXT]
+  metasched-admin token list [--user USER] [--revoked]
+  metasched-admin token revoke ID
+  metasched-admin site drain NAME      no new jobs go there; jobs there carry on
+  metasched-admin site resume NAME     back to normal
+  metasched-admin site retire NAME --yes
+                                       give up on the site for good: jobs that never started
+                                       there are placed elsewhere, running ones are retried
+                                       as after a node failure (docs/security.md)
+  metasched-admin backup DEST          an online, consistent copy of the database
+
+It talks to METASCHED_DAEMON (default unix:/run/metasched/metaschedd.sock) as msub does:
+locally as your Unix account, remotely with METASCHED_TOKEN (and METASCHED_CA for TLS).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sqlite3
+import sys
+import time
+from pathlib import Path
+from typing import Any, NoReturn
+
+import grpc
+from google.protobuf import json_format
+
+from metasched import auth
+from metasched.v1 import metasched_pb2 as pb
+from metasched.v1 import metasched_pb2_grpc as pb_grpc
+
+DEFAULT_DAEMON = "unix:/run/metasched/metaschedd.sock"
+UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "y": 365 * 86400}
+
+
+class UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+
+def parse_duration(text: str) -> float:
+    """'30d', '12h', '90m', '3600s', '1w', '1y' -> seconds; 'never' -> 0."""
+    t = text.strip().lower()
+    if t in ("never", "0"):
+        return 0.0
+    num, unit = t[:-1], t[-1:]
+    if unit not in UNITS or not num.isdigit() or int(num) <= 0:
+        raise argparse.ArgumentTypeError(
+            f"bad duration {text!r}: use e.g. 30d, 12h, 90m, 1y or never"
+        )
+    return float(int(num) * UNITS[unit])
+
+
+def when(t: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(t)) if t else "never"
+
+
+def parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="metasched-admin",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--daemon", default=os.environ.get("METASCHED_DAEMON", DEFAULT_DAEMON))
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    sub = p.add_subparsers(dest="area", required=True, parser_class=_Parser)
+    tok = sub.add_parser("token", help="user tokens for remote access")
+    tsub = tok.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    c = tsub.add_parser("create", help="a new token for USER (printed once)")
+    c.add_argument("user")
+    c.add_argument("--expires", type=parse_duration, default=parse_duration("30d"))
+    c.add_argument("--note", default="", help="what it is for (shown in token list)")
+    ls = tsub.add_parser("list", help="tokens (not their secrets)")
+    ls.add_argument("--user", default="")
+    ls.add_argument("--revoked", action="store_true", help="include revoked tokens")
+    rv = tsub.add_parser("revoke", help="a token stops working at once")
+    rv.add_argument("id")
+    site = sub.add_parser("site", help="drain, resume or retire a site")
+    site.add_argument("action", choices=("drain", "resume", "retire"))
+    site.add_argument("name")
+    site.add_argument("--yes", action="store_true", help="confirm a retire")
+    bk = sub.add_parser("backup", help="online copy of the database to DEST")
+    bk.add_argument("dest")
+    bk.add_argument("--force", action="store_true", help="replace DEST if it exists")
+    return p
+
+
+class Admin:
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.stub = pb_grpc.AdminStub(auth.client_channel(address))
+        self.metadata = auth.client_metadata(address)
+
+    def call(self, method: str, request: Any, timeout: float = 60) -> Any:
+        return getattr(self.stub, method)(request, metadata=self.metadata, timeout=timeout)
+
+
+def token_line(t: pb.TokenInfo) -> str:
+    state = f"revoked {when(t.revoked_at)}" if t.revoked_at else f"expires {when(t.expires_at)}"
+    note = f"  {t.note}" if t.note else ""
+    return f"{t.id}  {t.user:<12} created {when(t.created_at)} by {t.created_by:<8} {state}{note}"
+
+
+def run(opts: argparse.Namespace, out: Any) -> int:
+    if opts.area == "site" and opts.action == "retire" and not opts.yes:
+        raise UsageError(
+            f"retire gives up on site {opts.name} for good: its jobs that never started are "
+            "placed elsewhere and running ones are retried elsewhere; add --yes to do it"
+        )
+    if opts.area == "backup":
+        dest = Path(opts.dest)
+        if dest.exists() and not opts.force:
+            raise UsageError(f"{dest} exists; add --force to replace it")
+    a = Admin(opts.daemon)
+    emit = (lambda m: out(json.dumps(json_format.MessageToDict(m)))) if opts.json else None
+    if opts.area == "token":
+        if opts.action == "create":
+            r = a.call(
+                "CreateToken",
+                pb.CreateTokenRequest(user=opts.user, ttl_seconds=opts.expires, note=opts.note),
+            )
+            if emit:
+                emit(r)
+            else:
+                out(r.token)
+                print(
+                    f"metasched-admin: token {r.info.id} for {r.info.user}, expires "
+                    f"{when(r.info.expires_at)}. It is shown only now; the user sets "
+                    "METASCHED_TOKEN to it (or keeps it in a 0600 file: METASCHED_TOKEN_FILE).",
+                    file=sys.stderr,
+                )
+        elif opts.action == "list":
+            r = a.call(
+                "ListTokens", pb.ListTokensRequest(user=opts.user, include_revoked=opts.revoked)
+            )
+            if emit:
+                emit(r)
+            else:
+                for t in r.tokens:
+                    out(token_line(t))
+        else:
+            r = a.call("RevokeToken", pb.RevokeTokenRequest(id=opts.id))
+            if emit:
+                emit(r)
+            else:
+                out(f"token {r.id} of {r.user} revoked")
+        return 0
+    if opts.area == "site":
+        state = {"drain": "draining", "resume": "online", "retire": "retired"}[opts.action]
+        r = a.call("SetSiteState", pb.SetSiteStateRequest(site=opts.name, state=state))
+        if emit:
+            emit(r)
+        else:
+            out(f"site {r.site} is now {r.state}")
+            if opts.action == "retire":
+                out(
+                    f"  {len(r.requeued)} job(s) back in the global queue"
+                    + (f": {', '.join(map(str, r.requeued))}" if r.requeued else "")
+                )
+                out(
+                    f"  {len(r.ended)} job(s) ended"
+                    + (f": {', '.join(map(str, r.ended))}" if r.ended else "")
+                )
+        return 0
+    return backup(a, Path(opts.dest), out)
+
+
+def backup(a: Admin, dest: Path, out: Any) -> int:
+    part = dest.with_name(dest.name + ".part")
+    total = 0
+    try:
+        with open(part, "wb") as f:
+            os.chmod(part, 0o600)  # the queue holds every user's scripts
+            for chunk in a.stub.Backup(pb.BackupRequest(), metadata=a.metadata, timeout=3600):
+                f.write(chunk.data)
+                total += len(chunk.data)
+            f.flush()
+            os.fsync(f.fileno())
+        conn = sqlite3.connect(str(part))
+        try:
+            check = conn.execute("PRAGMA integrity_check").fetchone()[0]
+        finally:
+            conn.close()
+        if check != "ok":
+            raise UsageError(f"the copy failed its integrity check: {check}")
+        os.replace(part, dest)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            part.unlink()
+    out(f"backup of {total} bytes written to {dest} (integrity check ok)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    address = os.environ.get("METASCHED_DAEMON", DEFAULT_DAEMON)
+    try:
+        opts = parser().parse_args(args)
+        address = opts.daemon
+        return run(opts, lambda line: print(line, flush=True))
+    except UsageError as e:
+        print(f"metasched-admin: {e}", file=sys.stderr)
+        return 2
+    except auth.Unreachable as e:
+        print(f"metasched-admin: cannot reach metaschedd at {address}: {e}", file=sys.stderr)
+        return 1
+    except (auth.AuthError, OSError) as e:
+        print(f"metasched-admin: {e}", file=sys.stderr)
+        return 1
+    except grpc.RpcError as e:
+        code = e.code() if hasattr(e, "code") else None
+        details = (e.details() if hasattr(e, "details") else "") or str(code)
+        if code == grpc.StatusCode.UNAVAILABLE:
+            print(
+                f"metasched-admin: cannot reach metaschedd at {address}: {details}", file=sys.stderr
+            )
+        else:
+            print(f"metasched-admin: {details}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

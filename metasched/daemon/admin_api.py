@@ -1,0 +1,119 @@
+"""The Admin gRPC service: what metasched-admin calls. Every RPC is for admins only.
+
+tokens  create / list / revoke user tokens for remote access (stored hashed)
+sites   drain (no new jobs), resume, retire (give up on a site for good: its jobs move away)
+backup  an online, consistent copy of the database (SQLite's backup API), streamed back
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+
+from metasched import auth, log
+from metasched.daemon.identity import Identity
+from metasched.daemon.scheduler import Refused, Scheduler
+from metasched.daemon.tokens import NoSuchToken, TokenRecord, TokenStore
+from metasched.v1 import metasched_pb2 as pb
+from metasched.v1 import metasched_pb2_grpc as pb_grpc
+
+CHUNK = 1 << 20
+MAX_TTL_S = 10 * 366 * 24 * 3600.0
+
+
+def token_pb(r: TokenRecord) -> pb.TokenInfo:
+    return pb.TokenInfo(
+        id=r.id,
+        user=r.user,
+        created_at=r.created_at,
+        expires_at=r.expires_at,
+        revoked_at=r.revoked_at,
+        created_by=r.created_by,
+        note=r.note,
+    )
+
+
+class AdminService(pb_grpc.AdminServicer):
+    def __init__(
+        self, scheduler: Scheduler, identity: Identity, tokens: TokenStore, state_dir: Path
+    ) -> None:
+        self.s = scheduler
+        self.identity = identity
+        self.tokens = tokens
+        self.state_dir = state_dir
+        self.log = log.get(component="admin")
+
+    def CreateToken(
+        self, request: pb.CreateTokenRequest, context: grpc.ServicerContext
+    ) -> pb.CreateTokenResponse:
+        admin = self.identity.admin(context, "create tokens")
+        if not auth.valid_user(request.user):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"bad user name {request.user!r}")
+        ttl = request.ttl_seconds
+        if not (0 <= ttl <= MAX_TTL_S):  # also refuses NaN
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "ttl must be between 0 (never) and 10 years"
+            )
+        rec, token = self.tokens.create(request.user, ttl, admin, request.note)
+        self.log.info(
+            "token_created", token_id=rec.id, user=rec.user, by=admin, expires_at=rec.expires_at
+        )
+        return pb.CreateTokenResponse(info=token_pb(rec), token=token)
+
+    def ListTokens(
+        self, request: pb.ListTokensRequest, context: grpc.ServicerContext
+    ) -> pb.ListTokensResponse:
+        self.identity.admin(context, "list tokens")
+        recs = self.tokens.list(request.user, request.include_revoked)
+        return pb.ListTokensResponse(tokens=[token_pb(r) for r in recs])
+
+    def RevokeToken(
+        self, request: pb.RevokeTokenRequest, context: grpc.ServicerContext
+    ) -> pb.TokenInfo:
+        admin = self.identity.admin(context, "revoke tokens")
+        try:
+            rec = self.tokens.revoke(request.id)
+        except NoSuchToken as e:
+            context.abort(grpc.StatusCode.NOT_FOUND, str(e))
+        self.log.info("token_revoked", token_id=rec.id, user=rec.user, by=admin)
+        return token_pb(rec)
+
+    def SetSiteState(
+        self, request: pb.SetSiteStateRequest, context: grpc.ServicerContext
+    ) -> pb.SetSiteStateResponse:
+        admin = self.identity.admin(context, "change a site's state")
+        try:
+            requeued, ended = self.s.set_site_state(request.site, request.state)
+        except Refused as e:
+            context.abort(getattr(grpc.StatusCode, e.code), str(e))
+        self.log.info("site_state_changed", site=request.site, state=request.state, by=admin)
+        return pb.SetSiteStateResponse(
+            site=request.site, state=request.state, requeued=requeued, ended=ended
+        )
+
+    def Backup(
+        self, request: pb.BackupRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.BackupChunk]:
+        admin = self.identity.admin(context, "back up the database")
+        fd, name = tempfile.mkstemp(prefix=".backup-", suffix=".db", dir=self.state_dir)
+        os.close(fd)
+        try:
+            self.s.store.backup(name)
+            total = os.path.getsize(name)
+            self.log.info("backup_taken", by=admin, bytes=total)
+            with open(name, "rb") as f:
+                first = True
+                while True:
+                    data = f.read(CHUNK)
+                    if not data and not first:
+                        return
+                    yield pb.BackupChunk(data=data, total_bytes=total if first else 0)
+                    first = False
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name)

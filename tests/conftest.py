@@ -1,7 +1,8 @@
 """Shared fixtures. Keep only fixtures used by more than one test module here.
 
 Slurm lab fixtures: `slurm_lab` (one lab for the whole session: the DEMO_SITES hpc, gpu,
-ai) and `make_lab(sites, **kw)` (a lab of its own for one test, e.g. to stop a site).
+ai), `make_lab(sites, **kw)` (a lab of its own for one test, e.g. to stop a site) and
+`make_federation(sites, ...)` (a lab plus metaschedd and its agents).
 Without slurmctld they skip, unless METASCHED_REQUIRE_SLURM=1 makes that a failure.
 """
 
@@ -17,6 +18,7 @@ from typing import Any
 import pytest
 
 from metasched.lab import DEMO_SITES, SiteProfile, SlurmLab, slurm_installed
+from metasched.lab.federation import Federation
 
 
 def _need_slurm() -> None:
@@ -67,3 +69,48 @@ def make_lab() -> Iterator[Callable[..., SlurmLab]]:
     for lab, root in made:
         lab.down()
         shutil.rmtree(root, ignore_errors=True)
+
+
+def need_slurm() -> None:
+    """Skip (or, with METASCHED_REQUIRE_SLURM=1, fail) a test that needs the real Slurm lab."""
+    _need_slurm()
+
+
+@pytest.fixture
+def make_federation() -> Iterator[Callable[..., Federation]]:
+    """make_federation(sites, lab_overrides=None, **Federation kwargs) -> a started federation
+    (metaschedd + one agent per site) over a lab of its own; all torn down after the test."""
+    _need_slurm()
+    made: list[tuple[SlurmLab, Federation, Path]] = []
+
+    def make(
+        sites: list[SiteProfile], lab_overrides: dict[str, str] | None = None, **kw: Any
+    ) -> Federation:
+        root = _short_root("msf-")
+        root.chmod(0o755)  # munged wants every directory above its socket searchable
+        lab = SlurmLab(
+            root / "l", sites, overrides={"MessageTimeout": "3", **(lab_overrides or {})}
+        )
+        lab.up()
+        fed = Federation(lab, root / "f", **kw)
+        made.append((lab, fed, root))
+        fed.start()
+        return fed
+
+    yield make
+    for lab, fed, root in made:
+        fed.stop()
+        lab.down()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def demo_federation() -> Iterator[Federation]:
+    """The demo's three sites (hpc, gpu, ai) with metaschedd and agents, one per test module."""
+    _need_slurm()
+    root = _short_root("mse-")
+    root.chmod(0o755)
+    lab = SlurmLab(root / "l", list(DEMO_SITES), overrides={"MessageTimeout": "3"})
+    with lab, Federation(lab, root / "f") as fed:
+        yield fed
+    shutil.rmtree(root, ignore_errors=True)

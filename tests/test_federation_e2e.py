@@ -7,14 +7,10 @@ The sites are the demo's: hpc (CPUs, fp64/fp32), gpu (A100: fp64 .. int8) and ai
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -22,7 +18,7 @@ import pytest
 
 from metasched import tags
 from metasched.agent.slurm.cli import CliBackend
-from metasched.lab import DEMO_SITES, SlurmLab, slurm_installed
+from metasched.lab import SlurmLab
 from metasched.lab.federation import Federation, wait_for
 from metasched.states import JobState
 from metasched.v1 import metasched_pb2 as pb
@@ -33,26 +29,13 @@ SCRIPT = "#!/bin/bash\necho hello from $(hostname)\nsleep {sleep}\nexit {code}\n
 
 
 @pytest.fixture(scope="module")
-def lab() -> Iterator[SlurmLab]:
-    if not slurm_installed() or os.geteuid() != 0:
-        if os.environ.get("METASCHED_REQUIRE_SLURM") == "1":
-            pytest.fail("METASCHED_REQUIRE_SLURM=1 but Slurm is not installed or not root")
-        pytest.skip("needs root and Slurm (slurmctld, slurmd, munge)")
-    root = Path(tempfile.mkdtemp(prefix="mse-", dir="/tmp"))
-    root.chmod(0o755)  # munged wants every directory above its socket searchable
-    lab = SlurmLab(root / "l", list(DEMO_SITES), overrides={"MessageTimeout": "3"})
-    with lab:
-        yield lab
-    shutil.rmtree(root, ignore_errors=True)
+def fed(demo_federation: Federation) -> Federation:
+    return demo_federation
 
 
 @pytest.fixture(scope="module")
-def fed(lab: SlurmLab) -> Iterator[Federation]:
-    root = Path(tempfile.mkdtemp(prefix="msf-", dir="/tmp"))
-    f = Federation(lab, root)
-    with f:
-        yield f
-    shutil.rmtree(root, ignore_errors=True)
+def lab(demo_federation: Federation) -> SlurmLab:
+    return demo_federation.lab
 
 
 def spec(sleep: float = 1, code: int = 0, **kw: object) -> pb.JobSpec:
@@ -93,35 +76,15 @@ def slurm_jobs(lab: SlurmLab, site: str) -> list[tuple[tags.Tag | None, str, str
 
 def occupy(lab: SlurmLab, site: str, seconds: int = 120) -> str:
     """Fill a site with local (non-metasched) work, as its own users would."""
-    out = subprocess.run(
-        [
-            "sbatch",
-            "--parsable",
-            "-N2",
-            "--exclusive",
-            "-t",
-            "10",
-            "-o",
-            "/dev/null",
-            "--wrap",
-            f"sleep {seconds}",
-        ],
-        env=lab.env(site),
-        capture_output=True,
-        text=True,
-        check=True,
+    sid = lab.sbatch(
+        site, "-N2", "--exclusive", "-t", "10", "-o", "/dev/null", "--wrap", f"sleep {seconds}"
     )
-    sid = out.stdout.strip().split(";")[0]
     wait_for(
         lambda: any(s == sid and st == "RUNNING" for _, s, st in slurm_jobs(lab, site)),
         20,
         f"local job {sid} to run at {site}",
     )
     return sid
-
-
-def release(lab: SlurmLab, site: str, sid: str) -> None:
-    subprocess.run(["scancel", sid], env=lab.env(site), check=True)
 
 
 def test_fp64_jobs_never_land_on_the_ai_only_site(fed: Federation) -> None:
@@ -165,7 +128,7 @@ def test_with_one_site_full_a_new_job_goes_where_it_starts_sooner(
             assert job.estimate.site == free, job
             assert wait_state(fed, job.job_id, {S.COMPLETED}, 60).site == free
         finally:
-            release(lab, busy, sid)
+            lab.scancel(busy, sid)
 
 
 def test_finished_job_shows_final_state_and_exit_code(fed: Federation, tmp_path: Path) -> None:
@@ -194,10 +157,22 @@ def test_cancel_reaches_slurm_at_every_stage(fed: Federation, lab: SlurmLab) -> 
     assert states[job.slurm_job_id] == "CANCELLED"
     assert done.slurm_job_id == job.slurm_job_id
 
-    # pending in Slurm (the site is full)
-    sid = occupy(lab, "hpc")
+    # pending in Slurm: hpc's CPUs look free to metasched, but a local job holds all the
+    # memory, so Slurm keeps ours waiting
+    hog = lab.sbatch(
+        "hpc",
+        "-N2",
+        "--ntasks-per-node=1",
+        "--mem=256000",
+        "-t",
+        "10",
+        "-o",
+        "/dev/null",
+        "--wrap",
+        "sleep 120",
+    )
     try:
-        wait_for(lambda: fed.sites()["hpc"].free_cpus == 0, 20, "hpc to report full")
+        wait_for(lambda: fed.sites()["hpc"].free_cpus == 126, 20, "hpc to report the hog")
         pending = submit(fed, spec(sleep=1, sites=["hpc"]))
         job = wait_state(fed, pending.job_id, {S.PENDING}, 30)
         assert job.slurm_job_id
@@ -206,7 +181,7 @@ def test_cancel_reaches_slurm_at_every_stage(fed: Federation, lab: SlurmLab) -> 
         states = {sid: st for _, sid, st in slurm_jobs(lab, "hpc")}
         assert states[job.slurm_job_id] == "CANCELLED"
     finally:
-        release(lab, "hpc", sid)
+        lab.scancel("hpc", hog)
 
 
 def test_cancel_before_placement_never_reaches_slurm(fed: Federation, lab: SlurmLab) -> None:

@@ -3,19 +3,15 @@ a slurmctld that dies and comes back, an agent pointed at a dead controller."""
 
 from __future__ import annotations
 
-import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 
 from metasched.agent.slurm.cli import CliBackend
-from metasched.lab import DEMO_SITES, SlurmLab, slurm_installed
+from metasched.lab import DEMO_SITES
 from metasched.lab.federation import Federation, wait_for
 from metasched.states import JobState
 from metasched.v1 import metasched_pb2 as pb
@@ -25,18 +21,13 @@ S = JobState
 
 
 @pytest.fixture
-def fed() -> Iterator[Federation]:
+def fed(make_federation: Callable[..., Federation]) -> Federation:
     """One CPU site whose Slurm forgets finished jobs after 2 s (MinJobAge=2)."""
-    if not slurm_installed() or os.geteuid() != 0:
-        if os.environ.get("METASCHED_REQUIRE_SLURM") == "1":
-            pytest.fail("METASCHED_REQUIRE_SLURM=1 but Slurm is not installed or not root")
-        pytest.skip("needs root and Slurm (slurmctld, slurmd, munge)")
-    root = Path(tempfile.mkdtemp(prefix="msq-", dir="/tmp"))
-    root.chmod(0o755)
-    lab = SlurmLab(root / "l", [DEMO_SITES[0]], overrides={"MinJobAge": "2", "MessageTimeout": "2"})
-    with lab, Federation(lab, root / "f", site_grace_seconds=6) as f:
-        yield f
-    shutil.rmtree(root, ignore_errors=True)
+    return make_federation(
+        [DEMO_SITES[0]],
+        lab_overrides={"MinJobAge": "2", "MessageTimeout": "2"},
+        site_grace_seconds=6,
+    )
 
 
 def job_state(fed: Federation, job_id: int) -> JobState:

@@ -157,6 +157,16 @@ class SlurmLab:
         """What a client command needs in its environment to talk to this site."""
         return {"SLURM_CONF": str(self.slurm_conf(name))}
 
+    def sbatch(self, name: str, *args: str) -> str:
+        """Submit local work at a site, as its own users would (not through metasched)."""
+        proc = self._client(name, "sbatch", "--parsable", *args)
+        if proc.returncode != 0:
+            raise LabError(f"sbatch at {name} failed: {proc.stderr.strip()}")
+        return proc.stdout.strip().split(";")[0]
+
+    def scancel(self, name: str, job_id: str) -> None:
+        self._client(name, "scancel", job_id)
+
     def ctld_port(self, name: str) -> int:
         return self.base_port + 100 * list(self.sites).index(self._site(name).name)
 

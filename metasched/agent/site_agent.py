@@ -269,11 +269,15 @@ class SiteAgent:
         if found is not None:
             sid = sid or found.job_id
         if sid:
-            self.backend.cancel(sid)
-            self.log.info("job_cancel_sent", job_id=cmd.job_id, slurm_job_id=sid)
+            self.backend.cancel(sid, only_pending=cmd.only_if_pending)
+            self.log.info(
+                "job_cancel_sent", job_id=cmd.job_id, slurm_job_id=sid, recall=cmd.only_if_pending
+            )
             after = self._find_tag(cmd.tag, fresh=True)
             state = from_slurm(after.state) if after else None
             res.done = after is None or (state is not None and state.is_final)
+            if not res.done and cmd.only_if_pending:
+                res.error = "it has started; a recall never stops running work"
         else:
             res.done = True  # never reached Slurm, and now never will
         return res

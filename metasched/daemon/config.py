@@ -96,6 +96,12 @@ def from_dict(raw: dict[str, Any], where: str = "config") -> DaemonConfig:
         max_infra_retries=config.get(d, "max_infra_retries", int, 2, w),
         max_script_bytes=config.get(d, "max_script_bytes", int, 1 << 20, w),
         max_queued_per_user=config.get(d, "max_queued_per_user", int, 100_000, w),
+        rebalance=config.get(d, "rebalance", bool, True, w),
+        rebalance_interval=config.get(d, "rebalance_interval", float, 30.0, w),
+        rebalance_grace_s=config.get(d, "rebalance_grace_seconds", float, 300.0, w),
+        rebalance_min_gain_s=config.get(d, "rebalance_min_gain_seconds", float, 600.0, w),
+        max_recalls=config.get(d, "max_recalls", int, 2, w),
+        hold_horizon_s=_horizon(config.get(d, "hold_horizon_seconds", float, 0.0, w)),
     )
     return DaemonConfig(
         state_dir=Path(config.get(d, "state_dir", str, "/var/lib/metasched", w)),
@@ -126,3 +132,8 @@ def _at_least(value: T, low: float, where: str) -> T:
     if value < low:  # type: ignore[operator]
         raise ConfigError(f"{where} must be at least {low}, not {value}")
     return value
+
+
+def _horizon(seconds: float) -> float | None:
+    """hold_horizon_seconds: a negative value turns late binding off (forward at once)."""
+    return None if seconds < 0 else seconds

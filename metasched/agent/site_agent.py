@@ -125,7 +125,9 @@ class SiteAgent:
             nodes = self.backend.nodes()
             parts = self.backend.partitions()
             jobs = self.backend.jobs()
-        except SlurmUnavailable as e:
+        except SlurmError as e:
+            # Unreachable, or a command that failed (killed, unparsable output): either way
+            # there is no trustworthy picture this round; say so rather than go quiet.
             if self._slurm_ok is not False:
                 self.log.warning("slurm_unreachable", error=str(e))
             self._slurm_ok = False
@@ -315,6 +317,11 @@ class SiteAgent:
                 return pb.AgentMessage(job_update=upd) if upd else None
         except SlurmUnavailable as e:
             self.log.warning("command_deferred", kind=kind, error=str(e))
+        except SlurmError as e:
+            # Unanswered on purpose: the daemon re-sends it, and every command is idempotent.
+            self.log.warning("command_failed", kind=kind, error=str(e))
+        except Exception:
+            self.log.exception("command_crashed", kind=kind)
         return None
 
     # ---------------------------------------------------------------- the stream
@@ -404,10 +411,14 @@ class SiteAgent:
         last: bytes = b""
         last_sent = 0.0
         while not stop.is_set() and not ended.is_set():
-            rep = self.report()
-            body = rep.SerializeToString(deterministic=True)
-            now = time.monotonic()
-            if body != last or now - last_sent >= self.report_interval:
-                outbox.put(pb.AgentMessage(report=rep))
-                last, last_sent = body, now
+            try:
+                rep = self.report()
+                body = rep.SerializeToString(deterministic=True)
+                now = time.monotonic()
+                if body != last or now - last_sent >= self.report_interval:
+                    outbox.put(pb.AgentMessage(report=rep))
+                    last, last_sent = body, now
+            except Exception:
+                # The poller is the site's heartbeat: it must outlive any one bad poll.
+                self.log.exception("poll_failed")
             ended.wait(self.cfg.poll_interval)

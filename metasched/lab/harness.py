@@ -15,6 +15,7 @@ Site i listens on base+100*i (slurmctld) and base+100*i+10+k (slurmd of node k).
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import random
@@ -286,7 +287,12 @@ class SlurmLab:
             if not self._munged.alive():
                 break
             time.sleep(0.05)
-        raise LabError(f"munged did not come up; see {d / 'munged.log'} and {d / 'munged.out'}")
+        why = ""
+        for f in (d / "munged.log", d / "munged.out"):
+            with contextlib.suppress(OSError):
+                lines = [x for x in f.read_text().splitlines() if "rror" in x]
+                why = why or (lines[-1] if lines else "")
+        raise LabError(f"munged did not come up ({why or 'no error logged'}); see {d}")
 
     def _render(self, name: str) -> None:
         site = self._site(name)

@@ -36,6 +36,9 @@ SCHEMA_VERSION = 1
 MAX_BATCH = 2000
 
 
+MAX_JOB_ID = 2**63 - 1  # the largest id SQLite can hold (the API's job_id is uint64)
+
+
 class StoreError(Exception):
     pass
 
@@ -308,6 +311,10 @@ class Store:
         ):
             job = _row_to_job(r)
             self.live[job.id] = job
+        # per-user count of live jobs, for the queue limit checked on every submission
+        self._live_per_user: dict[str, int] = {}
+        for job in self.live.values():
+            self._live_per_user[job.user] = self._live_per_user.get(job.user, 0) + 1
         self.federation = self._federation_id(conn)
         self._wconn = conn
         self._changed = threading.Condition()
@@ -456,10 +463,15 @@ class Store:
                 fut.set_exception(StoreError(f"could not write the queue: {e}"))
             return
         for job_id, row in batch.changed.items():
+            was_live = job_id in self.live
             if row.state in FINAL_STATES:
                 self.live.pop(job_id, None)
+                if was_live:
+                    self._live_per_user[row.user] -= 1
             else:
                 self.live[job_id] = row
+                if not was_live:
+                    self._live_per_user[row.user] = self._live_per_user.get(row.user, 0) + 1
         for fut, res, err in results:
             if err is not None:
                 fut.set_exception(err)
@@ -512,6 +524,8 @@ class Store:
     # ---------------------------------------------------------------- reads
 
     def _read_job(self, conn: sqlite3.Connection, job_id: int) -> JobRow | None:
+        if not 0 < job_id <= MAX_JOB_ID:  # SQLite's INTEGER is 64-bit signed; ids start at 1
+            return None
         r = conn.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
         return _row_to_job(r) if r else None
 
@@ -566,7 +580,7 @@ class Store:
         return sorted(rows, key=lambda j: j.id)
 
     def count_live(self, user: str) -> int:
-        return sum(1 for j in list(self.live.values()) if j.user == user)
+        return self._live_per_user.get(user, 0)
 
     # ---------------------------------------------------------------- sites
 

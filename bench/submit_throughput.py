@@ -50,7 +50,7 @@ class _Bare(pb_grpc.SchedulerServicer):
 
 def serve_bare(sock: str) -> None:
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=64), maximum_concurrent_rpcs=4096)
-    pb_grpc.add_SchedulerServicer_to_server(_Bare(), server)
+    pb_grpc.add_SchedulerServicer_to_server(_Bare(), server)  # type: ignore[abstract]
     server.add_insecure_port(f"unix:{sock}")
     server.start()
     server.wait_for_termination()
@@ -68,7 +68,7 @@ def drive(sock: str, jobs: int, window: int, metadata: tuple[tuple[str, str], ..
     left = [jobs]
     lock = threading.Lock()
 
-    def finished(f: grpc.Future) -> None:
+    def finished(f: grpc.Future[pb.SubmitJobResponse]) -> None:
         if f.exception() is not None:
             errors.append(str(f.exception()))
         sem.release()

@@ -7,9 +7,12 @@ The sites are the demo's: hpc (CPUs, fp64/fp32), gpu (A100: fp64 .. int8) and ai
 from __future__ import annotations
 
 import json
+import pwd
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -291,3 +294,29 @@ def test_msub_sites_and_plan_explain_the_choice(fed: Federation, tmp_path: Path)
     human = fed.msub("plan", "--gres", "gpu:a100:1", str(script)).stdout
     ai_row = next(line for line in human.splitlines() if line.startswith("ai "))
     assert "no a100 GPUs" in ai_row
+
+
+def test_a_user_runs_as_their_mapped_local_account(fed: Federation, lab: SlurmLab) -> None:
+    user = "msalice"
+    try:
+        pwd.getpwnam(user)
+    except KeyError:
+        subprocess.run(["useradd", "-M", "-s", "/bin/sh", user], check=True)
+    work = Path(tempfile.mkdtemp(prefix="msa-", dir="/tmp"))
+    work.chmod(0o777)  # the user's own working directory for this test
+    script = work / "whoami.sh"
+    script.write_text(f"#!/bin/bash\nid -un > {work}/ran-as\n")
+    script.chmod(0o644)
+    out = fed.msub("--precision", "fp32", "-D", str(work), "--json", str(script), user=user)
+    job_id = int(json.loads(out.stdout)["job_id"])
+    job = wait_state(fed, job_id, {S.COMPLETED}, 60)
+    assert job.user == user
+    assert (work / "ran-as").read_text().strip() == user
+    slurm_user = {j.job_id: j.user for j in CliBackend(str(lab.slurm_conf(job.site))).jobs()}[
+        job.slurm_job_id
+    ]
+    assert slurm_user == user
+    # and another user cannot see it
+    other = fed.msub("show", str(job_id), check=False, user="nobody")
+    assert other.returncode != 0 and "not yours" in other.stderr
+    shutil.rmtree(work, ignore_errors=True)

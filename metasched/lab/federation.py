@@ -241,7 +241,8 @@ log_level = "debug"
     ) -> subprocess.CompletedProcess[str]:
         argv = [sys.executable, "-m", "metasched.cli.msub", *args]
         if user and user != "root":
-            argv = ["runuser", "-u", user, "--", *argv]
+            # as that local user, from the kernel's point of view (see metasched.lab.asuser)
+            argv = [sys.executable, "-m", "metasched.lab.asuser", user, "msub", *args]
         env = {**os.environ, "METASCHED_DAEMON": f"unix:{self.socket}"}
         proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
         if check and proc.returncode != 0:

@@ -38,6 +38,13 @@ class UsageError(Exception):
     pass
 
 
+def one_line(text: object) -> str:
+    """An error message as exactly one line: whatever the user typed (a file name, an option's
+    value) may hold newlines or other line or control characters; they are shown escaped."""
+    s = str(text).strip()
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in s) or "error"
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         raise UsageError(message)
@@ -64,7 +71,7 @@ def _sbatch_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--exclude-site", action="append", default=None, help="never this site")
 
 
-def _positive(name: str) -> Callable[[str], int]:
+def _positive(name: str, limit: int = 2**31 - 1) -> Callable[[str], int]:
     def conv(text: str) -> int:
         try:
             v = int(text)
@@ -73,6 +80,8 @@ def _positive(name: str) -> Callable[[str], int]:
             raise argparse.ArgumentTypeError(msg) from None
         if v <= 0:
             raise argparse.ArgumentTypeError(f"{name} must be at least 1, not {v}")
+        if v > limit:
+            raise argparse.ArgumentTypeError(f"{name} {v} is too large (at most {limit})")
         return v
 
     return conv
@@ -92,6 +101,8 @@ def _gpus_per_node(text: str) -> tuple[str, int]:
     gpu_type, _, count = text.rpartition(":")
     if not count.isdigit() or int(count) <= 0:
         raise jobspec.SpecError(f"bad --gpus-per-node {text!r}: use [type:]count")
+    if int(count) > jobspec.MAX_GPUS_PER_NODE:
+        raise jobspec.SpecError(f"bad --gpus-per-node {text!r}: more than any node has")
     return gpu_type.lower(), int(count)
 
 
@@ -140,7 +151,13 @@ def build_spec(
             warn(f"#SBATCH {u} is not understood by msub; the site's sbatch will see it")
     merged = vars(from_script)
     merged.update({k: v for k, v in vars(opts).items() if v is not None})
-    o = argparse.Namespace(**merged)
+    try:
+        return _spec_of(argparse.Namespace(**merged), script, path)
+    except (ValueError, TypeError) as e:  # e.g. text that is not valid Unicode (surrogates)
+        raise UsageError(f"bad option value: {e}") from None
+
+
+def _spec_of(o: argparse.Namespace, script: str, path: Path) -> pb.JobSpec:
     spec = pb.JobSpec(script=script, name=o.name or path.name)
     if o.nodes:
         spec.nodes = o.nodes
@@ -286,18 +303,21 @@ def cmd_list(c: Client, opts: argparse.Namespace, out: Callable[[str], None]) ->
         return 0
     out(
         f"{'JOBID':>8} {'USER':<10} {'NAME':<18} {'STATE':<12} {'SITE':<10} {'SLURMID':>8} "
-        f"{'START':<18} REASON"
+        f"{'START (90% BY)':<26} REASON"
     )
     now = time.time()
     for j in resp.jobs:
-        start = (
-            stamp(j.started_at)
-            if j.started_at
-            else (when(j.estimate.start, now) if j.estimate.start else "-")
-        )
+        if j.started_at:
+            start = stamp(j.started_at)
+        elif j.estimate.start and not JobState.from_pb(j.state).is_final:
+            bound = duration(j.estimate.start_p90 - now) if j.estimate.start_p90 > now else "now"
+            start = f"{when(j.estimate.start, now)} ({bound})"
+        else:
+            start = "-"
         out(
             f"{j.id:>8} {j.user[:10]:<10} {j.spec.name[:18]:<18} {state_name(j.state):<12} "
-            f"{j.site or '-':<10} {j.slurm_job_id or '-':>8} {start:<18} {j.reason[:60]}"
+            f"{j.site or '-':<10} {j.slurm_job_id or '-':>8} {start:<26} "
+            f"{j.reason[:60]}"
         )
     return 0
 
@@ -417,7 +437,7 @@ def parser_for(command: str) -> argparse.ArgumentParser:
         p.add_argument("--all", action="store_true", help="every user's jobs (admins)")
         p.add_argument("--finished", action="store_true", help="include ended jobs")
     elif command in ("show", "watch", "cancel"):
-        p.add_argument("job_id", type=_positive("job id"))
+        p.add_argument("job_id", type=_positive("job id", 2**63 - 1))
     return p
 
 
@@ -444,21 +464,24 @@ def main(argv: list[str] | None = None) -> int:
         client = Client(opts.daemon)
         return HANDLERS[command](client, opts, out)
     except UsageError as e:
-        print(f"msub: {e}", file=sys.stderr)
+        print(f"msub: {one_line(e)}", file=sys.stderr)
         return 2
     except auth.Unreachable as e:
-        print(f"msub: cannot reach metaschedd at {opts.daemon}: {e}", file=sys.stderr)
+        print(one_line(f"msub: cannot reach metaschedd at {opts.daemon}: {e}"), file=sys.stderr)
         return 1
     except auth.AuthError as e:
-        print(f"msub: {e}", file=sys.stderr)
+        print(f"msub: {one_line(e)}", file=sys.stderr)
         return 1
     except grpc.RpcError as e:
         code = e.code() if hasattr(e, "code") else None
         details = (e.details() if hasattr(e, "details") else "") or str(code)
         if code == grpc.StatusCode.UNAVAILABLE:
-            print(f"msub: cannot reach metaschedd at {opts.daemon}: {details}", file=sys.stderr)
+            print(
+                one_line(f"msub: cannot reach metaschedd at {opts.daemon}: {details}"),
+                file=sys.stderr,
+            )
         else:
-            print(f"msub: {details}", file=sys.stderr)
+            print(f"msub: {one_line(details)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -23,6 +23,7 @@ MAX_NODES = 100_000
 MAX_CPUS_PER_TASK = 100_000
 MAX_TASKS = 10_000_000
 MAX_GPUS_PER_NODE = 64
+MAX_MEM_MB = 1 << 40  # 1 EiB per node: beyond any machine, within the API's uint64
 MAX_TIME_MINUTES = 366 * 24 * 60
 MAX_ENV_ENTRIES = 512
 MAX_SITES = 1_000
@@ -81,6 +82,8 @@ def parse_mem(text: str) -> int:
     value = int(m.group(1)) * _MEM_UNITS[(m.group(2) or "M").upper()]
     if value <= 0:
         raise SpecError(f"memory {text!r} must be more than zero")
+    if value > MAX_MEM_MB:
+        raise SpecError(f"memory {text!r} is more than any node has")
     return int(value)
 
 
@@ -104,6 +107,8 @@ def parse_gres(text: str) -> tuple[str, int]:
         raise SpecError(f"bad --gres {text!r}")
     if count <= 0:
         raise SpecError(f"bad --gres {text!r}: the count must be at least 1")
+    if count > MAX_GPUS_PER_NODE:
+        raise SpecError(f"bad --gres {text!r}: more GPUs than any node has")
     return gpu_type.lower(), count
 
 
@@ -172,6 +177,8 @@ def validate(spec: pb.JobSpec, max_script_bytes: int = MAX_SCRIPT_BYTES) -> pb.J
         raise SpecError(f"ntasks={spec.ntasks} is fewer than nodes={nodes}")
     if spec.ntasks > MAX_TASKS or spec.cpus_per_task > MAX_CPUS_PER_TASK:
         raise SpecError("ntasks or cpus-per-task is beyond any site")
+    if spec.mem_per_node_mb > MAX_MEM_MB:
+        raise SpecError(f"memory per node {spec.mem_per_node_mb} MB is more than any node has")
     if spec.gpus_per_node > MAX_GPUS_PER_NODE:
         raise SpecError(f"gpus per node {spec.gpus_per_node} is more than any node has")
     if spec.gpu_type:

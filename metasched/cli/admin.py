@@ -31,6 +31,7 @@ import grpc
 from google.protobuf import json_format
 
 from metasched import auth
+from metasched.cli.msub import one_line
 from metasched.v1 import metasched_pb2 as pb
 from metasched.v1 import metasched_pb2_grpc as pb_grpc
 
@@ -208,23 +209,26 @@ def main(argv: list[str] | None = None) -> int:
         address = opts.daemon
         return run(opts, lambda line: print(line, flush=True))
     except UsageError as e:
-        print(f"metasched-admin: {e}", file=sys.stderr)
+        print(f"metasched-admin: {one_line(e)}", file=sys.stderr)
         return 2
     except auth.Unreachable as e:
-        print(f"metasched-admin: cannot reach metaschedd at {address}: {e}", file=sys.stderr)
+        print(
+            one_line(f"metasched-admin: cannot reach metaschedd at {address}: {e}"), file=sys.stderr
+        )
         return 1
     except (auth.AuthError, OSError) as e:
-        print(f"metasched-admin: {e}", file=sys.stderr)
+        print(f"metasched-admin: {one_line(e)}", file=sys.stderr)
         return 1
     except grpc.RpcError as e:
         code = e.code() if hasattr(e, "code") else None
         details = (e.details() if hasattr(e, "details") else "") or str(code)
         if code == grpc.StatusCode.UNAVAILABLE:
             print(
-                f"metasched-admin: cannot reach metaschedd at {address}: {details}", file=sys.stderr
+                one_line(f"metasched-admin: cannot reach metaschedd at {address}: {details}"),
+                file=sys.stderr,
             )
         else:
-            print(f"metasched-admin: {details}", file=sys.stderr)
+            print(f"metasched-admin: {one_line(details)}", file=sys.stderr)
         return 1
 
 

@@ -22,6 +22,7 @@ from metasched.daemon.scheduler import Scheduler
 from metasched.daemon.sites import SiteRegistry
 from metasched.daemon.tokens import TokenStore
 from metasched.daemon.user_api import UserService
+from metasched.daemon.wire import MalformedRequests
 from metasched.store import Store, StoreError
 from metasched.v1 import metasched_pb2_grpc as pb_grpc
 
@@ -48,6 +49,7 @@ class Daemon:
                 ("grpc.keepalive_permit_without_calls", 1),
             ],
             maximum_concurrent_rpcs=4096,
+            interceptors=[MalformedRequests()],
         )
         pb_grpc.add_SchedulerServicer_to_server(
             UserService(

@@ -23,7 +23,7 @@ from metasched.daemon.sites import Site, SiteRegistry, work_of
 from metasched.placement.model import SiteView, Work
 from metasched.placement.policy import Choice, Placer, Request, site_refusal
 from metasched.states import INFRASTRUCTURE_FAILURES, JobState, from_slurm
-from metasched.store import Batch, IllegalTransition, JobRow, Store
+from metasched.store import Batch, IllegalTransition, JobRow, NoSuchJob, Store
 from metasched.v1 import metasched_pb2 as pb
 
 S = JobState
@@ -631,7 +631,11 @@ class Scheduler:
             return
 
         def op(b: Batch) -> JobRow | None:
-            job = b.job(res.job_id)
+            try:
+                job = b.job(res.job_id)
+            except NoSuchJob:
+                self.log.warning("cancel_result_ignored", site=site_name, job_id=res.job_id)
+                return None
             if job.site != site_name or job.attempt != res.attempt:
                 return None
             if job.state == S.CANCELLING:

@@ -26,6 +26,8 @@ from metasched.v1 import metasched_pb2_grpc as pb_grpc
 T = TypeVar("T")
 # How long SubmitJob waits for the placement cycle to choose a site, so msub can say where.
 SUBMIT_WAIT_S = 2.0
+# JobState values a client may filter on (JOB_STATE_UNSPECIFIED and unknown numbers are not)
+_KNOWN_STATES = frozenset(s.to_pb() for s in JobState)
 
 
 def estimate_pb(e: Estimate | None) -> pb.Estimate | None:
@@ -183,7 +185,11 @@ class UserService(pb_grpc.SchedulerServicer):
         user = self._user(context)
         if request.all_users and not self._is_admin(user):
             context.abort(grpc.StatusCode.PERMISSION_DENIED, "only admins may list all users")
-        states = [JobState.from_pb(s) for s in request.states] or None
+        try:
+            states = [JobState.from_pb(s) for s in request.states] or None
+        except ValueError:
+            bad = next(s for s in request.states if s not in _KNOWN_STATES)
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unknown job state {bad}")
         jobs = self.s.store.jobs(
             user=None if request.all_users else user,
             states=states,

@@ -149,6 +149,8 @@ log_level = "debug"
         p = self.procs.pop(key, None)
         if p is None:
             return
+        if p.poll() is not None:
+            return  # already gone: its PID (and group id) may belong to someone else now
         with contextlib.suppress(ProcessLookupError):
             os.killpg(p.pid, sig)
         try:

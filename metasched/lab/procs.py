@@ -113,7 +113,7 @@ def stop_daemons(daemons: Iterable[Daemon], group: bool, grace: float = 10.0) ->
     hit = signal_daemons(daemons, signal.SIGTERM, group)
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline and any(d.alive() for d, _ in hit):
-        _reap()
+        _reap([pid for _, pid in hit])
         time.sleep(0.05)
     for d, pid in hit:
         if d.alive():
@@ -124,18 +124,19 @@ def stop_daemons(daemons: Iterable[Daemon], group: bool, grace: float = 10.0) ->
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, signal.SIGKILL)
         d.pidfile.unlink(missing_ok=True)
-    _reap()
+    _reap([pid for _, pid in hit])
 
 
-def _reap() -> None:
-    """Collect exited children of this process (daemons started by us) so they are not zombies."""
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
+def _reap(pids: Iterable[int]) -> None:
+    """Collect these exited children of ours so they are not zombies.
+
+    Only these: reaping any child (waitpid(-1)) would also collect processes that other code
+    in this process still holds a Popen for; their PIDs could then be reused, and a later
+    kill of such a stale PID would hit an unrelated process.
+    """
+    for pid in pids:
+        with contextlib.suppress(ChildProcessError, OSError):
+            os.waitpid(pid, os.WNOHANG)
 
 
 def _all_pids() -> list[int]:
@@ -198,5 +199,5 @@ def kill_leftovers(lab_dir: Path) -> list[int]:
                 os.kill(pid, signal.SIGKILL)
         killed.extend(pids)
         time.sleep(0.05)
-    _reap()
+    _reap(killed)
     return killed

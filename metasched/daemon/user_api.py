@@ -38,6 +38,19 @@ def estimate_pb(e: Estimate | None) -> pb.Estimate | None:
     )
 
 
+def job_estimate_pb(job: JobRow) -> pb.Estimate:
+    """The estimate recorded with a job (empty when it has none); basis: why it is where it is."""
+    if not (job.est_start and job.est_site):
+        return pb.Estimate(basis=job.reason)
+    return pb.Estimate(
+        start=job.est_start,
+        start_p90=job.est_p90,
+        site=job.est_site,
+        partition=job.est_partition,
+        basis=job.reason,
+    )
+
+
 def job_pb(job: JobRow, events: list[Any] | None = None) -> pb.Job:
     out = pb.Job(
         id=job.id,
@@ -55,14 +68,7 @@ def job_pb(job: JobRow, events: list[Any] | None = None) -> pb.Job:
         reason=job.reason,
     )
     if job.est_start and job.est_site:
-        out.estimate.CopyFrom(
-            pb.Estimate(
-                start=job.est_start,
-                start_p90=job.est_p90,
-                site=job.est_site,
-                partition=job.est_partition,
-            )
-        )
+        out.estimate.CopyFrom(job_estimate_pb(job))
     for ev in events or []:
         out.events.append(
             pb.JobEvent(
@@ -145,20 +151,7 @@ class UserService(pb_grpc.SchedulerServicer):
         self._limit_rate(user, context)
         wait = 0.0 if request.no_wait else SUBMIT_WAIT_S
         job = self._guard(context, lambda: self.s.submit(user, request.spec, wait))
-        resp = pb.SubmitJobResponse(job_id=job.id)
-        if job.est_site:
-            resp.estimate.CopyFrom(
-                pb.Estimate(
-                    start=job.est_start,
-                    start_p90=job.est_p90,
-                    site=job.est_site,
-                    partition=job.est_partition,
-                    basis=job.reason,
-                )
-            )
-        elif job.reason:
-            resp.estimate.basis = job.reason
-        return resp
+        return pb.SubmitJobResponse(job_id=job.id, estimate=job_estimate_pb(job))
 
     def Plan(self, request: pb.PlanRequest, context: grpc.ServicerContext) -> pb.PlanResponse:
         user = self._user(context)

@@ -292,3 +292,140 @@ def test_profile_earliest_matches_brute_force() -> None:
         n = Need(rng.randint(1, 10), rng.randint(0, 2), rng.uniform(1, 60))
         nb = rng.uniform(0, 50)
         assert p.earliest(n, nb) == _earliest_by_brute_force(p, n, nb)
+
+
+# -- the fast cycle: exact parts equal the old code, planning depth ---------------------
+
+
+def test_profile_from_releases_matches_releasing_one_by_one() -> None:
+    import random
+
+    rng = random.Random(3)
+    for _ in range(300):
+        rel = [
+            (NOW + rng.choice([-10.0, 0.0, 5.0, 5.0, rng.uniform(0, 100)]), rng.randint(0, 4), 0)
+            for _ in range(rng.randint(0, 8))
+        ]
+        one = Profile(NOW, 3, 1, 40, 2)
+        for at, c, g in rel:
+            one.release(at, c, g)
+        bulk = Profile.from_releases(NOW, 3, 1, 40, 2, rel)
+        assert (bulk.times, bulk.free_cpus, bulk.free_gpus) == (
+            one.times,
+            one.free_cpus,
+            one.free_gpus,
+        )
+
+
+def test_profile_fits_now_and_room_now_agree_with_earliest() -> None:
+    import random
+
+    rng = random.Random(11)
+    for _ in range(500):
+        p = Profile(0.0, rng.randint(0, 10), rng.randint(0, 2), 10, 2)
+        for _ in range(rng.randint(0, 6)):
+            p.release(rng.uniform(0, 100), rng.randint(0, 5), rng.randint(0, 1))
+        for _ in range(rng.randint(0, 6)):
+            n = Need(rng.randint(1, 6), rng.randint(0, 1), rng.uniform(1, 50))
+            p.reserve(p.earliest(n, 0.0), n)
+        n = Need(rng.randint(1, 11), rng.randint(0, 2), rng.uniform(1, 60))
+        now_ok = p.earliest(n, 0.0) == 0.0
+        assert p.fits_now(n) == now_ok
+        assert (n.seconds <= p.room_now(n)) == now_ok
+
+
+def test_calibration_quantiles_follow_new_observations() -> None:
+    c = Calibrator()
+    for _ in range(20):
+        c.observe("s", 100.0, 100.0)
+    assert c.quantiles("s") == (1.0, 1.0)
+    for _ in range(200):
+        c.observe("s", 0.0, 3 * c.C - c.C)  # ratio 3
+    assert c.quantiles("s") == (3.0, 3.0)  # the cached answer was dropped
+
+
+def test_place_decides_as_the_frozen_old_cycle(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lazy bounds, the fast top check and the other speed-ups change no decision (below
+    the planning depth) against the frozen copy of the old cycle, on small random
+    federations with ties."""
+    import importlib
+    import random
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1]))
+    placement_legacy = importlib.import_module("bench.placement_legacy")
+
+    rng = random.Random(5)
+    for _ in range(40):
+        sites = []
+        for i in range(rng.randint(1, 5)):
+            running = [
+                Work("batch", 1, rng.choice([4, 8]), 0, "", 3600.0, NOW - 10, NOW - 10, "x")
+                for _ in range(rng.randint(0, 3))
+            ]
+            s = site(
+                f"s{i}",
+                nodes=rng.randint(1, 4),
+                cpus=8,
+                free=rng.choice([0, 4, 8]),
+                precisions=rng.choice([("fp64",), ("fp64", "fp32"), ("fp32",)]),
+                running=running,
+            )
+            sites.append(s)
+        reqs = [
+            req(
+                shape(
+                    nodes=rng.randint(1, 2),
+                    cpus=rng.choice([4, 8]),
+                    minutes=rng.choice([10, 60]),
+                    precision=rng.choice(["fp64", "fp32"]),
+                ),
+                user=rng.choice(["a", "b"]),
+                job_id=j,
+            )
+            for j in range(rng.randint(1, 30))
+        ]
+        for horizon in (None, 0.0):
+            rt = RuntimePredictor()
+            rt.observe("a", 300.0, 3600.0)
+            placer = Placer(runtimes=rt, hold_horizon_s=horizon)
+            assert placer.place(reqs, sites, NOW) == placement_legacy.place(
+                placer, reqs, sites, NOW
+            )
+
+
+def test_jobs_past_the_plan_depth_start_now_or_wait_without_reserving() -> None:
+    sites = [site("a", nodes=1, cpus=8)]
+    jobs = [req(shape(cpus=8, minutes=60), job_id=i) for i in range(4)]
+    full = Placer(hold_horizon_s=0.0, plan_depth=None).place(jobs, sites, NOW)
+    assert [d.estimate.point - NOW for d in full] == [0.0, 3600.0, 7200.0, 10800.0]
+    capped = Placer(hold_horizon_s=0.0, plan_depth=1).place(jobs, sites, NOW)
+    assert capped[:2] == full[:2]  # one start now and one planned held job: as before
+    # Past the depth: held, no reservation (both see the same bound), never before it.
+    assert [d.hold for d in capped] == [False, True, True, True]
+    assert capped[2].estimate.point == capped[3].estimate.point == NOW + 7200.0
+    assert "deep" in capped[2].estimate.basis
+
+
+def test_deep_job_backfills_now_only_without_delaying_planned_ones() -> None:
+    busy = Work("batch", 1, 4, 0, "", 3600.0, NOW - 10, start_time=NOW - 10, user="x")
+    sites = [site("a", nodes=1, cpus=8, free=4, running=[busy])]
+    jobs = [
+        req(shape(cpus=8, minutes=60), job_id=0),  # waits for the running job: planned, held
+        req(shape(cpus=4, minutes=30), job_id=1),  # fits before job 0's reservation: starts
+        req(shape(cpus=4, minutes=120), job_id=2),  # would delay job 0: held
+    ]
+    out = Placer(hold_horizon_s=0.0, plan_depth=1).place(jobs, sites, NOW)
+    assert [d.hold for d in out] == [True, False, True]
+    assert out[0].estimate.point == pytest.approx(NOW + 3590.0)
+    assert out[1].estimate.point == NOW
+
+
+def test_deep_job_keeps_last_cycles_planned_start_as_a_floor() -> None:
+    sites = [site("a", nodes=1, cpus=8)]
+    placer = Placer(hold_horizon_s=0.0, plan_depth=None)
+    jobs = [req(shape(cpus=8, minutes=60), job_id=i) for i in range(4)]
+    first = placer.place(jobs, sites, NOW)
+    placer.plan_depth = 1
+    again = placer.place(jobs, sites, NOW)
+    assert again[3].estimate.point == first[3].estimate.point == NOW + 10800.0

@@ -85,18 +85,17 @@ def build_profile(
 ) -> Profile:
     """Free capacity of one partition (GPUs of one type, or all) from now on."""
     fc, fg, tc, tg = _pool(site, partition, gpu_type)
-    prof = Profile(now, max(0, fc), max(0, fg), tc, tg)
     part = site.partition(partition)
-    nodes = set(part.nodes) if part else set()
+    nodes = frozenset(part.nodes) if part else frozenset()
+    releases: list[tuple[float, int, int]] = []
     for w in site.running:
-        if w.partition != partition and not (nodes & set(w.node_names)):
+        names = w.node_names
+        if w.partition != partition and (not names or nodes.isdisjoint(names)):
             continue
-        if w.node_names and nodes:
-            share = len(nodes & set(w.node_names)) / len(w.node_names)
-        else:
-            share = 1.0
+        share = len(nodes.intersection(names)) / len(names) if names and nodes else 1.0
         left = runtimes.remaining(w.user, w.time_limit_s, w.start_time, now)
-        prof.release(now + left, round(w.cpus * share), round(_gpus_of(w, gpu_type) * share))
+        releases.append((now + left, round(w.cpus * share), round(_gpus_of(w, gpu_type) * share)))
+    prof = Profile.from_releases(now, max(0, fc), max(0, fg), tc, tg, releases)
     for w in [*site.pending, *site.inflight]:
         if w.partition != partition or w.running:
             continue
@@ -115,18 +114,25 @@ class Calibrator:
     def __init__(self, window: int = 200) -> None:
         self._ratios: dict[str, deque[float]] = {}
         self._window = window
+        self._quantiles: dict[str, tuple[float, float]] = {}  # until the next observe
 
     def observe(self, site: str, predicted_wait: float, actual_wait: float) -> None:
         r = (max(0.0, actual_wait) + self.C) / (max(0.0, predicted_wait) + self.C)
         self._ratios.setdefault(site, deque(maxlen=self._window)).append(r)
+        self._quantiles.pop(site, None)
 
     def quantiles(self, site: str) -> tuple[float, float]:
         """(median ratio, 90th percentile ratio); a cautious default until 10 samples exist."""
-        ratios = self._ratios.get(site)
-        if not ratios or len(ratios) < 10:
-            return 1.0, 3.0
-        s = sorted(ratios)
-        return _quantile(s, 0.5), _quantile(s, 0.9)
+        q = self._quantiles.get(site)
+        if q is None:
+            ratios = self._ratios.get(site)
+            if not ratios or len(ratios) < 10:
+                q = (1.0, 3.0)
+            else:
+                s = sorted(ratios)
+                q = (_quantile(s, 0.5), _quantile(s, 0.9))
+            self._quantiles[site] = q
+        return q
 
     def estimate(self, site: str, partition: str, now: float, point: float, basis: str) -> Estimate:
         if point == math.inf:

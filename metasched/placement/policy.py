@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import heapq
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from metasched.jobspec import Shape
@@ -17,6 +18,10 @@ from metasched.placement.estimate import Calibrator, Estimate, build_profile
 from metasched.placement.model import NodeView, PartitionView, SiteView
 from metasched.placement.profile import Need, Profile
 from metasched.placement.runtime import RuntimePredictor
+
+# Held jobs planned in full per cycle under late binding (Slurm's bf_max_job_test is 500 by
+# default; sites raise it to thousands). Measured in bench/README.md.
+PLAN_DEPTH = 1000
 
 
 @dataclass(frozen=True)
@@ -134,6 +139,47 @@ def site_refusal(site: SiteView, req: Request, shape_only: bool = False) -> tupl
     return [], reasons[0] if len(set(reasons)) == 1 else "; ".join(dict.fromkeys(reasons))
 
 
+def _eligible(site: SiteView, req: Request, fit_cache: dict[tuple[object, ...], int]) -> list[str]:
+    """site_refusal(site, req)[0] without the reasons, with node fits counted once per
+    (site, partition, per-node shape) in fit_cache (for one cycle: site names are unique)."""
+    if req.sites and site.name not in req.sites:
+        return []
+    if site.name in req.exclude:
+        return []
+    if site.state in ("retired", "draining") or not site.online:
+        return []
+    if site.mapped_users is not None and req.user not in site.mapped_users:
+        return []
+    shape = req.shape
+    ok: list[str] = []
+    for p in site.partitions:
+        if req.partition and p.name != req.partition:
+            continue
+        if shape.precision and shape.precision not in p.precisions:
+            continue
+        if p.max_time_minutes and shape.time_limit_minutes > p.max_time_minutes:
+            continue
+        if p.max_nodes_per_job and shape.nodes > p.max_nodes_per_job:
+            continue
+        fk = (
+            site.name,
+            p.name,
+            shape.cpus_per_node,
+            shape.mem_per_node_mb,
+            shape.gpus_per_node,
+            shape.gpu_type,
+        )
+        fitting = fit_cache.get(fk)
+        if fitting is None:
+            nodes = site.nodes
+            fitting = fit_cache[fk] = sum(
+                nodes[n].count for n in p.nodes if n in nodes and node_fits(nodes[n], shape)
+            )
+        if fitting >= shape.nodes:
+            ok.append(p.name)
+    return ok
+
+
 def need_of(shape: Shape, runtime_s: float) -> Need:
     return Need(shape.total_cpus, shape.gpus_per_node * shape.nodes, runtime_s)
 
@@ -148,6 +194,12 @@ class Placer:
     # the global queue (Decision.hold) and re-planned next cycle, so it goes wherever capacity
     # actually frees first. None: forward every placeable job at once (early binding).
     hold_horizon_s: float | None = None
+    # Late binding only: how many held jobs (in priority order) get a full plan with a
+    # reservation each cycle, like Slurm's bf_max_job_test; later jobs are only checked for
+    # a start now (see place). None: plan every job.
+    plan_depth: int | None = PLAN_DEPTH
+    # The planned starts of last cycle's held jobs, a floor for their estimates once deep.
+    _last_points: dict[int, float] = field(default_factory=dict, init=False, repr=False)
 
     def _profile(
         self,
@@ -213,66 +265,105 @@ class Placer:
         (a longer job cannot start sooner) and for every later version of a profile (reserving
         only delays), so each job computes exact starts only for the partitions whose bound
         beats the best start found so far (branch and bound), not for all of them.
+
+        Planning depth (late binding only, plan_depth): once plan_depth jobs have been held
+        with a reservation, later jobs are only asked "can it start now anywhere, given the
+        reservations so far?" (exact; it then starts and reserves as before), from a per-class
+        heap of how long the class's size stays free from now. Otherwise it is held without a
+        reservation, with a cheap estimate (see _deep).
         """
+        mapping = any(s.mapped_users is not None for s in sites)
+        predict = self.runtimes.predict
+        rt_cache: dict[tuple[str, int], float] = {}
+        runtimes: list[float] = []
+        index: dict[tuple[object, ...], int] = {}  # class key -> class number
+        cls_of: list[int] = []  # per request (hashing a key costs ~1 us: once per job)
+        shortest: list[float] = []  # per class
+        for req in reqs:
+            user, shape = req.user, req.shape
+            rk = (user, shape.time_limit_minutes)
+            rt = rt_cache.get(rk)
+            if rt is None:
+                rt = rt_cache[rk] = predict(user, shape.time_limit_minutes * 60.0)
+            runtimes.append(rt)
+            k = (user if mapping else "", shape, req.partition, req.sites, req.exclude)
+            c = index.setdefault(k, len(index))
+            cls_of.append(c)
+            if c == len(shortest):
+                shortest.append(rt)
+            elif rt < shortest[c]:
+                shortest[c] = rt
+        if not reqs:
+            self._last_points = {}
+            return []
         by_name = {s.name: s for s in sites}
         cache: dict[tuple[str, str, str], Profile] = {}
         views: dict[tuple[str, str], list[tuple[str, Profile]]] = {}
-        mapping = any(s.mapped_users is not None for s in sites)
-        runtimes = [self.runtimes.predict(r.user, r.shape.time_limit_minutes * 60.0) for r in reqs]
-        keys: list[tuple[object, ...]] = []
-        shortest: dict[tuple[object, ...], float] = {}
-        for req, rt in zip(reqs, runtimes, strict=True):
-            k: tuple[object, ...] = (
-                req.user if mapping else "",
-                req.shape,
-                req.partition,
-                req.sites,
-                req.exclude,
-            )
-            keys.append(k)
-            shortest[k] = min(rt, shortest.get(k, math.inf))
-        classes: dict[tuple[object, ...], _Class] = {}
+        fit_cache: dict[tuple[object, ...], int] = {}
+        classes: list[_Class | None] = [None] * len(shortest)
+        horizon = self.hold_horizon_s
+        depth = self.plan_depth if horizon is not None else None
+        held_planned = 0
+        prev_points = self._last_points
+        points: dict[int, float] = {}
+        estimate = self.calibration.estimate
+        runtimes_model = self.runtimes
 
         def profile(sname: str, part: str, gpu_type: str) -> Profile:
             ck = (sname, part, gpu_type)
             prof = cache.get(ck)
             if prof is None:
-                prof = build_profile(by_name[sname], part, gpu_type, now, self.runtimes)
+                prof = build_profile(by_name[sname], part, gpu_type, now, runtimes_model)
                 cache[ck] = prof
                 views.setdefault((sname, part), []).append((gpu_type, prof))
             return prof
 
+        def take(prof: Profile, sname: str, part: str, gpu_type: str, t: float, need: Need) -> None:
+            prof.reserve(t, need)
+            # Other GPU-type views of the same partition share its CPUs.
+            for g2, other in views.get((sname, part), ()):
+                if g2 != gpu_type:
+                    other.reserve(t, Need(need.cpus, 0, need.seconds))
+
         out: list[Decision] = []
-        for req, rt, k in zip(reqs, runtimes, keys, strict=True):
-            cls = classes.get(k)
+        for req, rt, c in zip(reqs, runtimes, cls_of, strict=True):
+            cls = classes[c]
             gpu_type = req.shape.gpu_type
             if cls is None:
-                pairs: list[tuple[str, str]] = []
+                lb_need = need_of(req.shape, max(1.0, shortest[c]))
+                # Every bound starts at now (true of any start) with version -1, so it is made
+                # exact only when it reaches the top: most partitions never need it.
+                heap: list[tuple[float, str, str, int, Profile]] = []
                 for site in sites:
-                    parts, _ = site_refusal(site, req)
-                    pairs.extend((site.name, p) for p in parts)
-                lb_need = need_of(req.shape, max(1.0, shortest[k]))
-                heap = []
-                for sname, p in pairs:
-                    prof = profile(sname, p, gpu_type)
-                    heap.append((prof.earliest(lb_need, now), sname, p, prof.version))
+                    for p in _eligible(site, req, fit_cache):
+                        heap.append((now, site.name, p, -1, profile(site.name, p, gpu_type)))
                 heapq.heapify(heap)
-                cls = classes[k] = _Class(lb_need, heap)
+                cls = classes[c] = _Class(lb_need, heap)
             heap = cls.heap
             if not heap:
                 continue
             need = need_of(req.shape, rt)
+            if depth is not None and held_planned >= depth:
+                # Deep in the queue: start now if it fits somewhere now, else hold it unplanned.
+                d = self._deep(cls, req, need, now, take, prev_points, points)
+                if d is not None:
+                    out.append(d)
+                continue
             best_t, best_site, best_part = math.inf, "", ""
             best_prof: Profile | None = None
-            popped: list[tuple[float, str, str, int]] = []
+            popped: list[tuple[float, str, str, int, Profile]] = []
+            top = heap[0]
+            if top[0] <= now and top[4].fits_now(need):
+                # The top bound is now and the job fits there now: nothing starts sooner, and
+                # the top's exact bound would be now too, so it stays the top (ties included).
+                best_t, best_site, best_part, best_prof = now, top[1], top[2], top[4]
             while heap:
-                lb, sname, p, version = heap[0]
+                lb, sname, p, version, prof = heap[0]
                 if lb >= best_t:
                     break
-                prof = profile(sname, p, gpu_type)
                 if version != prof.version:
                     heapq.heapreplace(
-                        heap, (prof.earliest(cls.lb_need, now), sname, p, prof.version)
+                        heap, (prof.earliest(cls.lb_need, now), sname, p, prof.version, prof)
                     )
                     continue
                 popped.append(heapq.heappop(heap))
@@ -283,22 +374,68 @@ class Placer:
                 heapq.heappush(heap, e)
             if best_prof is None:
                 continue
-            best_prof.reserve(best_t, need)
-            # Other GPU-type views of the same partition share its CPUs.
-            for g2, other in views.get((best_site, best_part), ()):
-                if g2 != gpu_type:
-                    other.reserve(best_t, Need(need.cpus, 0, need.seconds))
+            take(best_prof, best_site, best_part, gpu_type, best_t, need)
             basis = "free now" if best_t <= now else "after work ahead ends"
-            est = self.calibration.estimate(best_site, best_part, now, best_t, basis)
-            hold = self.hold_horizon_s is not None and best_t > now + self.hold_horizon_s
+            est = estimate(best_site, best_part, now, best_t, basis)
+            hold = horizon is not None and best_t > now + horizon
+            if hold:
+                held_planned += 1
+                points[req.job_id] = best_t
             out.append(Decision(req.job_id, best_site, best_part, est, hold))
+        self._last_points = points
         return out
+
+    def _deep(
+        self,
+        cls: _Class,
+        req: Request,
+        need: Need,
+        now: float,
+        take: Callable[[Profile, str, str, str, float, Need], None],
+        prev_points: dict[int, float],
+        points: dict[int, float],
+    ) -> Decision | None:
+        """A job past the planning depth: forwarded if it fits now on an eligible partition
+        (the one with the longest room now for the class's size, from a heap of upper bounds
+        refreshed lazily: reservations only shorten the room), else held with no reservation
+        and an estimate from the class's lower bound (or last cycle's planned start if later)."""
+        room = cls.room
+        if room is None:
+            room = cls.room = [
+                (-prof.room_now(cls.lb_need), sname, p, -1, prof)
+                for _, sname, p, _, prof in cls.heap
+            ]
+            heapq.heapify(room)
+        while room:
+            neg, sname, p, version, prof = room[0]
+            if -neg < need.seconds:
+                break  # the longest room (an upper bound) is too short: no partition fits now
+            if version != prof.version:
+                heapq.heapreplace(room, (-prof.room_now(cls.lb_need), sname, p, prof.version, prof))
+                continue
+            take(prof, sname, p, req.shape.gpu_type, now, need)
+            est = self.calibration.estimate(sname, p, now, now, "free now")
+            return Decision(req.job_id, sname, p, est, False)
+        heap = cls.heap
+        while heap and heap[0][3] != heap[0][4].version:
+            _, sname, p, _, prof = heap[0]
+            heapq.heapreplace(heap, (prof.earliest(cls.lb_need, now), sname, p, prof.version, prof))
+        if not heap or heap[0][0] == math.inf:
+            return None
+        lb, sname, p, _, _ = heap[0]
+        t = max(lb, prev_points.get(req.job_id, lb))
+        points[req.job_id] = t
+        est = self.calibration.estimate(sname, p, now, t, "deep in the queue (not planned)")
+        return Decision(req.job_id, sname, p, est, True)
 
 
 @dataclass
 class _Class:
     """Jobs of one shape class in one placement cycle: the need whose earliest start bounds
-    theirs from below, and the heap of (bound, site, partition, profile version)."""
+    theirs from below, and the heap of (bound, site, partition, profile version, profile)."""
 
     lb_need: Need
-    heap: list[tuple[float, str, str, int]]
+    heap: list[tuple[float, str, str, int, Profile]]
+    # For jobs past the planning depth: (-room now for lb_need's size, site, partition,
+    # version, profile), built on first use.
+    room: list[tuple[float, str, str, int, Profile]] | None = None

@@ -1,0 +1,159 @@
+"""The scheduler's rules for what sites report, on a real SQLite queue: what is retried
+elsewhere, what is final, and what must never run (strays). The sites here are agent streams
+fed by hand (AgentLink outboxes), so each rule can be exercised exactly; the whole path on
+real Slurm is in test_federation_e2e.py and test_crash.py.
+"""
+
+from __future__ import annotations
+
+import queue
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from metasched.daemon.scheduler import Scheduler, Settings
+from metasched.daemon.sites import AgentLink, SiteRegistry
+from metasched.states import JobState
+from metasched.store import Store
+from metasched.v1 import metasched_pb2 as pb
+
+S = JobState
+SPEC = pb.JobSpec(script="#!/bin/sh\ntrue\n", precision="fp64", time_limit_minutes=10)
+
+
+def site_report(jobs: Sequence[pb.SlurmJobReport] = ()) -> pb.SiteReport:
+    return pb.SiteReport(
+        slurm_reachable=True,
+        slurm_version="22.05.8",
+        maps_all_users=True,
+        partitions=[
+            pb.Partition(
+                name="batch",
+                nodes=1,
+                cpus_per_node=8,
+                precisions=[pb.Precision(name="fp64", peak_tflops=1.0)],
+            )
+        ],
+        nodes=[pb.NodeReport(name="n1", partitions=["batch"], state="idle", cpus=8, mem_mb=8000)],
+        jobs=list(jobs),
+    )
+
+
+class Env:
+    def __init__(self, tmp_path: Path, sites: tuple[str, ...] = ("a", "b")) -> None:
+        self.store = Store(tmp_path / "q.db")
+        self.registry = SiteRegistry(grace_seconds=60)
+        self.s = Scheduler(self.store, self.registry, Settings(max_infra_retries=1))
+        self.links: dict[str, AgentLink] = {}
+        for name in sites:
+            link = AgentLink(name, "test")
+            self.registry.connect(name, link)
+            self.links[name] = link
+            self.s.on_report(name, site_report())
+
+    def sent(self, site: str) -> list[pb.DaemonMessage]:
+        out = []
+        while True:
+            try:
+                m = self.links[site].outbox.get_nowait()
+            except queue.Empty:
+                return out
+            if m is not None:
+                out.append(m)
+
+    def submit_and_place(self) -> tuple[int, str]:
+        job = self.s.submit("alice", SPEC)
+        self.s.run_cycle()
+        row = self.store.job(job.id)
+        assert row is not None and row.state == S.FORWARDING
+        return job.id, row.site
+
+    def show(
+        self, site: str, job_id: int, attempt: int, state: str, sid: str, exit_code: int = 0
+    ) -> None:
+        now = time.time()
+        self.s.on_report(
+            site,
+            site_report(
+                [
+                    pb.SlurmJobReport(
+                        slurm_job_id=sid,
+                        partition="batch",
+                        state=state,
+                        cpus=1,
+                        nodes=1,
+                        time_limit_minutes=10,
+                        submit_time=now - 5,
+                        start_time=now - 2,
+                        end_time=now if state not in ("PENDING", "RUNNING") else 0,
+                        exit_code=exit_code,
+                        user="alice",
+                        job_id=job_id,
+                        attempt=attempt,
+                        federation=self.store.federation,
+                    )
+                ]
+            ),
+        )
+
+    def close(self) -> None:
+        self.store.close()
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[Env]:
+    e = Env(tmp_path)
+    yield e
+    e.close()
+
+
+def test_node_failure_is_retried_elsewhere_then_final(env: Env) -> None:
+    job_id, first = env.submit_and_place()
+    env.show(first, job_id, 1, "NODE_FAIL", "11")
+    row = env.store.job(job_id)
+    assert row is not None
+    assert (row.state, row.infra_retries) == (S.QUEUED, 1)
+    assert first in row.avoid_sites
+    env.s.run_cycle()
+    row = env.store.job(job_id)
+    assert row is not None and row.state == S.FORWARDING and row.attempt == 2
+    second = row.site
+    assert second != first  # not back to the site that failed it
+    env.show(second, job_id, 2, "NODE_FAIL", "12")
+    row = env.store.job(job_id)
+    assert row is not None and row.state == S.NODE_FAIL  # retries used up: final
+
+
+def test_the_jobs_own_failure_is_final_with_its_exit_code(env: Env) -> None:
+    job_id, site = env.submit_and_place()
+    env.show(site, job_id, 1, "RUNNING", "7")
+    env.show(site, job_id, 1, "FAILED", "7", exit_code=3)
+    row = env.store.job(job_id)
+    assert row is not None
+    assert (row.state, row.exit_code, row.attempt) == (S.FAILED, 3, 1)
+    env.s.run_cycle()
+    again = env.store.job(job_id)
+    assert again is not None and again.state == S.FAILED
+
+
+def test_a_slurm_job_of_an_old_attempt_is_cancelled_as_a_stray(env: Env) -> None:
+    job_id, first = env.submit_and_place()
+    env.show(first, job_id, 1, "NODE_FAIL", "21")
+    env.s.run_cycle()  # attempt 2 goes to the other site
+    env.sent(first)
+    # ... and the first site now shows attempt 1 running after all (Slurm requeued it)
+    env.show(first, job_id, 1, "RUNNING", "21")
+    cancels = [m.cancel for m in env.sent(first) if m.WhichOneof("body") == "cancel"]
+    assert [(c.job_id, c.attempt, c.slurm_job_id) for c in cancels] == [(job_id, 1, "21")]
+    row = env.store.job(job_id)
+    assert row is not None and row.attempt == 2 and row.site != first
+
+
+def test_a_report_for_a_job_at_another_site_changes_nothing(env: Env) -> None:
+    job_id, site = env.submit_and_place()
+    other = "b" if site == "a" else "a"
+    env.show(other, job_id, 1, "COMPLETED", "99")  # a confused or malicious agent
+    row = env.store.job(job_id)
+    assert row is not None and row.state == S.FORWARDING and row.site == site

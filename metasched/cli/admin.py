@@ -27,20 +27,16 @@ import time
 from pathlib import Path
 from typing import Any, NoReturn
 
-import grpc
 from google.protobuf import json_format
 
 from metasched import auth
-from metasched.cli.msub import one_line
+from metasched.cli import errors
+from metasched.cli.errors import UsageError
 from metasched.v1 import metasched_pb2 as pb
 from metasched.v1 import metasched_pb2_grpc as pb_grpc
 
 DEFAULT_DAEMON = "unix:/run/metasched/metaschedd.sock"
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "y": 365 * 86400}
-
-
-class UsageError(Exception):
-    pass
 
 
 class _Parser(argparse.ArgumentParser):
@@ -204,32 +200,14 @@ def backup(a: Admin, dest: Path, out: Any) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     address = os.environ.get("METASCHED_DAEMON", DEFAULT_DAEMON)
-    try:
+
+    def body() -> int:
+        nonlocal address
         opts = parser().parse_args(args)
         address = opts.daemon
         return run(opts, lambda line: print(line, flush=True))
-    except UsageError as e:
-        print(f"metasched-admin: {one_line(e)}", file=sys.stderr)
-        return 2
-    except auth.Unreachable as e:
-        print(
-            one_line(f"metasched-admin: cannot reach metaschedd at {address}: {e}"), file=sys.stderr
-        )
-        return 1
-    except (auth.AuthError, OSError) as e:
-        print(f"metasched-admin: {one_line(e)}", file=sys.stderr)
-        return 1
-    except grpc.RpcError as e:
-        code = e.code() if hasattr(e, "code") else None
-        details = (e.details() if hasattr(e, "details") else "") or str(code)
-        if code == grpc.StatusCode.UNAVAILABLE:
-            print(
-                one_line(f"metasched-admin: cannot reach metaschedd at {address}: {details}"),
-                file=sys.stderr,
-            )
-        else:
-            print(f"metasched-admin: {one_line(details)}", file=sys.stderr)
-        return 1
+
+    return errors.run("metasched-admin", body, lambda: address)
 
 
 if __name__ == "__main__":

@@ -22,27 +22,17 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
-import grpc
 from google.protobuf import json_format
 
 from metasched import auth, jobspec
+from metasched.cli import errors
+from metasched.cli.errors import UsageError
 from metasched.states import JobState
 from metasched.v1 import metasched_pb2 as pb
 from metasched.v1 import metasched_pb2_grpc as pb_grpc
 
 DEFAULT_DAEMON = "unix:/run/metasched/metaschedd.sock"
 COMMANDS = ("submit", "plan", "status", "list", "show", "watch", "cancel", "sites")
-
-
-class UsageError(Exception):
-    pass
-
-
-def one_line(text: object) -> str:
-    """An error message as exactly one line: whatever the user typed (a file name, an option's
-    value) may hold newlines or other line or control characters; they are shown escaped."""
-    s = str(text).strip()
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in s) or "error"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -458,33 +448,15 @@ def main(argv: list[str] | None = None) -> int:
     command = "submit"
     if args and args[0] in COMMANDS:
         command = args.pop(0)
-    out = lambda line: print(line, flush=True)  # noqa: E731
-    try:
+    address = os.environ.get("METASCHED_DAEMON", DEFAULT_DAEMON)
+
+    def body() -> int:
+        nonlocal address
         opts = parser_for(command).parse_args(args)
-        client = Client(opts.daemon)
-        return HANDLERS[command](client, opts, out)
-    except UsageError as e:
-        print(f"msub: {one_line(e)}", file=sys.stderr)
-        return 2
-    except auth.Unreachable as e:
-        print(one_line(f"msub: cannot reach metaschedd at {opts.daemon}: {e}"), file=sys.stderr)
-        return 1
-    except auth.AuthError as e:
-        print(f"msub: {one_line(e)}", file=sys.stderr)
-        return 1
-    except grpc.RpcError as e:
-        code = e.code() if hasattr(e, "code") else None
-        details = (e.details() if hasattr(e, "details") else "") or str(code)
-        if code == grpc.StatusCode.UNAVAILABLE:
-            print(
-                one_line(f"msub: cannot reach metaschedd at {opts.daemon}: {details}"),
-                file=sys.stderr,
-            )
-        else:
-            print(f"msub: {one_line(details)}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
+        address = opts.daemon
+        return HANDLERS[command](Client(opts.daemon), opts, lambda line: print(line, flush=True))
+
+    return errors.run("msub", body, lambda: address)
 
 
 if __name__ == "__main__":

@@ -82,28 +82,9 @@ def test_slurmctld_down_marks_the_site_offline_and_running_work_survives(
     wait_for(lambda: job_state(fed, waiting) == S.COMPLETED, 60, "the waiting job to run")
 
 
-def test_agent_check_against_a_dead_slurmctld_is_one_line(fed: Federation) -> None:
-    fed.lab.stop_site("hpc")
-    try:
-        r = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "metasched.agent.main",
-                "--check",
-                "-c",
-                str(fed.agent_config("hpc")),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-    finally:
-        fed.lab.start_site("hpc")
-    assert r.returncode == 1
-    assert r.stderr.startswith("metasched-agent: Slurm at site hpc does not answer")
-    assert len(r.stderr.strip().splitlines()) == 1
-    ok = subprocess.run(
+def agent_check(fed: Federation) -> subprocess.CompletedProcess[str]:
+    """What a site admin runs: metasched-agent --check with the site's config."""
+    return subprocess.run(
         [
             sys.executable,
             "-m",
@@ -116,5 +97,17 @@ def test_agent_check_against_a_dead_slurmctld_is_one_line(fed: Federation) -> No
         text=True,
         timeout=60,
     )
+
+
+def test_agent_check_against_a_dead_slurmctld_is_one_line(fed: Federation) -> None:
+    fed.lab.stop_site("hpc")
+    try:
+        r = agent_check(fed)
+    finally:
+        fed.lab.start_site("hpc")
+    assert r.returncode == 1
+    assert r.stderr.startswith("metasched-agent: Slurm at site hpc does not answer")
+    assert len(r.stderr.strip().splitlines()) == 1
+    ok = agent_check(fed)
     assert ok.returncode == 0, ok.stderr
     assert "partition batch" in ok.stdout and "fp64" in ok.stdout

@@ -55,7 +55,17 @@ POLICIES = [
     "metasched",
     "oracle",
 ]
-WAITED_S = 60.0  # a job "waited" if it started at least a minute after submission
+# Issue 4: "the share of jobs that waited whose start was predicted within 10 minutes". The
+# default reading is the literal one, a job waited if it started any time after its
+# submission (wait > 0); the earlier reading, a wait of at least a minute, is reported too.
+WAITED_DEFINITIONS: list[tuple[str, float, str]] = [
+    ("waited > 0", 0.0, "started any time after submission: the issue's wording"),
+    ("waited >= 60 s", 60.0, "started at least 60 s after submission"),
+]
+
+
+def waited(wait: float, threshold: float) -> bool:
+    return wait > 0 if threshold <= 0 else wait >= threshold
 
 
 def make_sites(trace: Trace, n: int) -> list[Site]:
@@ -128,13 +138,14 @@ def metrics(jobs: list[Job]) -> dict[str, float]:
     }
     est = [j for j in jobs if not math.isnan(j.est)]
     if est:
-        waited = [j for j in est if j.start - j.submit >= WAITED_S]
-        err_w = [abs(j.est - j.start) for j in waited]
+        for k, (_, threshold, _) in enumerate(WAITED_DEFINITIONS):
+            sfx = "" if k == 0 else f"_{k}"
+            err_w = [abs(j.est - j.start) for j in est if waited(j.start - j.submit, threshold)]
+            out["n_waited" + sfx] = len(err_w)
+            out["w_1min" + sfx] = sum(e <= 60 for e in err_w) / max(1, len(err_w))
+            out["w_10min" + sfx] = sum(e <= 600 for e in err_w) / max(1, len(err_w))
+            out["w_medae" + sfx] = statistics.median(err_w) if err_w else math.nan
         err_all = [abs(j.est - j.start) for j in est]
-        out["n_waited"] = len(waited)
-        out["w_1min"] = sum(e <= 60 for e in err_w) / max(1, len(err_w))
-        out["w_10min"] = sum(e <= 600 for e in err_w) / max(1, len(err_w))
-        out["w_medae"] = statistics.median(err_w) if err_w else math.nan
         out["all_10min"] = sum(e <= 600 for e in err_all) / len(err_all)
         b = [j for j in est if not math.isnan(j.est90)]
         out["p90_held"] = sum(j.start <= j.est90 + 1e-6 for j in b) / len(b) if b else math.nan
@@ -177,27 +188,31 @@ def report(name: str, results: dict[str, dict[str, float]], secs: dict[str, floa
             f"| {fmt_r(m['mean_wait'], orc['mean_wait'] if orc else None)} "
             f"| {fmt_r(m['bsld'], base['bsld'] if base else None)} | {secs[pol]:.0f} s |"
         )
-    print(f"\nEstimates given at submission (waited = started >= {WAITED_S:.0f} s after submit):\n")
-    print(
-        "| estimator | jobs waited | waited: within 1 min | within 10 min | median abs err "
-        "| all jobs within 10 min | 90% bound held | 10-min share vs -M | MAE vs -M |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|")
     label = {
         "slurm-m": "slurm -M will-run",
         "metasched": "metasched",
         "oracle": "oracle (true runtimes)",
     }
-    for pol, m in results.items():
-        if "w_10min" not in m:
-            continue
+    for k, (wname, _, wdesc) in enumerate(WAITED_DEFINITIONS):
+        sfx = "" if k == 0 else f"_{k}"
+        w10, mae = "w_10min" + sfx, "w_medae" + sfx
+        print(f"\nEstimates given at submission ({wname}: {wdesc}):\n")
         print(
-            f"| {label.get(pol, pol)} | {int(m['n_waited'])} | {fmt_p(m['w_1min'])} "
-            f"| {fmt_p(m['w_10min'])} | {fmt_s(m['w_medae'])} | {fmt_p(m['all_10min'])} "
-            f"| {fmt_p(m.get('p90_held'))} "
-            f"| {fmt_r(m['w_10min'], base['w_10min'] if base and 'w_10min' in base else None)} "
-            f"| {fmt_r(m['w_medae'], base['w_medae'] if base and 'w_medae' in base else None)} |"
+            "| estimator | jobs waited | waited: within 1 min | within 10 min | median abs err "
+            "| all jobs within 10 min | 90% bound held | 10-min share vs -M | MAE vs -M |"
         )
+        print("|---|---|---|---|---|---|---|---|---|")
+        for pol, m in results.items():
+            if w10 not in m:
+                continue
+            print(
+                f"| {label.get(pol, pol)} | {int(m['n_waited' + sfx])} "
+                f"| {fmt_p(m['w_1min' + sfx])} "
+                f"| {fmt_p(m[w10])} | {fmt_s(m[mae])} | {fmt_p(m['all_10min'])} "
+                f"| {fmt_p(m.get('p90_held'))} "
+                f"| {fmt_r(m[w10], base[w10] if base and w10 in base else None)} "
+                f"| {fmt_r(m[mae], base[mae] if base and mae in base else None)} |"
+            )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -138,7 +138,64 @@ def test_runtime_raised_when_job_outlives_prediction() -> None:
     assert rt.remaining("u", 3600.0, late, NOW) == pytest.approx(2600.0)
 
 
+def test_running_job_past_prediction_expects_a_longer_past_run() -> None:
+    rt = RuntimePredictor()
+    for r in (100.0, 1000.0, 2000.0, 3000.0, 100.0):
+        rt.observe("u", r, 3600.0)
+    assert rt.predict("u", 3600.0) == 100.0  # a new job: the last run
+    started = NOW - 500
+    # Past the 100 s prediction: the median of the remembered runs longer than 500 s (1000,
+    # 2000, 3000) is 2000 s, so 1500 s are left; it grows as the job outlives it.
+    assert rt.remaining("u", 3600.0, started, NOW) == pytest.approx(1500.0)
+    assert rt.remaining("u", 3600.0, NOW - 2500, NOW) == pytest.approx(500.0)
+    # Longer than every remembered run: to its limit.
+    assert rt.remaining("u", 3600.0, NOW - 3100, NOW) == pytest.approx(500.0)
+    plain = RuntimePredictor(conditional=False)
+    plain.observe("u", 100.0, 3600.0)
+    plain.observe("u", 2000.0, 3600.0)
+    plain.observe("u", 100.0, 3600.0)
+    assert plain.remaining("u", 3600.0, started, NOW) == pytest.approx(3100.0)
+
+
 # -- calibration -----------------------------------------------------------------------
+
+
+def test_calibration_bound_level_adapts_to_misses() -> None:
+    aci, plain = Calibrator(), Calibrator(gamma=0.0)
+
+    def feed(ratio: float) -> None:
+        for c in (aci, plain):
+            c.observe("s", 1000.0, (1000.0 + c.C) * ratio - c.C)
+
+    for i in range(200):
+        feed(1.0 + (i * 37 % 100) / 100)  # ratios 1.00..1.99, interleaved
+    assert aci.quantiles("s") == plain.quantiles("s")
+    # Then starts past the bound, more than 10% of the recent ones: the level rises.
+    for _ in range(15):
+        feed(2.0)
+    assert aci.quantiles("s")[1] > plain.quantiles("s")[1]
+    # Then every start under it: the level falls below 90%.
+    for i in range(150):
+        feed(1.0 + (i * 37 % 100) / 1000)
+    assert aci.quantiles("s")[1] < plain.quantiles("s")[1]
+    assert aci.quantiles("s")[0] == plain.quantiles("s")[0]  # the median does not adapt
+    assert aci.quantiles("other") == (1.0, 3.0)  # per site
+
+
+def test_calibration_by_wait_bucket_when_enabled() -> None:
+    c = Calibrator(buckets=(600.0,), min_samples=20, gamma=0.0)
+    for _ in range(50):
+        c.observe("s", 0.0, 0.0)  # predicted "now": right
+        c.observe("s", 3000.0, (3000.0 + c.C) * 2 - c.C)  # predicted long waits: twice as long
+    assert c.quantiles("s", 0.0) == (1.0, 1.0)
+    assert c.quantiles("s", 3000.0) == (2.0, 2.0)
+    assert c.quantiles("s")[1] == 2.0  # pooled over buckets
+    # A bucket with too few samples uses the site's pooled ratios.
+    c2 = Calibrator(buckets=(600.0,), min_samples=20, gamma=0.0)
+    for _ in range(15):
+        c2.observe("s", 0.0, 0.0)
+    c2.observe("s", 3000.0, 3000.0)
+    assert c2.quantiles("s", 3000.0) == c2.quantiles("s")
 
 
 def test_calibration_default_is_cautious() -> None:
@@ -149,7 +206,7 @@ def test_calibration_default_is_cautious() -> None:
 
 
 def test_calibration_quantiles_follow_observed_errors() -> None:
-    c = Calibrator()
+    c = Calibrator(gamma=0.0)  # the plain empirical quantiles
     for i in range(100):
         # actual waits 1x..2x the prediction, uniformly
         c.observe("s", 1000.0, (1000.0 + c.C) * (1 + i / 100) - c.C)
@@ -335,7 +392,7 @@ def test_profile_fits_now_and_room_now_agree_with_earliest() -> None:
 
 
 def test_calibration_quantiles_follow_new_observations() -> None:
-    c = Calibrator()
+    c = Calibrator(gamma=0.0)
     for _ in range(20):
         c.observe("s", 100.0, 100.0)
     assert c.quantiles("s") == (1.0, 1.0)

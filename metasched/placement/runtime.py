@@ -21,8 +21,13 @@ MIN_RUNTIME_S = 30.0
 
 
 class RuntimePredictor:
-    def __init__(self, history: int = 1) -> None:
+    """history: runtimes averaged for a new job's prediction; keep: runtimes remembered per
+    key for a running job that has outlived its prediction (see remaining)."""
+
+    def __init__(self, history: int = 1, keep: int = 16, conditional: bool = True) -> None:
         self._history = history
+        self._keep = max(keep, history)
+        self._conditional = conditional
         self._by_user: dict[str, deque[float]] = {}
         self._by_user_limit: dict[tuple[str, float], deque[float]] = {}
 
@@ -33,12 +38,12 @@ class RuntimePredictor:
         r = min(runtime_s, limit_s) if limit_s > 0 else runtime_s
         q = self._by_user.get(user)
         if q is None:
-            q = self._by_user[user] = deque(maxlen=self._history)
+            q = self._by_user[user] = deque(maxlen=self._keep)
         q.append(r)
         key = (user, float(limit_s))
         q2 = self._by_user_limit.get(key)
         if q2 is None:
-            q2 = self._by_user_limit[key] = deque(maxlen=self._history)
+            q2 = self._by_user_limit[key] = deque(maxlen=self._keep)
         q2.append(r)
 
     def predict(self, user: str, limit_s: float) -> float:
@@ -46,7 +51,8 @@ class RuntimePredictor:
         recent = self._by_user_limit.get((user, float(limit_s))) or self._by_user.get(user)
         if not recent:
             return limit_s if limit_s > 0 else math.inf
-        guess = sum(recent) / len(recent)
+        n = min(self._history, len(recent))
+        guess = sum(recent[-k] for k in range(1, n + 1)) / n
         return max(MIN_RUNTIME_S, min(limit_s, guess)) if limit_s > 0 else max(MIN_RUNTIME_S, guess)
 
     def remaining(self, user: str, limit_s: float, started: float, now: float) -> float:
@@ -56,9 +62,19 @@ class RuntimePredictor:
         guess_left = self.predict(user, limit_s) - elapsed
         if guess_left > 0:
             return min(guess_left, limit_left)
-        # It outlived its prediction: expect it to run to its limit. Measured against "as
-        # long again as it has run so far" on LANL-CM5, where a third of the jobs hit their
-        # limit (first 40k jobs, 4 sites): start estimates within 10 min 53.6% -> 55.0%.
+        # It outlived its prediction. Conditional on having run this long: the median of the
+        # remembered runtimes of the same (user, limit) that are longer than the elapsed time
+        # (a user's runs of one application come in a few lengths), if any; else its limit.
+        if self._conditional:
+            past = self._by_user_limit.get((user, float(limit_s)))
+            if past:
+                longer = sorted(r for r in past if r > elapsed)
+                if longer:
+                    left = longer[(len(longer) - 1) // 2] - elapsed
+                    return max(1.0, min(left, limit_left))
+        # Else (measured against "as long again as it has run so far" on LANL-CM5, where a
+        # third of the jobs hit their limit, first 40k jobs, 4 sites: start estimates within
+        # 10 min 53.6% -> 55.0%) expect it to run to its limit.
         if limit_left == math.inf:
             return max(elapsed, MIN_RUNTIME_S)
         return max(limit_left, 1.0)

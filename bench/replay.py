@@ -29,6 +29,7 @@ from bench.policies import (
 from bench.sim import T0, Job, Progress, Sim, Site
 from bench.swf import Trace, read_swf
 from metasched.placement.policy import Placer
+from metasched.placement.runtime import RuntimePredictor
 
 # Site catalogue, taken in order for --sites N: (name, share of the traced machine's
 # processors, precisions offered). Sizes differ on purpose; every precision class a job can
@@ -114,6 +115,12 @@ def make_policy(name: str, seed: int) -> Base:
         "slurm-m": SlurmM,
         "metasched": lambda: Metasched(Placer(hold_horizon_s=0.0)),
         "metasched-early": lambda: Metasched(Placer(hold_horizon_s=None), "metasched-early"),
+        # ablation: a running job's remaining time conditioned on how long it has run
+        # (better estimates, slightly worse placement on KTH-SP2: bench/README.md)
+        "metasched-conditional": lambda: Metasched(
+            Placer(hold_horizon_s=0.0, runtimes=RuntimePredictor(conditional=True)),
+            "metasched-conditional",
+        ),
         "oracle": Oracle,
     }
     if name not in factories:

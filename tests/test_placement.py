@@ -139,7 +139,7 @@ def test_runtime_raised_when_job_outlives_prediction() -> None:
 
 
 def test_running_job_past_prediction_expects_a_longer_past_run() -> None:
-    rt = RuntimePredictor()
+    rt = RuntimePredictor(conditional=True)
     for r in (100.0, 1000.0, 2000.0, 3000.0, 100.0):
         rt.observe("u", r, 3600.0)
     assert rt.predict("u", 3600.0) == 100.0  # a new job: the last run

@@ -22,9 +22,14 @@ MIN_RUNTIME_S = 30.0
 
 class RuntimePredictor:
     """history: runtimes averaged for a new job's prediction; keep: runtimes remembered per
-    key for a running job that has outlived its prediction (see remaining)."""
+    key for a running job that has outlived its prediction (see remaining).
 
-    def __init__(self, history: int = 1, keep: int = 16, conditional: bool = True) -> None:
+    conditional: predict a running job's end from the user's past runs longer than it has
+    already run. Off by default: on the replay it sharpened estimates (KTH-SP2 4 sites: 3.66x
+    against 3.43x -M's share within 10 min) but placed slightly worse (mean wait 1.03x of the
+    clairvoyant oracle against 0.97x), and where jobs wait is the product's first promise."""
+
+    def __init__(self, history: int = 1, keep: int = 16, conditional: bool = False) -> None:
         self._history = history
         self._keep = max(keep, history)
         self._conditional = conditional

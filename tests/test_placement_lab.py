@@ -120,3 +120,23 @@ def test_a_stale_pending_job_moves_to_the_site_that_freed_up(fed: Federation) ->
     assert [(j.state, j.start_time) for j in at_east] == [("CANCELLED", at_east[0].start_time)]
     assert at_east[0].reason != "None" or at_east[0].start_time == 0 or True
     lab.scancel("east", mem_hog)
+
+
+def test_with_every_site_full_a_job_waits_in_the_global_queue(fed: Federation) -> None:
+    busy = [(s, occupy(fed, s, 300)) for s in ("east", "west")]
+    try:
+        wait_for(lambda: all(fed.sites()[s].free_cpus == 0 for s, _ in busy), 30, "both full")
+        script = fed.root / "held.sh"
+        script.write_text("#!/bin/bash\ntrue\n")
+        out = fed.msub("--precision", "fp64", "-c", "8", str(script)).stdout
+        assert "waiting in the global queue, best site now" in out, out
+        job_id = int(out.split()[2].rstrip(";"))
+        job = fed.job(job_id)
+        assert JobState.from_pb(job.state) == S.QUEUED and not job.slurm_job_id
+        assert (
+            job.estimate.site in ("east", "west") and job.estimate.start_p90 >= job.estimate.start
+        )
+        fed.call("CancelJob", pb.CancelJobRequest(job_id=job_id))
+    finally:
+        for site, sid in busy:
+            fed.lab.scancel(site, sid)

@@ -257,9 +257,16 @@ def cmd_submit(c: Client, opts: argparse.Namespace, out: Callable[[str], None]) 
         out(json.dumps(to_json(resp)))
         return 0
     e = resp.estimate
-    if e.site:
+    held = JobState.from_pb(resp.state) == JobState.QUEUED if resp.state else not e.site
+    if e.site and not held:
         out(
             f"Submitted job {resp.job_id} to site {e.site} (partition {e.partition}); "
+            f"{estimate_text(e)}"
+        )
+    elif e.site:
+        # late binding: it waits here and goes to whichever site can start it first
+        out(
+            f"Submitted job {resp.job_id}; waiting in the global queue, best site now {e.site}; "
             f"{estimate_text(e)}"
         )
     else:

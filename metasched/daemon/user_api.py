@@ -151,7 +151,9 @@ class UserService(pb_grpc.SchedulerServicer):
         self._limit_rate(user, context)
         wait = 0.0 if request.no_wait else SUBMIT_WAIT_S
         job = self._guard(context, lambda: self.s.submit(user, request.spec, wait))
-        return pb.SubmitJobResponse(job_id=job.id, estimate=job_estimate_pb(job))
+        return pb.SubmitJobResponse(
+            job_id=job.id, estimate=job_estimate_pb(job), state=job.state.to_pb()
+        )
 
     def Plan(self, request: pb.PlanRequest, context: grpc.ServicerContext) -> pb.PlanResponse:
         user = self._user(context)

@@ -393,7 +393,10 @@ class SubmitJobResponse(_message.Message):
 
     JOB_ID_FIELD_NUMBER: _builtins.int
     ESTIMATE_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
     job_id: _builtins.int
+    state: Global___JobState.ValueType
+    """QUEUED: still in the global queue (late binding); else sent to the site"""
     @_builtins.property
     def estimate(self) -> Global___Estimate:
         """where it is expected to go and when it is expected to start"""
@@ -403,10 +406,11 @@ class SubmitJobResponse(_message.Message):
         *,
         job_id: _builtins.int = ...,
         estimate: Global___Estimate | None = ...,
+        state: Global___JobState.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["estimate", b"estimate"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["estimate", b"estimate", "job_id", b"job_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["estimate", b"estimate", "job_id", b"job_id", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

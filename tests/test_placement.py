@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytest
 
@@ -335,17 +336,23 @@ def _earliest_by_brute_force(p: Profile, need: Need, not_before: float) -> float
     return math.inf
 
 
+def _random_profile(rng: Any) -> Profile:
+    """A 10-CPU, 2-GPU partition after random releases and reservations."""
+    p = Profile(0.0, rng.randint(0, 10), rng.randint(0, 2), 10, 2)
+    for _ in range(rng.randint(0, 6)):
+        p.release(rng.uniform(0, 100), rng.randint(0, 5), rng.randint(0, 1))
+    for _ in range(rng.randint(0, 6)):
+        n = Need(rng.randint(1, 6), rng.randint(0, 1), rng.uniform(1, 50))
+        p.reserve(p.earliest(n, 0.0), n)
+    return p
+
+
 def test_profile_earliest_matches_brute_force() -> None:
     import random
 
     rng = random.Random(7)
     for _ in range(500):
-        p = Profile(0.0, rng.randint(0, 10), rng.randint(0, 2), 10, 2)
-        for _ in range(rng.randint(0, 6)):
-            p.release(rng.uniform(0, 100), rng.randint(0, 5), rng.randint(0, 1))
-        for _ in range(rng.randint(0, 6)):
-            n = Need(rng.randint(1, 6), rng.randint(0, 1), rng.uniform(1, 50))
-            p.reserve(p.earliest(n, 0.0), n)
+        p = _random_profile(rng)
         n = Need(rng.randint(1, 10), rng.randint(0, 2), rng.uniform(1, 60))
         nb = rng.uniform(0, 50)
         assert p.earliest(n, nb) == _earliest_by_brute_force(p, n, nb)
@@ -379,12 +386,7 @@ def test_profile_fits_now_and_room_now_agree_with_earliest() -> None:
 
     rng = random.Random(11)
     for _ in range(500):
-        p = Profile(0.0, rng.randint(0, 10), rng.randint(0, 2), 10, 2)
-        for _ in range(rng.randint(0, 6)):
-            p.release(rng.uniform(0, 100), rng.randint(0, 5), rng.randint(0, 1))
-        for _ in range(rng.randint(0, 6)):
-            n = Need(rng.randint(1, 6), rng.randint(0, 1), rng.uniform(1, 50))
-            p.reserve(p.earliest(n, 0.0), n)
+        p = _random_profile(rng)
         n = Need(rng.randint(1, 11), rng.randint(0, 2), rng.uniform(1, 60))
         now_ok = p.earliest(n, 0.0) == 0.0
         assert p.fits_now(n) == now_ok

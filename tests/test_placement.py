@@ -488,3 +488,16 @@ def test_deep_job_keeps_last_cycles_planned_start_as_a_floor() -> None:
     placer.plan_depth = 1
     again = placer.place(jobs, sites, NOW)
     assert again[3].estimate.point == first[3].estimate.point == NOW + 10800.0
+
+
+def test_equal_starts_keep_cpu_work_off_gpu_sites() -> None:
+    # "a-gpu" sorts first by name; both are free now, so only the tie-break decides
+    sites = [site("a-gpu", nodes=2, gpus={"a100": 4}), site("b-cpu", nodes=2)]
+    placer = Placer(hold_horizon_s=0.0)
+    cpu_jobs = [req(shape(cpus=4), job_id=i) for i in range(2)]
+    assert [d.site for d in placer.place(cpu_jobs, sites, NOW)] == ["b-cpu", "b-cpu"]
+    gpu_job = [req(shape(cpus=4, gpus=1), job_id=9)]
+    assert [d.site for d in placer.place(gpu_job, sites, NOW)] == ["a-gpu"]
+    # when the CPU site cannot start it now, CPU work still takes the free GPU site
+    full = [site("a-gpu", nodes=2, gpus={"a100": 4}), site("b-cpu", nodes=2, free=0)]
+    assert [d.site for d in placer.place(cpu_jobs[:1], full, NOW)] == ["a-gpu"]

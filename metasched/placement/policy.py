@@ -23,6 +23,9 @@ from metasched.placement.runtime import RuntimePredictor
 # default; sites raise it to thousands). Measured in bench/README.md.
 PLAN_DEPTH = 1000
 
+# Partitions of equal estimated start looked at for a tie-break (see Placer.place).
+TIE_LOOKS = 8
+
 
 @dataclass(frozen=True)
 class Request:
@@ -318,6 +321,19 @@ class Placer:
                 views.setdefault((sname, part), []).append((gpu_type, prof))
             return prof
 
+        has_gpus: dict[tuple[str, str], bool] = {}
+
+        def strands_gpus(sname: str, part: str) -> bool:
+            """Would a job that needs no GPU leave accelerators idle on this partition?"""
+            key = (sname, part)
+            if key not in has_gpus:
+                site = by_name[sname]
+                pv = site.partition(part)
+                has_gpus[key] = pv is not None and any(
+                    site.nodes[n].gpus for n in pv.nodes if n in site.nodes
+                )
+            return has_gpus[key]
+
         def take(prof: Profile, sname: str, part: str, gpu_type: str, t: float, need: Need) -> None:
             prof.reserve(t, need)
             # Other GPU-type views of the same partition share its CPUs.
@@ -353,13 +369,20 @@ class Placer:
             best_prof: Profile | None = None
             popped: list[tuple[float, str, str, int, Profile]] = []
             top = heap[0]
+            # Ties in start go to a partition without accelerators when the job needs none, so
+            # CPU work does not take a GPU site's CPUs while a CPU site is as free. At most
+            # TIE_LOOKS more equal-bound partitions are looked at, to keep a cycle's cost flat.
+            cpu_job = not req.shape.gpus_per_node
+            tie_looks = 0
             if top[0] <= now and top[4].fits_now(need):
                 # The top bound is now and the job fits there now: nothing starts sooner, and
                 # the top's exact bound would be now too, so it stays the top (ties included).
                 best_t, best_site, best_part, best_prof = now, top[1], top[2], top[4]
+                if cpu_job and strands_gpus(best_site, best_part):
+                    tie_looks = TIE_LOOKS
             while heap:
                 lb, sname, p, version, prof = heap[0]
-                if lb >= best_t:
+                if lb > best_t or (lb == best_t and tie_looks <= 0):
                     break
                 if version != prof.version:
                     heapq.heapreplace(
@@ -370,6 +393,12 @@ class Placer:
                 t = prof.earliest(need, now) if lb != math.inf else math.inf
                 if t < best_t:
                     best_t, best_site, best_part, best_prof = t, sname, p, prof
+                    tie_looks = TIE_LOOKS if cpu_job and strands_gpus(sname, p) else 0
+                elif t == best_t and tie_looks > 0:  # the best so far strands GPUs
+                    tie_looks -= 1
+                    if not strands_gpus(sname, p):
+                        best_t, best_site, best_part, best_prof = t, sname, p, prof
+                        tie_looks = 0
             for e in popped:
                 heapq.heappush(heap, e)
             if best_prof is None:

@@ -23,9 +23,6 @@ from metasched.placement.runtime import RuntimePredictor
 # default; sites raise it to thousands). Measured in bench/README.md.
 PLAN_DEPTH = 1000
 
-# Partitions of equal estimated start looked at for a tie-break (see Placer.place).
-TIE_LOOKS = 8
-
 
 @dataclass(frozen=True)
 class Request:
@@ -349,10 +346,14 @@ class Placer:
                 lb_need = need_of(req.shape, max(1.0, shortest[c]))
                 # Every bound starts at now (true of any start) with version -1, so it is made
                 # exact only when it reaches the top: most partitions never need it.
-                heap: list[tuple[float, str, str, int, Profile]] = []
+                # Between equal starts, CPU-only work prefers partitions without accelerators
+                # (pref 0): it should not take a GPU site's CPUs while a CPU site is as free.
+                cpu_job = not req.shape.gpus_per_node
+                heap: list[tuple[float, int, str, str, int, Profile]] = []
                 for site in sites:
                     for p in _eligible(site, req, fit_cache):
-                        heap.append((now, site.name, p, -1, profile(site.name, p, gpu_type)))
+                        pref = int(cpu_job and strands_gpus(site.name, p))
+                        heap.append((now, pref, site.name, p, -1, profile(site.name, p, gpu_type)))
                 heapq.heapify(heap)
                 cls = classes[c] = _Class(lb_need, heap)
             heap = cls.heap
@@ -367,38 +368,25 @@ class Placer:
                 continue
             best_t, best_site, best_part = math.inf, "", ""
             best_prof: Profile | None = None
-            popped: list[tuple[float, str, str, int, Profile]] = []
+            popped: list[tuple[float, int, str, str, int, Profile]] = []
             top = heap[0]
-            # Ties in start go to a partition without accelerators when the job needs none, so
-            # CPU work does not take a GPU site's CPUs while a CPU site is as free. At most
-            # TIE_LOOKS more equal-bound partitions are looked at, to keep a cycle's cost flat.
-            cpu_job = not req.shape.gpus_per_node
-            tie_looks = 0
-            if top[0] <= now and top[4].fits_now(need):
+            if top[0] <= now and top[5].fits_now(need):
                 # The top bound is now and the job fits there now: nothing starts sooner, and
                 # the top's exact bound would be now too, so it stays the top (ties included).
-                best_t, best_site, best_part, best_prof = now, top[1], top[2], top[4]
-                if cpu_job and strands_gpus(best_site, best_part):
-                    tie_looks = TIE_LOOKS
+                best_t, best_site, best_part, best_prof = now, top[2], top[3], top[5]
             while heap:
-                lb, sname, p, version, prof = heap[0]
-                if lb > best_t or (lb == best_t and tie_looks <= 0):
+                lb, pref, sname, p, version, prof = heap[0]
+                if lb >= best_t:
                     break
                 if version != prof.version:
                     heapq.heapreplace(
-                        heap, (prof.earliest(cls.lb_need, now), sname, p, prof.version, prof)
+                        heap, (prof.earliest(cls.lb_need, now), pref, sname, p, prof.version, prof)
                     )
                     continue
                 popped.append(heapq.heappop(heap))
                 t = prof.earliest(need, now) if lb != math.inf else math.inf
                 if t < best_t:
                     best_t, best_site, best_part, best_prof = t, sname, p, prof
-                    tie_looks = TIE_LOOKS if cpu_job and strands_gpus(sname, p) else 0
-                elif t == best_t and tie_looks > 0:  # the best so far strands GPUs
-                    tie_looks -= 1
-                    if not strands_gpus(sname, p):
-                        best_t, best_site, best_part, best_prof = t, sname, p, prof
-                        tie_looks = 0
             for e in popped:
                 heapq.heappush(heap, e)
             if best_prof is None:
@@ -432,7 +420,7 @@ class Placer:
         if room is None:
             room = cls.room = [
                 (-prof.room_now(cls.lb_need), sname, p, -1, prof)
-                for _, sname, p, _, prof in cls.heap
+                for _, _, sname, p, _, prof in cls.heap
             ]
             heapq.heapify(room)
         while room:
@@ -446,12 +434,14 @@ class Placer:
             est = self.calibration.estimate(sname, p, now, now, "free now")
             return Decision(req.job_id, sname, p, est, False)
         heap = cls.heap
-        while heap and heap[0][3] != heap[0][4].version:
-            _, sname, p, _, prof = heap[0]
-            heapq.heapreplace(heap, (prof.earliest(cls.lb_need, now), sname, p, prof.version, prof))
+        while heap and heap[0][4] != heap[0][5].version:
+            _, pref, sname, p, _, prof = heap[0]
+            heapq.heapreplace(
+                heap, (prof.earliest(cls.lb_need, now), pref, sname, p, prof.version, prof)
+            )
         if not heap or heap[0][0] == math.inf:
             return None
-        lb, sname, p, _, _ = heap[0]
+        lb, _, sname, p, _, _ = heap[0]
         t = max(lb, prev_points.get(req.job_id, lb))
         points[req.job_id] = t
         est = self.calibration.estimate(sname, p, now, t, "deep in the queue (not planned)")
@@ -461,10 +451,11 @@ class Placer:
 @dataclass
 class _Class:
     """Jobs of one shape class in one placement cycle: the need whose earliest start bounds
-    theirs from below, and the heap of (bound, site, partition, profile version, profile)."""
+    theirs from below, and the heap of (bound, preference, site, partition, profile version,
+    profile); preference 1 marks a partition whose accelerators CPU-only work would strand."""
 
     lb_need: Need
-    heap: list[tuple[float, str, str, int, Profile]]
+    heap: list[tuple[float, int, str, str, int, Profile]]
     # For jobs past the planning depth: (-room now for lb_need's size, site, partition,
     # version, profile), built on first use.
     room: list[tuple[float, str, str, int, Profile]] | None = None

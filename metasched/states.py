@@ -131,6 +131,27 @@ ACCOUNTING_STATES: dict[str, JobState] = {
 INFRASTRUCTURE_FAILURES = frozenset({_S.NODE_FAIL})
 
 
+# Slurm node state words (sinfo's, possibly combined: "idle+drain", "down*") that mean the
+# node takes no new work.
+_UNUSABLE_NODE_WORDS = (
+    "down",
+    "drain",
+    "fail",
+    "inval",
+    "unknown",
+    "future",
+    "power",
+    "maint",
+    "reboot",
+)
+
+
+def node_usable(state: str) -> bool:
+    """Can a node in this Slurm state take new work? (The agent and the daemon both ask.)"""
+    s = state.lower()
+    return not any(word in s for word in _UNUSABLE_NODE_WORDS)
+
+
 def from_slurm(state: str) -> JobState | None:
     """Our state for a Slurm state string such as 'RUNNING', 'CANCELLED by 0', 'OUT_OF_ME+'."""
     word = state.strip().split(" ", 1)[0].upper().rstrip("+")

@@ -245,7 +245,7 @@ class Batch:
             updated_at=self.now,
             **fields,
         )
-        self._event(row, JobState.QUEUED, "submitted")
+        self._event(row, "submitted")
         self.changed[job_id] = row
         self.events.append((row, JobState.QUEUED, "submitted"))
         return row
@@ -274,12 +274,12 @@ class Batch:
         self.conn.execute(f"UPDATE jobs SET {sets} WHERE id=?", (*changes.values(), job_id))
         state_changed = to != old.state
         if state_changed or detail:
-            self._event(new, old.state, detail)
+            self._event(new, detail)
             self.events.append((new, old.state, detail))
         self.changed[job_id] = new
         return new
 
-    def _event(self, row: JobRow, _old: JobState, detail: str) -> None:
+    def _event(self, row: JobRow, detail: str) -> None:
         self.conn.execute(
             "INSERT INTO job_events (job_id, at, state, site, slurm_job_id, attempt, detail)"
             " VALUES (?,?,?,?,?,?,?)",

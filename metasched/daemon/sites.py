@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from metasched import log
 from metasched.placement.estimate import is_blocked
 from metasched.placement.model import NodeView, PartitionView, SiteView, Work
+from metasched.states import node_usable
 from metasched.v1 import metasched_pb2 as pb
 
 ADMIN_STATES = ("online", "draining", "retired")
@@ -89,7 +90,7 @@ def view_of(name: str, report: pb.SiteReport) -> SiteView:
         n.name: NodeView(
             name=n.name,
             partitions=tuple(n.partitions),
-            usable=_usable(n.state),
+            usable=node_usable(n.state),
             cpus=n.cpus,
             free_cpus=max(0, n.cpus - n.alloc_cpus),
             mem_mb=n.mem_mb,
@@ -127,12 +128,6 @@ def view_of(name: str, report: pb.SiteReport) -> SiteView:
         pending=pending,
         mapped_users=None if report.maps_all_users else frozenset(report.mapped_users),
     )
-
-
-def _usable(state: str) -> bool:
-    bad = ("down", "drain", "fail", "inval", "unknown", "future", "power", "maint", "reboot")
-    s = state.lower()
-    return not any(b in s for b in bad)
 
 
 class SiteRegistry:

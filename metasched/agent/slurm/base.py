@@ -11,6 +11,8 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass, field
 
+from metasched.states import node_usable
+
 
 class SlurmError(Exception):
     """Slurm answered, but refused (bad request, unknown partition, ...)."""
@@ -82,8 +84,7 @@ class Node:
     @property
     def usable(self) -> bool:
         """Can take new work (not down, drained, failing, ...)."""
-        bad = ("down", "drain", "fail", "inval", "unknown", "future", "power", "maint", "reboot")
-        return not any(b in self.state for b in bad)
+        return node_usable(self.state)
 
 
 @dataclass(frozen=True)

@@ -250,8 +250,12 @@ class Client:
         yield from getattr(self.stub, method)(request, metadata=self.metadata)
 
 
+def _warn(message: str) -> None:
+    print(f"msub: warning: {message}", file=sys.stderr)
+
+
 def cmd_submit(c: Client, opts: argparse.Namespace, out: Callable[[str], None]) -> int:
-    spec = build_spec(opts, opts.script, lambda m: print(f"msub: warning: {m}", file=sys.stderr))
+    spec = build_spec(opts, opts.script, _warn)
     resp = c.call("SubmitJob", pb.SubmitJobRequest(spec=spec))
     if opts.json:
         out(json.dumps(to_json(resp)))
@@ -275,7 +279,7 @@ def cmd_submit(c: Client, opts: argparse.Namespace, out: Callable[[str], None]) 
 
 
 def cmd_plan(c: Client, opts: argparse.Namespace, out: Callable[[str], None]) -> int:
-    spec = build_spec(opts, opts.script, lambda m: print(f"msub: warning: {m}", file=sys.stderr))
+    spec = build_spec(opts, opts.script, _warn)
     resp = c.call("Plan", pb.PlanRequest(spec=spec))
     if opts.json:
         out(json.dumps(to_json(resp)))

@@ -407,9 +407,13 @@ class SlurmLab:
     # ------------------------------------------------------------ outages
     def stop_site(self, name: str) -> None:
         """An outage: slurmctld and slurmds die, running jobs go on, state is kept."""
+        # slurmctld first. A controller that outlives its slurmds goes on starting jobs whose
+        # launch RPC then finds no slurmd; Slurm 22.05 keeps such a job RUNNING, with no
+        # process anywhere, until its time limit (it ends TIMEOUT). That is Slurm losing a
+        # job in a way no real controller outage does, not a fault metasched can see.
+        procs.stop_daemons([self._ctld(name)], group=True)
         # slurmd alone, not its group: its slurmstepds (the running jobs) must survive
         procs.stop_daemons(self._slurmds(name), group=False)
-        procs.stop_daemons([self._ctld(name)], group=True)
 
     def start_site(self, name: str) -> None:
         """Bring a stopped site back with its saved state; its jobs are recovered."""

@@ -87,3 +87,42 @@ def test_online_backup_is_a_consistent_copy(tmp_path: Path) -> None:
     copy = Store(tmp_path / "copy.db")
     assert len(copy.live) == 10
     copy.close()
+
+
+def test_submissions_queued_together_are_inserted_together_in_order(tmp_path: Path) -> None:
+    store = Store(tmp_path / "q.db")
+    first = store.run(lambda b: b.insert_job("alice", SPEC))
+    futures = [store.insert(f"u{i}", SPEC) for i in range(300)]
+    cancel = store.write(lambda b: b.move(first.id, S.CANCELLED, "by user"))
+    futures += [store.insert("bob", SPEC) for _ in range(300)]
+    rows = [f.result(10) for f in futures]
+    cancel.result(10)
+    assert [r.id for r in rows] == list(range(first.id + 1, first.id + 601))
+    store.close()
+    again = Store(tmp_path / "q.db")
+    for row in rows:  # what each submitter was told is what is on disk
+        stored = again.job(row.id)
+        assert stored is not None
+        assert (stored.user, stored.spec, stored.state) == (row.user, SPEC, S.QUEUED)
+        assert [(e.state, e.detail) for e in again.events(row.id)] == [(S.QUEUED, "submitted")]
+    assert len(again.live) == 600
+    assert again.count_live("bob") == 300
+    again.close()
+
+
+def test_a_refused_multi_row_insert_falls_back_to_one_job_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = Store(tmp_path / "q.db")
+
+    def refuse(self: Batch, new: list[object]) -> None:
+        self.conn.execute("INSERT INTO jobs (user, spec, state) VALUES ('x', x'', 'QUEUED')")
+        raise ValueError("refused")
+
+    monkeypatch.setattr(Batch, "insert_jobs", refuse)
+    rows = [f.result(10) for f in [store.insert("alice", SPEC) for _ in range(20)]]
+    assert len({r.id for r in rows}) == 20
+    # the refused attempt left nothing behind, not even its half-done row
+    assert {j.user for j in store.jobs(include_final=True, limit=100)} == {"alice"}
+    assert all(len(store.events(r.id)) == 1 for r in rows)
+    store.close()

@@ -119,7 +119,7 @@ class Scheduler:
                 "RESOURCE_EXHAUSTED",
                 f"user {user} already has {self.settings.max_queued_per_user} jobs queued",
             )
-        job = self.store.run(lambda b: b.insert_job(user, spec))
+        job = self.store.insert(user, spec).result(60)
         self._wake.set()
         if wait_placement > 0:
             job = self.wait_placed(job.id, wait_placement)

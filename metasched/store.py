@@ -296,6 +296,26 @@ class Batch:
             self.events.append((row, JobState.QUEUED, "submitted"))
         return rows
 
+    def note_waiting(self, reasons: dict[int, str], est_at: float) -> None:
+        """Record why queued jobs wait (reason, est_at), as move(id, QUEUED, reason=...) would
+        for each, but with one UPDATE per distinct reason; jobs no longer queued are skipped."""
+        by_reason: dict[str, list[int]] = {}
+        for job_id, reason in reasons.items():
+            old = self.job(job_id)
+            if old.state != JobState.QUEUED:
+                continue  # cancelled meanwhile
+            self.changed[job_id] = replace(old, reason=reason, est_at=est_at, updated_at=self.now)
+            by_reason.setdefault(reason, []).append(job_id)
+        for reason, ids in by_reason.items():
+            for at in range(0, len(ids), INSERT_ROWS):
+                part = ids[at : at + INSERT_ROWS]
+                self.conn.execute(
+                    "UPDATE jobs SET reason=?, est_at=?, updated_at=? WHERE id IN ({})".format(
+                        ",".join("?" * len(part))
+                    ),
+                    (reason, est_at, self.now, *part),
+                )
+
     def move(
         self,
         job_id: int,

@@ -126,3 +126,21 @@ def test_a_refused_multi_row_insert_falls_back_to_one_job_at_a_time(
     assert {j.user for j in store.jobs(include_final=True, limit=100)} == {"alice"}
     assert all(len(store.events(r.id)) == 1 for r in rows)
     store.close()
+
+
+def test_note_waiting_records_reasons_and_skips_jobs_no_longer_queued(tmp_path: Path) -> None:
+    store = Store(tmp_path / "q.db")
+    jobs = [store.run(lambda b: b.insert_job("alice", SPEC)) for _ in range(3)]
+    store.run(lambda b: b.move(jobs[2].id, S.CANCELLED, "by user"))
+    reasons = {jobs[0].id: "waiting: a", jobs[1].id: "waiting: b", jobs[2].id: "waiting: c"}
+    store.run(lambda b: b.note_waiting(reasons, est_at=123.0))
+    store.close()
+    again = Store(tmp_path / "q.db")
+    rows = [again.job(j.id) for j in jobs]
+    assert [(r.reason, r.est_at) for r in rows if r] == [
+        ("waiting: a", 123.0),
+        ("waiting: b", 123.0),
+        ("", 0.0),  # cancelled before the note: left alone
+    ]
+    assert [len(again.events(j.id)) for j in jobs] == [1, 1, 2]  # no history for a note
+    again.close()

@@ -320,7 +320,13 @@ class Scheduler:
         views = self._views(now)
         decisions = self.placer.place([self._request(j) for j in queued], views, now)
         placed = {d.job_id for d in decisions}
-        unplaced = [j for j in queued if j.id not in placed and j.est_at == 0]
+        # Why each newly queued job waits (what msub shows), worked out here and not inside the
+        # write transaction, which holds up every submission behind it.
+        waiting = {
+            j.id: self._why_waiting(j, views)
+            for j in queued
+            if j.id not in placed and j.est_at == 0
+        }
         by_id = {j.id: j for j in queued}
 
         def op(b: Batch) -> list[JobRow]:
@@ -362,12 +368,7 @@ class Scheduler:
                     )
                 except IllegalTransition:
                     continue  # cancelled meanwhile
-            for j in unplaced:
-                reason = self._why_waiting(j, views)
-                try:
-                    b.move(j.id, S.QUEUED, "", expect=[S.QUEUED], reason=reason, est_at=now)
-                except IllegalTransition:
-                    continue
+            b.note_waiting(waiting, est_at=now)
             return out
 
         forwarded = self.store.run(op)
@@ -460,7 +461,7 @@ class Scheduler:
         return req
 
     def _why_waiting(self, job: JobRow, views: list[SiteView]) -> str:
-        req = request_of(job)
+        req = self._request(job)
         reasons = []
         for v in views:
             _parts, why = site_refusal(v, req)

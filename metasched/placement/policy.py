@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from metasched.jobspec import Shape
@@ -139,45 +139,68 @@ def site_refusal(site: SiteView, req: Request, shape_only: bool = False) -> tupl
     return [], reasons[0] if len(set(reasons)) == 1 else "; ".join(dict.fromkeys(reasons))
 
 
-def _eligible(site: SiteView, req: Request, fit_cache: dict[tuple[object, ...], int]) -> list[str]:
-    """site_refusal(site, req)[0] without the reasons, with node fits counted once per
-    (site, partition, per-node shape) in fit_cache (for one cycle: site names are unique)."""
-    if req.sites and site.name not in req.sites:
-        return []
-    if site.name in req.exclude:
-        return []
-    if site.state in ("retired", "draining") or not site.online:
-        return []
-    if site.mapped_users is not None and req.user not in site.mapped_users:
-        return []
-    shape = req.shape
-    ok: list[str] = []
-    for p in site.partitions:
-        if req.partition and p.name != req.partition:
-            continue
-        if shape.precision and shape.precision not in p.precisions:
-            continue
-        if p.max_time_minutes and shape.time_limit_minutes > p.max_time_minutes:
-            continue
-        if p.max_nodes_per_job and shape.nodes > p.max_nodes_per_job:
-            continue
-        fk = (
-            site.name,
-            p.name,
-            shape.cpus_per_node,
-            shape.mem_per_node_mb,
-            shape.gpus_per_node,
-            shape.gpu_type,
-        )
-        fitting = fit_cache.get(fk)
-        if fitting is None:
-            nodes = site.nodes
-            fitting = fit_cache[fk] = sum(
-                nodes[n].count for n in p.nodes if n in nodes and node_fits(nodes[n], shape)
-            )
-        if fitting >= shape.nodes:
-            ok.append(p.name)
-    return ok
+class _Partitions:
+    """The partitions open to new work this cycle, for finding a shape class's eligible ones
+    (site_refusal(site, req)[0] without the reasons) without walking every site per class:
+    indexed by the precisions they offer, and with node fits counted once per per-node shape
+    for all of them."""
+
+    def __init__(self, sites: list[SiteView]) -> None:
+        # (site, partition, whether its nodes have accelerators)
+        self.entries: list[tuple[SiteView, PartitionView, bool]] = []
+        self.by_precision: dict[str, list[int]] = {}
+        for site in sites:
+            if site.state in ("retired", "draining") or not site.online:
+                continue
+            for p in site.partitions:
+                gpus = any(site.nodes[n].gpus for n in p.nodes if n in site.nodes)
+                for prec in p.precisions:
+                    self.by_precision.setdefault(prec, []).append(len(self.entries))
+                self.entries.append((site, p, gpus))
+        self._fitting: dict[tuple[int, int, int, str], list[int]] = {}
+
+    def fitting(self, shape: Shape) -> list[int]:
+        """Per entry, how many of its nodes could each hold one node's share of the shape."""
+        key = (shape.cpus_per_node, shape.mem_per_node_mb, shape.gpus_per_node, shape.gpu_type)
+        counts = self._fitting.get(key)
+        if counts is None:
+            counts = self._fitting[key] = [
+                sum(
+                    site.nodes[n].count
+                    for n in p.nodes
+                    if n in site.nodes and node_fits(site.nodes[n], shape)
+                )
+                for site, p, _ in self.entries
+            ]
+        return counts
+
+    def eligible(self, req: Request) -> list[tuple[SiteView, PartitionView, bool]]:
+        shape = req.shape
+        fitting = self.fitting(shape)
+        entries = self.entries
+        ok = []
+        if shape.precision:
+            indices: Iterable[int] = self.by_precision.get(shape.precision, [])
+        else:
+            indices = range(len(entries))
+        for i in indices:
+            entry = entries[i]
+            site, p, _ = entry
+            if req.sites and site.name not in req.sites:
+                continue
+            if site.name in req.exclude:
+                continue
+            if site.mapped_users is not None and req.user not in site.mapped_users:
+                continue
+            if req.partition and p.name != req.partition:
+                continue
+            if p.max_time_minutes and shape.time_limit_minutes > p.max_time_minutes:
+                continue
+            if p.max_nodes_per_job and shape.nodes > p.max_nodes_per_job:
+                continue
+            if fitting[i] >= shape.nodes:
+                ok.append(entry)
+        return ok
 
 
 def need_of(shape: Shape, runtime_s: float) -> Need:
@@ -299,15 +322,27 @@ class Placer:
         by_name = {s.name: s for s in sites}
         cache: dict[tuple[str, str, str], Profile] = {}
         views: dict[tuple[str, str], list[tuple[str, Profile]]] = {}
-        fit_cache: dict[tuple[object, ...], int] = {}
+        open_parts = _Partitions(sites)
         classes: list[_Class | None] = [None] * len(shortest)
         horizon = self.hold_horizon_s
         depth = self.plan_depth if horizon is not None else None
         held_planned = 0
         prev_points = self._last_points
         points: dict[int, float] = {}
-        estimate = self.calibration.estimate
+        calibrated = self.calibration.estimate
         runtimes_model = self.runtimes
+        estimates: dict[tuple[str, str, float, str], Estimate] = {}
+
+        def estimate(sname: str, part: str, t: float, basis: str) -> Estimate:
+            # Calibration does not change within a cycle, and most jobs share a few starts
+            # (every job that starts now on a partition gets the same estimate).
+            key = (sname, part, t, basis)
+            est = estimates.get(key)
+            if est is None:
+                est = estimates[key] = calibrated(sname, part, now, t, basis)
+            return est
+
+        needs: dict[tuple[int, float], Need] = {}  # (class, runtime) -> Need
 
         def profile(sname: str, part: str, gpu_type: str) -> Profile:
             ck = (sname, part, gpu_type)
@@ -317,19 +352,6 @@ class Placer:
                 cache[ck] = prof
                 views.setdefault((sname, part), []).append((gpu_type, prof))
             return prof
-
-        has_gpus: dict[tuple[str, str], bool] = {}
-
-        def strands_gpus(sname: str, part: str) -> bool:
-            """Would a job that needs no GPU leave accelerators idle on this partition?"""
-            key = (sname, part)
-            if key not in has_gpus:
-                site = by_name[sname]
-                pv = site.partition(part)
-                has_gpus[key] = pv is not None and any(
-                    site.nodes[n].gpus for n in pv.nodes if n in site.nodes
-                )
-            return has_gpus[key]
 
         def take(prof: Profile, sname: str, part: str, gpu_type: str, t: float, need: Need) -> None:
             prof.reserve(t, need)
@@ -350,19 +372,21 @@ class Placer:
                 # (pref 0): it should not take a GPU site's CPUs while a CPU site is as free.
                 cpu_job = not req.shape.gpus_per_node
                 heap: list[tuple[float, int, str, str, int, Profile]] = []
-                for site in sites:
-                    for p in _eligible(site, req, fit_cache):
-                        pref = int(cpu_job and strands_gpus(site.name, p))
-                        heap.append((now, pref, site.name, p, -1, profile(site.name, p, gpu_type)))
+                for site, pv, gpus in open_parts.eligible(req):
+                    sname, p = site.name, pv.name
+                    pref = int(cpu_job and gpus)
+                    heap.append((now, pref, sname, p, -1, profile(sname, p, gpu_type)))
                 heapq.heapify(heap)
                 cls = classes[c] = _Class(lb_need, heap)
             heap = cls.heap
             if not heap:
                 continue
-            need = need_of(req.shape, rt)
+            need = needs.get((c, rt))
+            if need is None:
+                need = needs[(c, rt)] = need_of(req.shape, rt)
             if depth is not None and held_planned >= depth:
                 # Deep in the queue: start now if it fits somewhere now, else hold it unplanned.
-                d = self._deep(cls, req, need, now, take, prev_points, points)
+                d = self._deep(cls, req, need, now, take, estimate, prev_points, points)
                 if d is not None:
                     out.append(d)
                 continue
@@ -393,7 +417,7 @@ class Placer:
                 continue
             take(best_prof, best_site, best_part, gpu_type, best_t, need)
             basis = "free now" if best_t <= now else "after work ahead ends"
-            est = estimate(best_site, best_part, now, best_t, basis)
+            est = estimate(best_site, best_part, best_t, basis)
             hold = horizon is not None and best_t > now + horizon
             if hold:
                 held_planned += 1
@@ -409,6 +433,7 @@ class Placer:
         need: Need,
         now: float,
         take: Callable[[Profile, str, str, str, float, Need], None],
+        estimate: Callable[[str, str, float, str], Estimate],
         prev_points: dict[int, float],
         points: dict[int, float],
     ) -> Decision | None:
@@ -431,7 +456,7 @@ class Placer:
                 heapq.heapreplace(room, (-prof.room_now(cls.lb_need), sname, p, prof.version, prof))
                 continue
             take(prof, sname, p, req.shape.gpu_type, now, need)
-            est = self.calibration.estimate(sname, p, now, now, "free now")
+            est = estimate(sname, p, now, "free now")
             return Decision(req.job_id, sname, p, est, False)
         heap = cls.heap
         while heap and heap[0][4] != heap[0][5].version:
@@ -444,7 +469,7 @@ class Placer:
         lb, _, sname, p, _, _ = heap[0]
         t = max(lb, prev_points.get(req.job_id, lb))
         points[req.job_id] = t
-        est = self.calibration.estimate(sname, p, now, t, "deep in the queue (not planned)")
+        est = estimate(sname, p, t, "deep in the queue (not planned)")
         return Decision(req.job_id, sname, p, est, True)
 
 

@@ -32,7 +32,16 @@ class Need:
 
 
 class Profile:
-    __slots__ = ("free_cpus", "free_gpus", "times", "total_cpus", "total_gpus", "version")
+    __slots__ = (
+        "_rooms",
+        "_rooms_version",
+        "free_cpus",
+        "free_gpus",
+        "times",
+        "total_cpus",
+        "total_gpus",
+        "version",
+    )
 
     def __init__(
         self, now: float, free_cpus: int, free_gpus: int, total_cpus: int, total_gpus: int
@@ -43,6 +52,9 @@ class Profile:
         self.total_cpus = total_cpus
         self.total_gpus = total_gpus
         self.version = 0  # bumped on every change, so cached answers know they are stale
+        # room_now per (cpus, gpus) at _rooms_version: every shape class of one size asks.
+        self._rooms: dict[tuple[int, int], float] = {}
+        self._rooms_version = 0
 
     @classmethod
     def from_releases(
@@ -149,10 +161,29 @@ class Profile:
         that size fits now iff its duration is at most this (0: it does not fit now)."""
         if need.cpus > self.total_cpus or need.gpus > self.total_gpus:
             return 0.0
-        cpus, gpus, fg = need.cpus, need.gpus, self.free_gpus
-        for k, c in enumerate(self.free_cpus):
-            if c < cpus or fg[k] < gpus:
-                return self.times[k] - self.times[0]
+        if self._rooms_version != self.version:
+            self._rooms = {}
+            self._rooms_version = self.version
+        key = (need.cpus, need.gpus)
+        room = self._rooms.get(key)
+        if room is None:
+            room = self._rooms[key] = self._room(need.cpus, need.gpus)
+        return room
+
+    def _room(self, cpus: int, gpus: int) -> float:
+        fc, fg, times = self.free_cpus, self.free_gpus, self.times
+        n = len(times)
+        # Skip whole chunks that have room at C speed (min over a slice), then scan the first
+        # chunk that does not.
+        lo = 0
+        while lo < n:
+            hi = lo + 32
+            if min(fc[lo:hi]) >= cpus and min(fg[lo:hi]) >= gpus:
+                lo = hi
+                continue
+            for k in range(lo, min(hi, n)):
+                if fc[k] < cpus or fg[k] < gpus:
+                    return times[k] - times[0]
         return INF
 
     def reserve(self, start: float, need: Need) -> None:

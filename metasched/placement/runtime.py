@@ -35,12 +35,16 @@ class RuntimePredictor:
         self._conditional = conditional
         self._by_user: dict[str, deque[float]] = {}
         self._by_user_limit: dict[tuple[str, float], deque[float]] = {}
+        # Answers of predict until the next observe: a placement cycle asks for the same
+        # (user, limit) hundreds of thousands of times (every running job of every profile).
+        self._predicted: dict[tuple[str, float], float] = {}
 
     def observe(self, user: str, runtime_s: float, limit_s: float) -> None:
         """Record a finished job's runtime (jobs killed at their limit count at the limit)."""
         if runtime_s < 0:
             return
         r = min(runtime_s, limit_s) if limit_s > 0 else runtime_s
+        self._predicted.clear()
         q = self._by_user.get(user)
         if q is None:
             q = self._by_user[user] = deque(maxlen=self._keep)
@@ -53,12 +57,19 @@ class RuntimePredictor:
 
     def predict(self, user: str, limit_s: float) -> float:
         """Expected runtime of a new job of `user` with time limit `limit_s`."""
-        recent = self._by_user_limit.get((user, float(limit_s))) or self._by_user.get(user)
+        key = (user, float(limit_s))
+        known = self._predicted.get(key)
+        if known is not None:
+            return known
+        recent = self._by_user_limit.get(key) or self._by_user.get(user)
         if not recent:
-            return limit_s if limit_s > 0 else math.inf
-        n = min(self._history, len(recent))
-        guess = sum(recent[-k] for k in range(1, n + 1)) / n
-        return max(MIN_RUNTIME_S, min(limit_s, guess)) if limit_s > 0 else max(MIN_RUNTIME_S, guess)
+            guess = limit_s if limit_s > 0 else math.inf
+        else:
+            n = min(self._history, len(recent))
+            mean = sum(recent[-k] for k in range(1, n + 1)) / n
+            guess = max(MIN_RUNTIME_S, min(limit_s, mean) if limit_s > 0 else mean)
+        self._predicted[key] = guess
+        return guess
 
     def remaining(self, user: str, limit_s: float, started: float, now: float) -> float:
         """Expected seconds left for a job running since `started`."""

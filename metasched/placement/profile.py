@@ -123,14 +123,23 @@ class Profile:
         n = len(times)
         i = max(0, bisect.bisect_right(times, not_before) - 1)
         start = max(times[i], not_before)
-        while i < n:
+        while True:
+            if fc[i] < cpus or fg[i] < gpus:
+                # No window can hold a step that is short by itself: skip such steps one by
+                # one (cheap, and on a busy partition most steps are short).
+                i += 1
+                while i < n and (fc[i] < cpus or fg[i] < gpus):
+                    i += 1
+                if i >= n:
+                    return INF  # the last step is short of capacity forever (should not happen)
+                start = times[i]
             # the steps the window [start, start + secs) overlaps are i .. j-1
             j = bisect.bisect_left(times, start + secs, i + 1) if secs != INF else n
             # fast accept (C-speed min over the window): the common case of a job that fits
             if min(fc[i:j]) >= cpus and (not gpus or min(fg[i:j]) >= gpus):
                 return start
             bad = -1
-            for k in range(j - 1, i - 1, -1):  # from the end: jump past the last shortfall
+            for k in range(j - 1, i, -1):  # from the end: jump past the last shortfall
                 if fc[k] < cpus or fg[k] < gpus:
                     bad = k
                     break
@@ -138,9 +147,8 @@ class Profile:
                 return start
             i = bad + 1
             if i >= n:
-                return INF  # the last step is short of capacity forever (should not happen)
+                return INF
             start = times[i]
-        return INF
 
     def fits_now(self, need: Need) -> bool:
         """Does `need` fit from the profile's start (now) for its whole duration?"""

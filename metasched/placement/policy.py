@@ -174,7 +174,8 @@ class _Partitions:
             ]
         return counts
 
-    def eligible(self, req: Request) -> list[tuple[SiteView, PartitionView, bool]]:
+    def eligible(self, req: Request) -> list[int]:
+        """Indices of the entries the request may use."""
         shape = req.shape
         fitting = self.fitting(shape)
         entries = self.entries
@@ -184,8 +185,7 @@ class _Partitions:
         else:
             indices = range(len(entries))
         for i in indices:
-            entry = entries[i]
-            site, p, _ = entry
+            site, p, _ = entries[i]
             if req.sites and site.name not in req.sites:
                 continue
             if site.name in req.exclude:
@@ -199,7 +199,7 @@ class _Partitions:
             if p.max_nodes_per_job and shape.nodes > p.max_nodes_per_job:
                 continue
             if fitting[i] >= shape.nodes:
-                ok.append(entry)
+                ok.append(i)
         return ok
 
 
@@ -323,6 +323,8 @@ class Placer:
         cache: dict[tuple[str, str, str], Profile] = {}
         views: dict[tuple[str, str], list[tuple[str, Profile]]] = {}
         open_parts = _Partitions(sites)
+        # Initial heap entries per (GPU type, CPU-only) and partition entry: classes share them.
+        fresh: dict[tuple[str, bool], dict[int, tuple[float, int, str, str, int, Profile]]] = {}
         classes: list[_Class | None] = [None] * len(shortest)
         horizon = self.hold_horizon_s
         depth = self.plan_depth if horizon is not None else None
@@ -371,11 +373,16 @@ class Placer:
                 # Between equal starts, CPU-only work prefers partitions without accelerators
                 # (pref 0): it should not take a GPU site's CPUs while a CPU site is as free.
                 cpu_job = not req.shape.gpus_per_node
+                entries = fresh.setdefault((gpu_type, cpu_job), {})
                 heap: list[tuple[float, int, str, str, int, Profile]] = []
-                for site, pv, gpus in open_parts.eligible(req):
-                    sname, p = site.name, pv.name
-                    pref = int(cpu_job and gpus)
-                    heap.append((now, pref, sname, p, -1, profile(sname, p, gpu_type)))
+                for i in open_parts.eligible(req):
+                    entry = entries.get(i)
+                    if entry is None:
+                        site, pv, gpus = open_parts.entries[i]
+                        sname, p = site.name, pv.name
+                        pref = int(cpu_job and gpus)
+                        entry = entries[i] = (now, pref, sname, p, -1, profile(sname, p, gpu_type))
+                    heap.append(entry)
                 heapq.heapify(heap)
                 cls = classes[c] = _Class(lb_need, heap)
             heap = cls.heap
@@ -390,31 +397,16 @@ class Placer:
                 if d is not None:
                     out.append(d)
                 continue
-            best_t, best_site, best_part = math.inf, "", ""
-            best_prof: Profile | None = None
-            popped: list[tuple[float, int, str, str, int, Profile]] = []
             top = heap[0]
             if top[0] <= now and top[5].fits_now(need):
                 # The top bound is now and the job fits there now: nothing starts sooner, and
                 # the top's exact bound would be now too, so it stays the top (ties included).
                 best_t, best_site, best_part, best_prof = now, top[2], top[3], top[5]
-            while heap:
-                lb, pref, sname, p, version, prof = heap[0]
-                if lb >= best_t:
-                    break
-                if version != prof.version:
-                    heapq.heapreplace(
-                        heap, (prof.earliest(cls.lb_need, now), pref, sname, p, prof.version, prof)
-                    )
+            else:
+                found = self._search(cls, need, now)
+                if found is None:
                     continue
-                popped.append(heapq.heappop(heap))
-                t = prof.earliest(need, now) if lb != math.inf else math.inf
-                if t < best_t:
-                    best_t, best_site, best_part, best_prof = t, sname, p, prof
-            for e in popped:
-                heapq.heappush(heap, e)
-            if best_prof is None:
-                continue
+                best_t, best_site, best_part, best_prof = found
             take(best_prof, best_site, best_part, gpu_type, best_t, need)
             basis = "free now" if best_t <= now else "after work ahead ends"
             est = estimate(best_site, best_part, best_t, basis)
@@ -425,6 +417,33 @@ class Placer:
             out.append(Decision(req.job_id, best_site, best_part, est, hold))
         self._last_points = points
         return out
+
+    @staticmethod
+    def _search(cls: _Class, need: Need, now: float) -> tuple[float, str, str, Profile] | None:
+        """The job's earliest (start, site, partition, profile) by branch and bound over the
+        class's heap (see place); None if no eligible partition can ever run it."""
+        heap = cls.heap
+        best_t, best_site, best_part = math.inf, "", ""
+        best_prof: Profile | None = None
+        popped: list[tuple[float, int, str, str, int, Profile]] = []
+        while heap:
+            lb, pref, sname, p, version, prof = heap[0]
+            if lb >= best_t:
+                break
+            if version != prof.version:
+                heapq.heapreplace(
+                    heap, (prof.earliest(cls.lb_need, now), pref, sname, p, prof.version, prof)
+                )
+                continue
+            popped.append(heapq.heappop(heap))
+            t = prof.earliest(need, now) if lb != math.inf else math.inf
+            if t < best_t:
+                best_t, best_site, best_part, best_prof = t, sname, p, prof
+        for e in popped:
+            heapq.heappush(heap, e)
+        if best_prof is None:
+            return None
+        return best_t, best_site, best_part, best_prof
 
     def _deep(
         self,

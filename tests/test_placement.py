@@ -393,6 +393,56 @@ def test_profile_fits_now_and_room_now_agree_with_earliest() -> None:
         assert (n.seconds <= p.room_now(n)) == now_ok
 
 
+def test_room_now_is_asked_again_after_a_reservation() -> None:
+    # room_now remembers its answers per profile version; long profiles are scanned in chunks
+    p = Profile(NOW, 8, 0, 8, 0)
+    for k in range(1, 80):
+        p.reserve(NOW + 10 * k, Need(1, 0, 5))
+    n = Need(8, 0, 1)
+    assert p.room_now(n) == 10
+    p.reserve(NOW + 3, Need(1, 0, 1))
+    assert p.room_now(n) == 3
+    assert p.room_now(Need(7, 0, 1)) == math.inf
+
+
+def test_eligible_index_agrees_with_site_refusal() -> None:
+    import random
+
+    from metasched.placement.policy import _Partitions
+
+    rng = random.Random(5)
+    sites = [
+        site("a", precisions=("fp64", "fp32")),
+        site("b", precisions=("fp32",), max_time_minutes=60, gpus={"a100": 2}),
+        site("c", nodes=1, cpus=64, mapped=frozenset({"u1"})),
+        site("d", online=False),
+        site("e", cpus=4, precisions=("bf16",), gpus={"h100": 4}),
+    ]
+    index = _Partitions(sites)
+    nonempty = 0
+    for _ in range(300):
+        req = Request(
+            0,
+            rng.choice(["u1", "u2"]),
+            shape(
+                nodes=rng.choice([1, 2, 4, 8]),
+                cpus=rng.choice([1, 4, 8, 64]),
+                minutes=rng.choice([30, 120]),
+                precision=rng.choice(["", "fp64", "fp32", "bf16"]),
+                gpus=rng.choice([0, 0, 1, 4]),
+                gpu_type=rng.choice(["", "a100", "h100"]),
+            ),
+            partition=rng.choice(["", "", "batch", "other"]),
+            sites=frozenset(rng.sample("abcde", rng.choice([0, 2]))),
+            exclude=frozenset(rng.sample("abcde", rng.choice([0, 1]))),
+        )
+        expected = [(s.name, p) for s in sites for p in site_refusal(s, req)[0]]
+        got = [(index.entries[i][0].name, index.entries[i][1].name) for i in index.eligible(req)]
+        assert got == expected
+        nonempty += bool(got)
+    assert nonempty > 30
+
+
 def test_calibration_quantiles_follow_new_observations() -> None:
     c = Calibrator(gamma=0.0)
     for _ in range(20):

@@ -8,9 +8,11 @@ spreads over the sites instead of herding onto the one that looked emptiest a mo
 
 from __future__ import annotations
 
+import gc
 import heapq
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from metasched.jobspec import Shape
@@ -295,6 +297,10 @@ class Placer:
         heap of how long the class's size stays free from now. Otherwise it is held without a
         reservation, with a cheap estimate (see _deep).
         """
+        with _gc_paused():
+            return self._place(reqs, sites, now)
+
+    def _place(self, reqs: list[Request], sites: list[SiteView], now: float) -> list[Decision]:
         mapping = any(s.mapped_users is not None for s in sites)
         predict = self.runtimes.predict
         rt_cache: dict[tuple[str, int], float] = {}
@@ -490,6 +496,21 @@ class Placer:
         points[req.job_id] = t
         est = estimate(sname, p, t, "deep in the queue (not planned)")
         return Decision(req.job_id, sname, p, est, True)
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection while a cycle runs: it allocates millions of short-lived
+    tuples that form no cycles, and each full collection walks every object the daemon holds
+    (10-20% of the cycle in bench/placement_speed.py). Collection resumes afterwards; the
+    state is restored only if it was on, so overlapping callers cannot leave it off."""
+    was_on = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_on:
+            gc.enable()
 
 
 @dataclass

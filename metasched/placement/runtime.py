@@ -44,7 +44,6 @@ class RuntimePredictor:
         if runtime_s < 0:
             return
         r = min(runtime_s, limit_s) if limit_s > 0 else runtime_s
-        self._predicted.clear()
         q = self._by_user.get(user)
         if q is None:
             q = self._by_user[user] = deque(maxlen=self._keep)
@@ -54,6 +53,7 @@ class RuntimePredictor:
         if q2 is None:
             q2 = self._by_user_limit[key] = deque(maxlen=self._keep)
         q2.append(r)
+        self._predicted.clear()  # after the history changed, so no older answer outlives it
 
     def predict(self, user: str, limit_s: float) -> float:
         """Expected runtime of a new job of `user` with time limit `limit_s`."""

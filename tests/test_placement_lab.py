@@ -58,21 +58,23 @@ def occupy(fed: Federation, site: str, seconds: int) -> str:
 
 
 def test_a_burst_spreads_over_equal_sites_instead_of_herding(fed: Federation) -> None:
-    # eight whole-node jobs at once onto two empty two-node sites
+    # eight whole-node jobs at once onto two empty two-node sites; each runs long enough
+    # (15 s) that none ends, and frees its node for a fifth, while the first four are checked
     burst = [
-        fed.call("SubmitJob", pb.SubmitJobRequest(spec=spec(8, 6), no_wait=True)).job_id
+        fed.call("SubmitJob", pb.SubmitJobRequest(spec=spec(8, 15), no_wait=True)).job_id
         for _ in range(8)
     ]
     ids = [int(i) for i in burst]
     # the first four start at once, two on each site ...
     wait_for(lambda: sum(state(fed, i) == S.RUNNING for i in ids) == 4, 30, "four running")
-    running = [fed.job(i).site for i in ids if state(fed, i) == S.RUNNING]
+    jobs = [fed.job(i) for i in ids]  # one look at all eight
+    running = [j.site for j in jobs if JobState.from_pb(j.state) == S.RUNNING]
     assert sorted(running) == ["east", "east", "west", "west"]
     # ... and the rest wait in the global queue, not piled into one site's Slurm queue
-    waiting = [fed.job(i) for i in ids if state(fed, i) != S.RUNNING]
+    waiting = [j for j in jobs if JobState.from_pb(j.state) != S.RUNNING]
     assert [JobState.from_pb(j.state) for j in waiting] == [S.QUEUED] * 4
     assert all(j.estimate.site in ("east", "west") for j in waiting)
-    wait_for(lambda: all(state(fed, i) == S.COMPLETED for i in ids), 90, "all eight to finish")
+    wait_for(lambda: all(state(fed, i) == S.COMPLETED for i in ids), 120, "all eight to finish")
     sites = [fed.job(i).site for i in ids]
     assert min(sites.count("east"), sites.count("west")) >= 3, sites
 
@@ -117,8 +119,9 @@ def test_a_stale_pending_job_moves_to_the_site_that_freed_up(fed: Federation) ->
         for j in CliBackend(str(lab.slurm_conf("east"))).jobs()
         if (t := tags.parse(j.comment)) and t.job_id == job_id
     ]
-    assert [(j.state, j.start_time) for j in at_east] == [("CANCELLED", at_east[0].start_time)]
-    assert at_east[0].reason != "None" or at_east[0].start_time == 0 or True
+    assert [j.state for j in at_east] == ["CANCELLED"]
+    # and the script ran once, at west, as the Slurm job metasched records
+    assert ran.read_text().split("\n")[:-1] == [f"west {done.slurm_job_id}"]
     lab.scancel("east", mem_hog)
 
 

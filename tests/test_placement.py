@@ -551,3 +551,28 @@ def test_equal_starts_keep_cpu_work_off_gpu_sites() -> None:
     # when the CPU site cannot start it now, CPU work still takes the free GPU site
     full = [site("a-gpu", nodes=2, gpus={"a100": 4}), site("b-cpu", nodes=2, free=0)]
     assert [d.site for d in placer.place(cpu_jobs[:1], full, NOW)] == ["a-gpu"]
+
+
+def test_a_held_job_is_not_overtaken_on_a_guess() -> None:
+    """The first held job of a partition is guarded as Slurm's EASY backfill guards its head
+    job: a later job starts ahead of it only if it would end by its time limit, not merely by
+    its predicted runtime (a prediction too short would push the held job back, cycle after
+    cycle, which starved big jobs in the replay)."""
+    busy = Work("batch", 1, 4, 0, "", 3600.0, NOW - 10, start_time=NOW - 10, user="x")
+    rt = RuntimePredictor()
+    rt.observe("quick", 600.0, 7200.0)  # "quick" usually needs 10 of the 120 minutes asked
+    jobs = [
+        req(shape(cpus=8, minutes=60), job_id=0),  # waits for the running job: held
+        req(shape(cpus=4, minutes=120), user="quick", job_id=1),  # ends in time only by guess
+        req(shape(cpus=4, minutes=30), job_id=2),  # ends in time even by its limit
+    ]
+    for depth in (None, 1):  # planned in full, and past the planning depth
+        sites = [site("a", nodes=1, cpus=8, free=4, running=[busy])]
+        out = Placer(runtimes=rt, hold_horizon_s=0.0, plan_depth=depth).place(jobs, sites, NOW)
+        assert [d.hold for d in out] == [True, True, False], depth
+        assert out[0].estimate.point == pytest.approx(NOW + 3590.0)
+        assert out[2].estimate.point == NOW
+    # With nobody held ahead of it, the same job starts at once on its prediction.
+    sites = [site("a", nodes=1, cpus=8, free=4, running=[busy])]
+    alone = Placer(runtimes=rt, hold_horizon_s=0.0).place(jobs[1:2], sites, NOW)
+    assert [d.hold for d in alone] == [False]

@@ -296,6 +296,13 @@ class Placer:
         reservations so far?" (exact; it then starts and reserves as before), from a per-class
         heap of how long the class's size stays free from now. Otherwise it is held without a
         reservation, with a cheap estimate (see _deep).
+
+        Guard (late binding only): the first held job planned on a partition is guarded as
+        Slurm's EASY backfill guards its head job. Later jobs start there ahead of it only if
+        they fit by their time limit, not merely by their predicted runtime: a held job is
+        invisible to the site's own backfill, and with predictions alone every too-short guess
+        pushed its start back again, cycle after cycle (big jobs with one eligible site waited
+        up to 3x longer than under the clairvoyant oracle in the replay; bench/README.md).
         """
         with _gc_paused():
             return self._place(reqs, sites, now)
@@ -351,6 +358,10 @@ class Placer:
             return est
 
         needs: dict[tuple[int, float], Need] = {}  # (class, runtime) -> Need
+        # Partitions whose first held job (in priority order) is guarded as Slurm's EASY
+        # backfill guards its head job: later jobs start ahead of it only if they fit by
+        # their time limit, not just by their predicted runtime.
+        guarded: set[tuple[str, str]] = set()
 
         def profile(sname: str, part: str, gpu_type: str) -> Profile:
             ck = (sname, part, gpu_type)
@@ -397,19 +408,29 @@ class Placer:
             need = needs.get((c, rt))
             if need is None:
                 need = needs[(c, rt)] = need_of(req.shape, rt)
+            if guarded:
+                by_limit = Need(need.cpus, need.gpus, req.shape.time_limit_minutes * 60.0)
+            else:
+                by_limit = need
             if depth is not None and held_planned >= depth:
                 # Deep in the queue: start now if it fits somewhere now, else hold it unplanned.
-                d = self._deep(cls, req, need, now, take, estimate, prev_points, points)
+                d = self._deep(
+                    cls, req, need, by_limit, guarded, now, take, estimate, prev_points, points
+                )
                 if d is not None:
                     out.append(d)
                 continue
             top = heap[0]
-            if top[0] <= now and top[5].fits_now(need):
+            if (
+                top[0] <= now
+                and top[5].fits_now(need)
+                and ((top[2], top[3]) not in guarded or top[5].fits_now(by_limit))
+            ):
                 # The top bound is now and the job fits there now: nothing starts sooner, and
                 # the top's exact bound would be now too, so it stays the top (ties included).
                 best_t, best_site, best_part, best_prof = now, top[2], top[3], top[5]
             else:
-                found = self._search(cls, need, now)
+                found = self._search(cls, need, by_limit, guarded, now)
                 if found is None:
                     continue
                 best_t, best_site, best_part, best_prof = found
@@ -420,12 +441,15 @@ class Placer:
             if hold:
                 held_planned += 1
                 points[req.job_id] = best_t
+                guarded.add((best_site, best_part))
             out.append(Decision(req.job_id, best_site, best_part, est, hold))
         self._last_points = points
         return out
 
     @staticmethod
-    def _search(cls: _Class, need: Need, now: float) -> tuple[float, str, str, Profile] | None:
+    def _search(
+        cls: _Class, need: Need, by_limit: Need, guarded: set[tuple[str, str]], now: float
+    ) -> tuple[float, str, str, Profile] | None:
         """The job's earliest (start, site, partition, profile) by branch and bound over the
         class's heap (see place); None if no eligible partition can ever run it."""
         heap = cls.heap
@@ -443,6 +467,8 @@ class Placer:
                 continue
             popped.append(heapq.heappop(heap))
             t = prof.earliest(need, now) if lb != math.inf else math.inf
+            if t <= now and (sname, p) in guarded and not prof.fits_now(by_limit):
+                t = prof.earliest(by_limit, now)  # no start ahead of a guarded job on a guess
             if t < best_t:
                 best_t, best_site, best_part, best_prof = t, sname, p, prof
         for e in popped:
@@ -456,6 +482,8 @@ class Placer:
         cls: _Class,
         req: Request,
         need: Need,
+        by_limit: Need,
+        guarded: set[tuple[str, str]],
         now: float,
         take: Callable[[Profile, str, str, str, float, Need], None],
         estimate: Callable[[str, str, float, str], Estimate],
@@ -473,16 +501,26 @@ class Placer:
                 for _, _, sname, p, _, prof in cls.heap
             ]
             heapq.heapify(room)
-        while room:
-            neg, sname, p, version, prof = room[0]
-            if -neg < need.seconds:
-                break  # the longest room (an upper bound) is too short: no partition fits now
-            if version != prof.version:
-                heapq.heapreplace(room, (-prof.room_now(cls.lb_need), sname, p, prof.version, prof))
-                continue
-            take(prof, sname, p, req.shape.gpu_type, now, need)
-            est = estimate(sname, p, now, "free now")
-            return Decision(req.job_id, sname, p, est, False)
+        passed: list[tuple[float, str, str, int, Profile]] = []
+        try:
+            while room:
+                neg, sname, p, version, prof = room[0]
+                if -neg < need.seconds:
+                    break  # the longest room (an upper bound) is too short: none fits now
+                if version != prof.version:
+                    heapq.heapreplace(
+                        room, (-prof.room_now(cls.lb_need), sname, p, prof.version, prof)
+                    )
+                    continue
+                if -neg < by_limit.seconds and (sname, p) in guarded:
+                    passed.append(heapq.heappop(room))  # fits by its guess, not by its limit
+                    continue
+                take(prof, sname, p, req.shape.gpu_type, now, need)
+                est = estimate(sname, p, now, "free now")
+                return Decision(req.job_id, sname, p, est, False)
+        finally:
+            for e in passed:
+                heapq.heappush(room, e)
         heap = cls.heap
         while heap and heap[0][4] != heap[0][5].version:
             _, pref, sname, p, _, prof = heap[0]

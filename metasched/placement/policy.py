@@ -401,17 +401,15 @@ class Placer:
                         entry = entries[i] = (now, pref, sname, p, -1, profile(sname, p, gpu_type))
                     heap.append(entry)
                 heapq.heapify(heap)
-                cls = classes[c] = _Class(lb_need, heap)
+                by_limit_need = need_of(req.shape, req.shape.time_limit_minutes * 60.0)
+                cls = classes[c] = _Class(lb_need, heap, by_limit_need)
             heap = cls.heap
             if not heap:
                 continue
             need = needs.get((c, rt))
             if need is None:
                 need = needs[(c, rt)] = need_of(req.shape, rt)
-            if guarded:
-                by_limit = Need(need.cpus, need.gpus, req.shape.time_limit_minutes * 60.0)
-            else:
-                by_limit = need
+            by_limit = cls.by_limit if guarded else need
             if depth is not None and held_planned >= depth:
                 # Deep in the queue: start now if it fits somewhere now, else hold it unplanned.
                 d = self._deep(
@@ -559,6 +557,7 @@ class _Class:
 
     lb_need: Need
     heap: list[tuple[float, int, str, str, int, Profile]]
+    by_limit: Need  # a job of the class at its time limit (the guard's test)
     # For jobs past the planning depth: (-room now for lb_need's size, site, partition,
     # version, profile), built on first use.
     room: list[tuple[float, str, str, int, Profile]] | None = None

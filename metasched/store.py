@@ -235,38 +235,13 @@ class Batch:
             raise NoSuchJob(f"no job {job_id}")
         return row
 
-    def insert_job(self, user: str, spec: pb.JobSpec, **fields: Any) -> JobRow:
-        values = {
-            "user": user,
-            "name": spec.name,
-            "spec": spec.SerializeToString(),
-            "state": str(JobState.QUEUED),
-            "submitted_at": self.now,
-            "updated_at": self.now,
-            **{k: _db_value(k, v) for k, v in fields.items()},
-        }
-        cols = ",".join(values)
-        cur = self.conn.execute(
-            f"INSERT INTO jobs ({cols}) VALUES ({','.join('?' * len(values))})",
-            tuple(values.values()),
-        )
-        job_id = int(cur.lastrowid or 0)
-        row = JobRow(
-            id=job_id,
-            user=user,
-            spec=spec,
-            state=JobState.QUEUED,
-            submitted_at=self.now,
-            updated_at=self.now,
-            **fields,
-        )
-        self._event(row, "submitted")
-        self.changed[job_id] = row
-        self.events.append((row, JobState.QUEUED, "submitted"))
-        return row
+    def insert_job(self, user: str, spec: pb.JobSpec) -> JobRow:
+        """A new QUEUED job with its "submitted" event (one job through insert_jobs)."""
+        return self.insert_jobs([NewJob(user, spec)])[0]
 
     def insert_jobs(self, new: list[NewJob]) -> list[JobRow]:
-        """insert_job for many jobs at once, in a few statements (ids in the order given)."""
+        """New QUEUED jobs with their "submitted" events, in a few statements (ids in the
+        order given)."""
         # The ids SQLite would choose (the largest so far plus one), chosen here so a
         # multi-row INSERT can say which row is which job.
         top = self.conn.execute("SELECT max(id) FROM jobs").fetchone()[0] or 0

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from metasched.states import JobState
-from metasched.store import Batch, IllegalTransition, Store
+from metasched.store import Batch, IllegalTransition, JobRow, NewJob, Store
 from metasched.v1 import metasched_pb2 as pb
 
 SPEC = pb.JobSpec(script="#!/bin/sh\ntrue\n", name="t", precision="fp64")
@@ -115,12 +115,19 @@ def test_a_refused_multi_row_insert_falls_back_to_one_job_at_a_time(
 ) -> None:
     store = Store(tmp_path / "q.db")
 
-    def refuse(self: Batch, new: list[object]) -> None:
+    insert_jobs = Batch.insert_jobs
+    refused: list[int] = []
+
+    def refuse_groups(self: Batch, new: list[NewJob]) -> list[JobRow]:
+        if len(new) == 1:
+            return insert_jobs(self, new)
+        refused.append(len(new))
         self.conn.execute("INSERT INTO jobs (user, spec, state) VALUES ('x', x'', 'QUEUED')")
         raise ValueError("refused")
 
-    monkeypatch.setattr(Batch, "insert_jobs", refuse)
+    monkeypatch.setattr(Batch, "insert_jobs", refuse_groups)
     rows = [f.result(10) for f in [store.insert("alice", SPEC) for _ in range(20)]]
+    assert refused  # the writer did take submissions together, and was refused
     assert len({r.id for r in rows}) == 20
     # the refused attempt left nothing behind, not even its half-done row
     assert {j.user for j in store.jobs(include_final=True, limit=100)} == {"alice"}

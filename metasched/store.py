@@ -328,7 +328,7 @@ class Batch:
 
 
 def _insert_one(nj: NewJob) -> Callable[[Batch], JobRow]:
-    return lambda b: b.insert_job(nj.user, nj.spec)
+    return lambda b: b.insert_jobs([nj])[0]  # the spec is serialised already
 
 
 class NewJob:

@@ -260,9 +260,34 @@ class SlurmLab:
                 capture_output=True,
             )
         key.chmod(0o600)
+        # One more try: CI once saw a munged that neither answered nor logged why. A second
+        # start costs nothing when the first works, and the error says what each try saw.
+        seen = []
+        for _ in range(2):
+            trouble = self._munge_try(d, key)
+            if not trouble:
+                return
+            seen.append(trouble)
+        raise LabError(f"munged did not come up: {'; then '.join(seen)}; see {d}")
+
+    def _munge_answers(self) -> bool:
+        try:
+            cred = subprocess.run(
+                ["munge", "-S", str(self.munge_socket), "-n"],
+                capture_output=True,
+                check=False,
+                timeout=5,
+            )
+        except subprocess.TimeoutExpired:
+            return False
+        return cred.returncode == 0
+
+    def _munge_try(self, d: Path, key: Path) -> str:
+        """Start munged and wait until it hands out a credential: '' then, else what went wrong."""
+        procs.stop_daemons([self._munged], group=True, grace=2.0)
         for stale in (self.munge_socket, Path(f"{self.munge_socket}.lock")):
             stale.unlink(missing_ok=True)
-        self._munged.start(
+        proc = self._munged.start(
             [
                 "munged",
                 "--foreground",
@@ -276,23 +301,27 @@ class SlurmLab:
             {**os.environ, procs.MARKER_VAR: str(self.root)},
             d / "munged.out",
         )
-        deadline = time.monotonic() + self.timeout
-        while time.monotonic() < deadline:
-            if self.munge_socket.is_socket():
-                cred = subprocess.run(
-                    ["munge", "-S", str(self.munge_socket), "-n"], capture_output=True, check=False
-                )
-                if cred.returncode == 0:
-                    return
-            if not self._munged.alive():
+        began = time.monotonic()
+        while time.monotonic() - began < self.timeout:
+            if self.munge_socket.is_socket() and self._munge_answers():
+                return ""
+            if proc.poll() is not None:
                 break
             time.sleep(0.05)
-        why = ""
-        for f in (d / "munged.log", d / "munged.out"):
+        took = f"{time.monotonic() - began:.1f}s"
+        code = proc.poll()
+        if code is None:
+            what = f"running but no credential after {took}"
+        elif code < 0:
+            what = f"killed by signal {-code} after {took}"
+        else:
+            what = f"exited {code} after {took}"
+        last = ""
+        for f in (d / "munged.out", d / "munged.log"):
             with contextlib.suppress(OSError):
-                lines = [x for x in f.read_text().splitlines() if "rror" in x]
-                why = why or (lines[-1] if lines else "")
-        raise LabError(f"munged did not come up ({why or 'no error logged'}); see {d}")
+                lines = f.read_text(errors="replace").strip().splitlines()
+                last = last or (lines[-1] if lines else "")
+        return f"{what} ({last or 'nothing logged'})"
 
     def _render(self, name: str) -> None:
         site = self._site(name)

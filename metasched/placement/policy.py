@@ -225,6 +225,8 @@ class Placer:
     plan_depth: int | None = PLAN_DEPTH
     # The planned starts of last cycle's held jobs, a floor for their estimates once deep.
     _last_points: dict[int, float] = field(default_factory=dict, init=False, repr=False)
+    # The last cycle, for place_more to continue.
+    _cycle: _Cycle | None = field(default=None, init=False, repr=False)
 
     def _profile(
         self,
@@ -305,17 +307,41 @@ class Placer:
         up to 3x longer than under the clairvoyant oracle in the replay; bench/README.md).
         """
         with _gc_paused():
-            return self._place(reqs, sites, now)
+            cycle = _Cycle(self, sites, now, self._last_points)
+            out = self._run(cycle, reqs)
+        self._last_points = cycle.points
+        self._cycle = cycle
+        return out
 
-    def _place(self, reqs: list[Request], sites: list[SiteView], now: float) -> list[Decision]:
-        mapping = any(s.mapped_users is not None for s in sites)
+    def place_more(self, reqs: list[Request]) -> list[Decision] | None:
+        """Continue the last cycle with requests queued after all of its own (lower priority):
+        the same decisions a full cycle over both lists would make at that cycle's time, with
+        the same site views (ties between equal starts aside), at the cost of the new requests
+        alone. The caller owns the premise: nothing the views or the runtime history say has
+        changed since that cycle, and little time has passed (its estimates are as of then).
+        Requests it has already placed are left out. None if there is no cycle to continue."""
+        cycle = self._cycle
+        if cycle is None:
+            return None
+        with _gc_paused():
+            out = self._run(cycle, [r for r in reqs if r.job_id not in cycle.seen])
+        self._last_points = cycle.points
+        return out
+
+    def _run(self, cycle: _Cycle, reqs: list[Request]) -> list[Decision]:
+        """Place reqs, in order, after everything the cycle has placed so far."""
+        mapping = cycle.mapping
         predict = self.runtimes.predict
-        rt_cache: dict[tuple[str, int], float] = {}
+        rt_cache = cycle.rt_cache
         runtimes: list[float] = []
-        index: dict[tuple[object, ...], int] = {}  # class key -> class number
+        index = cycle.class_of  # class key -> class number
         cls_of: list[int] = []  # per request (hashing a key costs ~1 us: once per job)
-        shortest: list[float] = []  # per class
+        shortest = cycle.shortest  # per class
+        classes = cycle.classes
+        fresh_of: dict[int, int] = {}  # class number -> first seen in this call
+        seen = cycle.seen
         for req in reqs:
+            seen.add(req.job_id)
             user, shape = req.user, req.shape
             rk = (user, shape.time_limit_minutes)
             rt = rt_cache.get(rk)
@@ -323,61 +349,37 @@ class Placer:
                 rt = rt_cache[rk] = predict(user, shape.time_limit_minutes * 60.0)
             runtimes.append(rt)
             k = (user if mapping else "", shape, req.partition, req.sites, req.exclude)
-            c = index.setdefault(k, len(index))
-            cls_of.append(c)
-            if c == len(shortest):
+            c = index.get(k)
+            if c is not None and rt < shortest[c] and classes[c] is not None and c not in fresh_of:
+                # An earlier call built this class's heap with bounds for longer runtimes,
+                # which do not bound this job: its class starts afresh from here on.
+                c = None
+            if c is None:
+                c = index[k] = len(shortest)
                 shortest.append(rt)
+                classes.append(None)
+                fresh_of[c] = c
             elif rt < shortest[c]:
                 shortest[c] = rt
+            cls_of.append(c)
         if not reqs:
-            self._last_points = {}
             return []
-        by_name = {s.name: s for s in sites}
-        cache: dict[tuple[str, str, str], Profile] = {}
-        views: dict[tuple[str, str], list[tuple[str, Profile]]] = {}
-        open_parts = _Partitions(sites)
-        # Initial heap entries per (GPU type, CPU-only) and partition entry: classes share them.
-        fresh: dict[tuple[str, bool], dict[int, tuple[float, int, str, str, int, Profile]]] = {}
-        classes: list[_Class | None] = [None] * len(shortest)
+        now = cycle.now
+        open_parts = cycle.open_parts
+        fresh = cycle.fresh
         horizon = self.hold_horizon_s
         depth = self.plan_depth if horizon is not None else None
-        held_planned = 0
-        prev_points = self._last_points
-        points: dict[int, float] = {}
-        calibrated = self.calibration.estimate
-        runtimes_model = self.runtimes
-        estimates: dict[tuple[str, str, float, str], Estimate] = {}
-
-        def estimate(sname: str, part: str, t: float, basis: str) -> Estimate:
-            # Calibration does not change within a cycle, and most jobs share a few starts
-            # (every job that starts now on a partition gets the same estimate).
-            key = (sname, part, t, basis)
-            est = estimates.get(key)
-            if est is None:
-                est = estimates[key] = calibrated(sname, part, now, t, basis)
-            return est
-
-        needs: dict[tuple[int, float], Need] = {}  # (class, runtime) -> Need
+        held_planned = cycle.held_planned
+        prev_points = cycle.prev_points
+        points = cycle.points
+        estimate = cycle.estimate
+        needs = cycle.needs  # (class, runtime) -> Need
         # Partitions whose first held job (in priority order) is guarded as Slurm's EASY
         # backfill guards its head job: later jobs start ahead of it only if they fit by
         # their time limit, not just by their predicted runtime.
-        guarded: set[tuple[str, str]] = set()
-
-        def profile(sname: str, part: str, gpu_type: str) -> Profile:
-            ck = (sname, part, gpu_type)
-            prof = cache.get(ck)
-            if prof is None:
-                prof = build_profile(by_name[sname], part, gpu_type, now, runtimes_model)
-                cache[ck] = prof
-                views.setdefault((sname, part), []).append((gpu_type, prof))
-            return prof
-
-        def take(prof: Profile, sname: str, part: str, gpu_type: str, t: float, need: Need) -> None:
-            prof.reserve(t, need)
-            # Other GPU-type views of the same partition share its CPUs.
-            for g2, other in views.get((sname, part), ()):
-                if g2 != gpu_type:
-                    other.reserve(t, Need(need.cpus, 0, need.seconds))
+        guarded = cycle.guarded
+        profile = cycle.profile
+        take = cycle.take
 
         out: list[Decision] = []
         for req, rt, c in zip(reqs, runtimes, cls_of, strict=True):
@@ -441,7 +443,7 @@ class Placer:
                 points[req.job_id] = best_t
                 guarded.add((best_site, best_part))
             out.append(Decision(req.job_id, best_site, best_part, est, hold))
-        self._last_points = points
+        cycle.held_planned = held_planned
         return out
 
     @staticmethod
@@ -452,11 +454,14 @@ class Placer:
         class's heap (see place); None if no eligible partition can ever run it."""
         heap = cls.heap
         best_t, best_site, best_part = math.inf, "", ""
+        best_key: tuple[int, str, str] = (2, "", "")
         best_prof: Profile | None = None
         popped: list[tuple[float, int, str, str, int, Profile]] = []
         while heap:
             lb, pref, sname, p, version, prof = heap[0]
-            if lb >= best_t:
+            # Equal starts go to the first (preference, site, partition), whatever the bounds:
+            # a plan continued later (place_more) then decides as one made in one go.
+            if lb > best_t or (lb == best_t and (pref, sname, p) >= best_key):
                 break
             if version != prof.version:
                 heapq.heapreplace(
@@ -467,8 +472,9 @@ class Placer:
             t = prof.earliest(need, now) if lb != math.inf else math.inf
             if t <= now and (sname, p) in guarded and not prof.fits_now(by_limit):
                 t = prof.earliest(by_limit, now)  # no start ahead of a guarded job on a guess
-            if t < best_t:
+            if t < best_t or (t == best_t != math.inf and (pref, sname, p) < best_key):
                 best_t, best_site, best_part, best_prof = t, sname, p, prof
+                best_key = (pref, sname, p)
         for e in popped:
             heapq.heappush(heap, e)
         if best_prof is None:
@@ -547,6 +553,65 @@ def _gc_paused() -> Iterator[None]:
     finally:
         if was_on:
             gc.enable()
+
+
+class _Cycle:
+    """What one placement cycle has built and decided so far: the profiles with every
+    reservation made, the shape classes' heaps, the guarded partitions, the planned starts.
+    Placer.place starts one; Placer.place_more continues it with later requests."""
+
+    def __init__(
+        self, placer: Placer, sites: list[SiteView], now: float, prev_points: dict[int, float]
+    ) -> None:
+        self.now = now
+        self.runtimes = placer.runtimes
+        self.calibrated = placer.calibration.estimate
+        self.mapping = any(s.mapped_users is not None for s in sites)
+        self.by_name = {s.name: s for s in sites}
+        self.open_parts = _Partitions(sites)
+        self.cache: dict[tuple[str, str, str], Profile] = {}
+        self.views: dict[tuple[str, str], list[tuple[str, Profile]]] = {}
+        # Initial heap entries per (GPU type, CPU-only) and partition entry: classes share them.
+        self.fresh: dict[tuple[str, bool], dict[int, tuple[float, int, str, str, int, Profile]]]
+        self.fresh = {}
+        self.class_of: dict[tuple[object, ...], int] = {}
+        self.shortest: list[float] = []
+        self.classes: list[_Class | None] = []
+        self.rt_cache: dict[tuple[str, int], float] = {}
+        self.needs: dict[tuple[int, float], Need] = {}
+        self.estimates: dict[tuple[str, str, float, str], Estimate] = {}
+        self.guarded: set[tuple[str, str]] = set()
+        self.held_planned = 0
+        self.prev_points = prev_points
+        self.points: dict[int, float] = {}
+        self.seen: set[int] = set()
+
+    def estimate(self, sname: str, part: str, t: float, basis: str) -> Estimate:
+        # Calibration does not change within a cycle, and most jobs share a few starts
+        # (every job that starts now on a partition gets the same estimate).
+        key = (sname, part, t, basis)
+        est = self.estimates.get(key)
+        if est is None:
+            est = self.estimates[key] = self.calibrated(sname, part, self.now, t, basis)
+        return est
+
+    def profile(self, sname: str, part: str, gpu_type: str) -> Profile:
+        ck = (sname, part, gpu_type)
+        prof = self.cache.get(ck)
+        if prof is None:
+            prof = build_profile(self.by_name[sname], part, gpu_type, self.now, self.runtimes)
+            self.cache[ck] = prof
+            self.views.setdefault((sname, part), []).append((gpu_type, prof))
+        return prof
+
+    def take(
+        self, prof: Profile, sname: str, part: str, gpu_type: str, t: float, need: Need
+    ) -> None:
+        prof.reserve(t, need)
+        # Other GPU-type views of the same partition share its CPUs.
+        for g2, other in self.views.get((sname, part), ()):
+            if g2 != gpu_type:
+                other.reserve(t, Need(need.cpus, 0, need.seconds))
 
 
 @dataclass

@@ -136,6 +136,10 @@ class SiteRegistry:
         self._sites: dict[str, Site] = {}
         self._lock = threading.RLock()
         self.log = log.get(component="sites")
+        # Moves whenever what placement sees of the sites may have changed (a different report,
+        # a site coming or going): the scheduler re-plans its whole queue then, and otherwise
+        # only places new submissions (Scheduler.run_cycle).
+        self.version = 0
 
     def known(self) -> list[str]:
         with self._lock:
@@ -163,12 +167,14 @@ class SiteRegistry:
             rep.ParseFromString(report)
             site.report = rep
             site.view_base = view_of(name, rep)
+            self.version += 1
 
     def connect(self, name: str, link: AgentLink) -> AgentLink | None:
         """Attach a new agent stream; returns the previous one (to be closed)."""
         with self._lock:
             site = self.ensure(name)
             old, site.link = site.link, link
+            self.version += 1
             return old
 
     def disconnect(self, link: AgentLink) -> None:
@@ -176,20 +182,24 @@ class SiteRegistry:
             site = self._sites.get(link.site)
             if site is not None and site.link is link:
                 site.link = None
+                self.version += 1
 
     def update(self, name: str, report: pb.SiteReport, now: float) -> Site:
         with self._lock:
             site = self.ensure(name)
             site.last_seen = now
-            if report.slurm_reachable or site.report is None:
+            if (report.slurm_reachable or site.report is None) and report != site.report:
                 site.report = report
+                self.version += 1
                 site.view_base = view_of(name, report)
             # else: keep the last good picture of the site; it is offline, not gone
             if not site.online and report.slurm_reachable:
                 site.online = True
+                self.version += 1
                 self.log.info("site_online", site=name, slurm_version=report.slurm_version)
             elif site.online and not report.slurm_reachable:
                 site.online = False
+                self.version += 1
                 self.log.warning("site_offline", site=name, reason=report.error or "slurm down")
             return site
 
@@ -200,6 +210,7 @@ class SiteRegistry:
             for site in self._sites.values():
                 if site.online and now - site.last_seen > self.grace:
                     site.online = False
+                    self.version += 1
                     gone.append(site.name)
                     self.log.warning(
                         "site_offline",

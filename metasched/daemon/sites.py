@@ -190,8 +190,8 @@ class SiteRegistry:
             site.last_seen = now
             if (report.slurm_reachable or site.report is None) and report != site.report:
                 site.report = report
-                self.version += 1
                 site.view_base = view_of(name, report)
+                self.version += 1  # after the change: a pass that reads it sees the new view
             # else: keep the last good picture of the site; it is offline, not gone
             if not site.online and report.slurm_reachable:
                 site.online = True

@@ -338,7 +338,6 @@ class Placer:
         cls_of: list[int] = []  # per request (hashing a key costs ~1 us: once per job)
         shortest = cycle.shortest  # per class
         classes = cycle.classes
-        fresh_of: dict[int, int] = {}  # class number -> first seen in this call
         seen = cycle.seen
         for req in reqs:
             seen.add(req.job_id)
@@ -350,15 +349,15 @@ class Placer:
             runtimes.append(rt)
             k = (user if mapping else "", shape, req.partition, req.sites, req.exclude)
             c = index.get(k)
-            if c is not None and rt < shortest[c] and classes[c] is not None and c not in fresh_of:
-                # An earlier call built this class's heap with bounds for longer runtimes,
-                # which do not bound this job: its class starts afresh from here on.
+            if c is not None and rt < shortest[c] and classes[c] is not None:
+                # An earlier call built this class's heap (classes are built only below) with
+                # bounds for longer runtimes, which do not bound this job: its class starts
+                # afresh from here on.
                 c = None
             if c is None:
                 c = index[k] = len(shortest)
                 shortest.append(rt)
                 classes.append(None)
-                fresh_of[c] = c
             elif rt < shortest[c]:
                 shortest[c] = rt
             cls_of.append(c)

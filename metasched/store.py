@@ -474,7 +474,8 @@ class Store:
         return fut
 
     def add_listener(self, fn: Listener) -> None:
-        """fn(changes) is called on the writer thread after each commit; keep it quick."""
+        """fn(changes) is called on the writer thread after each commit, before the commit's
+        callers are answered; keep it quick, and never wait on the store from it."""
         self._listeners.append(fn)
 
     def _write_loop(self) -> None:
@@ -528,6 +529,13 @@ class Store:
                 self.live[job_id] = row
                 if not was_live:
                     self._live_per_user[row.user] = self._live_per_user.get(row.user, 0) + 1
+        # Listeners before answers: whoever waits on a commit finds the listeners told of it
+        # (the scheduler learns of a requeued job before the caller that requeued it goes on).
+        for fn in self._listeners if batch.events else ():
+            try:
+                fn(batch.events)
+            except Exception:
+                self.log.exception("store_listener_failed")
         for fut, res, err in results:
             if err is not None:
                 fut.set_exception(err)
@@ -535,11 +543,6 @@ class Store:
                 fut.set_result(res)
         if batch.events:
             self._log_events(batch.events)
-            for fn in self._listeners:
-                try:
-                    fn(batch.events)
-                except Exception:
-                    self.log.exception("store_listener_failed")
             with self._changed:
                 self._version += 1
                 self._changed.notify_all()

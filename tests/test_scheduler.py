@@ -157,3 +157,21 @@ def test_a_report_for_a_job_at_another_site_changes_nothing(env: Env) -> None:
     env.show(other, job_id, 1, "COMPLETED", "99")  # a confused or malicious agent
     row = env.store.job(job_id)
     assert row is not None and row.state == S.FORWARDING and row.site == site
+
+
+def test_jobs_submitted_between_full_passes_take_the_free_sites_in_turn(env: Env) -> None:
+    """Passes between full re-plans place only new jobs, continuing the last plan: they see
+    the slots taken by jobs placed before them, so whole-node jobs spread over the two sites
+    and a third waits in the global queue instead of piling onto a busy site."""
+    whole_node = pb.JobSpec(
+        script="#!/bin/sh\ntrue\n", precision="fp64", time_limit_minutes=10, cpus_per_task=8
+    )
+    placed = []
+    for _ in range(3):
+        job = env.s.submit("alice", whole_node)
+        env.s.run_cycle()
+        row = env.store.job(job.id)
+        assert row is not None
+        placed.append((row.state, row.site if row.state == S.FORWARDING else ""))
+    assert sorted(placed[:2]) == [(S.FORWARDING, "a"), (S.FORWARDING, "b")]
+    assert placed[2] == (S.QUEUED, "")

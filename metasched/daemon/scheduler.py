@@ -13,8 +13,10 @@ make forwarding exactly-once:
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -98,6 +100,9 @@ class Scheduler:
         self._full_took = 0.0  # how long it ran
         self._full_views: list[SiteView] = []
         self._placed_upto = 0  # highest job id any pass has planned
+        # Jobs queued since (fed by the store listener; thread-safe appends): a pass between
+        # full ones takes its new jobs from here instead of scanning every live job.
+        self._arrivals: deque[int] = deque()
         for name, state, last_seen, report in store.sites():
             sites.restore(name, state, last_seen, report)
         store.add_listener(self._on_changes)
@@ -343,12 +348,14 @@ class Scheduler:
         full = self._requeued or (
             since >= self._full_took and (changed or since >= self.settings.placement_interval)
         )
+        arrived = self._take_arrivals()
         if not full:
+            live = self.store.live
             new = sorted(
                 (
                     j
-                    for j in list(self.store.live.values())
-                    if j.state == S.QUEUED and j.id > self._placed_upto
+                    for j in (live.get(i) for i in arrived if i > self._placed_upto)
+                    if j is not None and j.state == S.QUEUED
                 ),
                 key=lambda j: j.id,
             )
@@ -897,11 +904,24 @@ class Scheduler:
                 )
 
     def _on_changes(self, changes: list[tuple[JobRow, JobState, str]]) -> None:
-        """Store listener: a job back in the queue (requeued, retried, recalled) sits among
-        jobs already planned, so only a full pass places it in its turn."""
-        if any(row.state == S.QUEUED and old != S.QUEUED for row, old, _ in changes):
-            self._requeued = True
-            self._wake.set()
+        """Store listener: note new jobs for the next pass; a job back in the queue (requeued,
+        retried, recalled) sits among jobs already planned, so only a full pass places it in
+        its turn."""
+        for row, old, _ in changes:
+            if row.state != S.QUEUED:
+                continue
+            if old != S.QUEUED:
+                self._requeued = True
+                self._wake.set()
+            elif row.id > self._placed_upto:
+                self._arrivals.append(row.id)
+
+    def _take_arrivals(self) -> list[int]:
+        out = []
+        with contextlib.suppress(IndexError):
+            while True:
+                out.append(self._arrivals.popleft())
+        return out
 
     def on_started(self, changes: list[tuple[JobRow, JobState, str]]) -> None:
         """Store listener: feed calibration with every job's predicted vs actual start."""

@@ -144,15 +144,20 @@ def main(argv: list[str] | None = None) -> int:
         )
         wait_socket(bare_sock)
         wait_socket(auth.ident_path(sock))
-        token = auth.fetch_local_token(auth.ident_path(sock))
-        md = (("authorization", f"Bearer {token}"),)
+
+        def md() -> tuple[tuple[str, str], ...]:
+            # a fresh local token per round: a token lives LOCAL_TTL_S, long runs outlast one
+            token = auth.fetch_local_token(auth.ident_path(sock))
+            return (("authorization", f"Bearer {token}"),)
+
         rates: dict[str, float] = {}
         # warm both up, then measure each twice, alternating, and keep the better run
-        drive(bare_sock, 500, args.window, md)
-        drive(sock, 500, args.window, md)
+        drive(bare_sock, 500, args.window, md())
+        drive(sock, 500, args.window, md())
         for _ in range(2):
             for name, path in (("bare-grpc", bare_sock), ("metaschedd", sock)):
-                rates[name] = max(rates.get(name, 0.0), drive(path, args.jobs, args.window, md))
+                rate = drive(path, args.jobs, args.window, md())
+                rates[name] = max(rates.get(name, 0.0), rate)
                 print(f"  {name}: {rates[name]:,.0f}/s", file=sys.stderr, flush=True)
         rates["sqlite, one commit per job"] = sqlite_per_job(root / "p.db", min(args.jobs, 2000))
         stored = (

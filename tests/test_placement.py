@@ -453,6 +453,41 @@ def test_calibration_quantiles_follow_new_observations() -> None:
     assert c.quantiles("s") == (3.0, 3.0)  # the cached answer was dropped
 
 
+def random_federation(rng: Any, min_jobs: int) -> tuple[list[SiteView], list[Request]]:
+    """Up to 5 small CPU sites, some busy, with fp64/fp32 mixes, and up to 30 jobs of two
+    users (a has a short runtime history, b none): ties and shared shape classes abound."""
+    sites = []
+    for i in range(rng.randint(1, 5)):
+        running = [
+            Work("batch", 1, rng.choice([4, 8]), 0, "", 3600.0, NOW - 10, NOW - 10, "x")
+            for _ in range(rng.randint(0, 3))
+        ]
+        sites.append(
+            site(
+                f"s{i}",
+                nodes=rng.randint(1, 4),
+                cpus=8,
+                free=rng.choice([0, 4, 8]),
+                precisions=rng.choice([("fp64",), ("fp64", "fp32"), ("fp32",)]),
+                running=running,
+            )
+        )
+    reqs = [
+        req(
+            shape(
+                nodes=rng.randint(1, 2),
+                cpus=rng.choice([4, 8]),
+                minutes=rng.choice([10, 60]),
+                precision=rng.choice(["fp64", "fp32"]),
+            ),
+            user=rng.choice(["a", "b"]),
+            job_id=j,
+        )
+        for j in range(rng.randint(min_jobs, 30))
+    ]
+    return sites, reqs
+
+
 def brute_force_place(
     placer: Placer, reqs: list[Request], sites: list[SiteView]
 ) -> list[tuple[int, str, str, float, bool]]:
@@ -498,34 +533,7 @@ def test_place_decides_as_the_brute_force_rule() -> None:
 
     rng = random.Random(5)
     for _ in range(40):
-        sites = []
-        for i in range(rng.randint(1, 5)):
-            running = [
-                Work("batch", 1, rng.choice([4, 8]), 0, "", 3600.0, NOW - 10, NOW - 10, "x")
-                for _ in range(rng.randint(0, 3))
-            ]
-            s = site(
-                f"s{i}",
-                nodes=rng.randint(1, 4),
-                cpus=8,
-                free=rng.choice([0, 4, 8]),
-                precisions=rng.choice([("fp64",), ("fp64", "fp32"), ("fp32",)]),
-                running=running,
-            )
-            sites.append(s)
-        reqs = [
-            req(
-                shape(
-                    nodes=rng.randint(1, 2),
-                    cpus=rng.choice([4, 8]),
-                    minutes=rng.choice([10, 60]),
-                    precision=rng.choice(["fp64", "fp32"]),
-                ),
-                user=rng.choice(["a", "b"]),
-                job_id=j,
-            )
-            for j in range(rng.randint(1, 30))
-        ]
+        sites, reqs = random_federation(rng, min_jobs=1)
         for horizon in (None, 0.0):
             rt = RuntimePredictor()
             rt.observe("a", 300.0, 3600.0)
@@ -543,36 +551,12 @@ def test_continuing_a_cycle_with_later_jobs_plans_as_one_full_cycle() -> None:
     not placed twice."""
     import random
 
-    rng = random.Random(11)
-    checked = 0
+    rng = random.Random(
+        18
+    )  # among its cases: equal starts whose winner the old heap-order tie-break
+    checked = 0  # decided differently in a continued plan (this test failed on it)
     for _ in range(60):
-        sites = [
-            site(
-                f"s{i}",
-                nodes=rng.randint(1, 4),
-                cpus=8,
-                free=rng.choice([0, 4, 8]),
-                precisions=rng.choice([("fp64",), ("fp64", "fp32"), ("fp32",)]),
-                running=[
-                    Work("batch", 1, rng.choice([4, 8]), 0, "", 3600.0, NOW - 10, NOW - 10, "x")
-                    for _ in range(rng.randint(0, 3))
-                ],
-            )
-            for i in range(rng.randint(1, 5))
-        ]
-        reqs = [
-            req(
-                shape(
-                    nodes=rng.randint(1, 2),
-                    cpus=rng.choice([4, 8]),
-                    minutes=rng.choice([10, 60]),
-                    precision=rng.choice(["fp64", "fp32"]),
-                ),
-                user=rng.choice(["a", "b"]),  # a has a short history: a class's shortest drops
-                job_id=j,
-            )
-            for j in range(rng.randint(2, 30))
-        ]
+        sites, reqs = random_federation(rng, min_jobs=2)
         cut = rng.randint(1, len(reqs) - 1)
         for horizon in (None, 0.0):
             placers = []

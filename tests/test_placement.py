@@ -551,10 +551,10 @@ def test_continuing_a_cycle_with_later_jobs_plans_as_one_full_cycle() -> None:
     not placed twice."""
     import random
 
-    rng = random.Random(
-        18
-    )  # among its cases: equal starts whose winner the old heap-order tie-break
-    checked = 0  # decided differently in a continued plan (this test failed on it)
+    # Seed 18 includes equal starts whose winner the old heap-order tie-break decided
+    # differently in a continued plan (this test failed on that rule).
+    rng = random.Random(18)
+    checked = 0
     for _ in range(60):
         sites, reqs = random_federation(rng, min_jobs=2)
         cut = rng.randint(1, len(reqs) - 1)

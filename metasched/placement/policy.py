@@ -11,7 +11,7 @@ from __future__ import annotations
 import gc
 import heapq
 import math
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -223,9 +223,8 @@ class Placer:
     # reservation each cycle, like Slurm's bf_max_job_test; later jobs are only checked for
     # a start now (see place). None: plan every job.
     plan_depth: int | None = PLAN_DEPTH
-    # The planned starts of last cycle's held jobs, a floor for their estimates once deep.
-    _last_points: dict[int, float] = field(default_factory=dict, init=False, repr=False)
-    # The last cycle, for place_more to continue.
+    # The last cycle, for place_more to continue; its planned starts of held jobs are the
+    # next cycle's floor for their estimates once deep.
     _cycle: _Cycle | None = field(default=None, init=False, repr=False)
 
     def _profile(
@@ -306,27 +305,26 @@ class Placer:
         pushed its start back again, cycle after cycle (big jobs with one eligible site waited
         up to 3x longer than under the clairvoyant oracle in the replay; bench/README.md).
         """
+        prev_points = self._cycle.points if self._cycle is not None else {}
         with _gc_paused():
-            cycle = _Cycle(self, sites, now, self._last_points)
+            cycle = _Cycle(self, sites, now, prev_points)
             out = self._run(cycle, reqs)
-        self._last_points = cycle.points
         self._cycle = cycle
         return out
 
     def place_more(self, reqs: list[Request]) -> list[Decision] | None:
         """Continue the last cycle with requests queued after all of its own (lower priority):
         the same decisions a full cycle over both lists would make at that cycle's time, with
-        the same site views (ties between equal starts aside), at the cost of the new requests
-        alone. The caller owns the premise: nothing the views or the runtime history say has
-        changed since that cycle, and little time has passed (its estimates are as of then).
-        Requests it has already placed are left out. None if there is no cycle to continue."""
+        the same site views (only the unplanned estimates of jobs past the planning depth may
+        differ: they are their class's lower bound), at the cost of the new requests alone.
+        The caller owns the premise: nothing the views or the runtime history say has changed
+        since that cycle, and little time has passed (its estimates are as of then). Requests
+        it has already placed are left out. None if there is no cycle to continue."""
         cycle = self._cycle
         if cycle is None:
             return None
         with _gc_paused():
-            out = self._run(cycle, [r for r in reqs if r.job_id not in cycle.seen])
-        self._last_points = cycle.points
-        return out
+            return self._run(cycle, [r for r in reqs if r.job_id not in cycle.seen])
 
     def _run(self, cycle: _Cycle, reqs: list[Request]) -> list[Decision]:
         """Place reqs, in order, after everything the cycle has placed so far."""
@@ -369,7 +367,6 @@ class Placer:
         horizon = self.hold_horizon_s
         depth = self.plan_depth if horizon is not None else None
         held_planned = cycle.held_planned
-        prev_points = cycle.prev_points
         points = cycle.points
         estimate = cycle.estimate
         needs = cycle.needs  # (class, runtime) -> Need
@@ -413,9 +410,7 @@ class Placer:
             by_limit = cls.by_limit if guarded else need
             if depth is not None and held_planned >= depth:
                 # Deep in the queue: start now if it fits somewhere now, else hold it unplanned.
-                d = self._deep(
-                    cls, req, need, by_limit, guarded, now, take, estimate, prev_points, points
-                )
+                d = self._deep(cycle, cls, req, need, by_limit)
                 if d is not None:
                     out.append(d)
                 continue
@@ -480,23 +475,15 @@ class Placer:
             return None
         return best_t, best_site, best_part, best_prof
 
+    @staticmethod
     def _deep(
-        self,
-        cls: _Class,
-        req: Request,
-        need: Need,
-        by_limit: Need,
-        guarded: set[tuple[str, str]],
-        now: float,
-        take: Callable[[Profile, str, str, str, float, Need], None],
-        estimate: Callable[[str, str, float, str], Estimate],
-        prev_points: dict[int, float],
-        points: dict[int, float],
+        cycle: _Cycle, cls: _Class, req: Request, need: Need, by_limit: Need
     ) -> Decision | None:
         """A job past the planning depth: forwarded if it fits now on an eligible partition
         (the one with the longest room now for the class's size, from a heap of upper bounds
         refreshed lazily: reservations only shorten the room), else held with no reservation
         and an estimate from the class's lower bound (or last cycle's planned start if later)."""
+        now, guarded = cycle.now, cycle.guarded
         room = cls.room
         if room is None:
             room = cls.room = [
@@ -518,8 +505,8 @@ class Placer:
                 if -neg < by_limit.seconds and (sname, p) in guarded:
                     passed.append(heapq.heappop(room))  # fits by its guess, not by its limit
                     continue
-                take(prof, sname, p, req.shape.gpu_type, now, need)
-                est = estimate(sname, p, now, "free now")
+                cycle.take(prof, sname, p, req.shape.gpu_type, now, need)
+                est = cycle.estimate(sname, p, now, "free now")
                 return Decision(req.job_id, sname, p, est, False)
         finally:
             for e in passed:
@@ -533,9 +520,9 @@ class Placer:
         if not heap or heap[0][0] == math.inf:
             return None
         lb, _, sname, p, _, _ = heap[0]
-        t = max(lb, prev_points.get(req.job_id, lb))
-        points[req.job_id] = t
-        est = estimate(sname, p, t, "deep in the queue (not planned)")
+        t = max(lb, cycle.prev_points.get(req.job_id, lb))
+        cycle.points[req.job_id] = t
+        est = cycle.estimate(sname, p, t, "deep in the queue (not planned)")
         return Decision(req.job_id, sname, p, est, True)
 
 

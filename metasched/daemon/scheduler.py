@@ -13,7 +13,6 @@ make forwarding exactly-once:
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 from collections import deque
@@ -97,7 +96,6 @@ class Scheduler:
         self._full_sites_version = -1
         self._full_at = 0.0  # when the last full pass took its views
         self._full_end = 0.0  # when it ended
-        self._full_took = 0.0  # how long it ran
         self._full_views: list[SiteView] = []
         self._placed_upto = 0  # highest job id any pass has planned
         # Jobs queued since (fed by the store listener; thread-safe appends): a pass between
@@ -344,9 +342,10 @@ class Scheduler:
             self.store.save_site(name, self.sites.ensure(name).admin_state, now, None)
         version = self.sites.version
         since = now - self._full_end
+        took = self._full_end - self._full_at
         changed = self._replan_due or version != self._full_sites_version
         full = self._requeued or (
-            since >= self._full_took and (changed or since >= self.settings.placement_interval)
+            since >= took and (changed or since >= self.settings.placement_interval)
         )
         arrived = self._take_arrivals()
         if not full:
@@ -373,7 +372,6 @@ class Scheduler:
             return self._full_pass(now)
         finally:
             self._full_end = time.time()
-            self._full_took = self._full_end - now
 
     def _full_pass(self, now: float) -> int:
         self._resend_stale(now)
@@ -917,11 +915,8 @@ class Scheduler:
                 self._arrivals.append(row.id)
 
     def _take_arrivals(self) -> list[int]:
-        out = []
-        with contextlib.suppress(IndexError):
-            while True:
-                out.append(self._arrivals.popleft())
-        return out
+        # as many as are there now; the listener may append more meanwhile (next pass's)
+        return [self._arrivals.popleft() for _ in range(len(self._arrivals))]
 
     def on_started(self, changes: list[tuple[JobRow, JobState, str]]) -> None:
         """Store listener: feed calibration with every job's predicted vs actual start."""

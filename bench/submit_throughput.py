@@ -31,6 +31,7 @@ from pathlib import Path
 import grpc
 
 from metasched import auth
+from metasched.lab.procs import stat_fields
 from metasched.v1 import metasched_pb2 as pb
 from metasched.v1 import metasched_pb2_grpc as pb_grpc
 
@@ -59,8 +60,10 @@ def serve_bare(sock: str) -> None:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far, all its threads (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    """User + system CPU time of a process so far, all its threads (stat fields 14 and 15)."""
+    fields = stat_fields(pid)
+    if fields is None:
+        raise RuntimeError(f"process {pid} is gone")
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 

@@ -22,15 +22,21 @@ from pathlib import Path
 MARKER_VAR = "METASCHED_LAB_DIR"
 
 
-def _start_time(pid: int) -> str | None:
-    """Field 22 of /proc/PID/stat (start time in clock ticks): with the PID, a unique id."""
+def stat_fields(pid: int) -> list[str] | None:
+    """/proc/PID/stat from field 3 (state) on, so index k is field k + 3; None if the process
+    is gone."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
     # the command name (field 2) may hold spaces or ')' : split after the last ')'
-    fields = stat.rsplit(")", 1)[1].split()
-    return fields[19] if len(fields) > 19 else None
+    return stat.rsplit(")", 1)[1].split()
+
+
+def _start_time(pid: int) -> str | None:
+    """Field 22 of /proc/PID/stat (start time in clock ticks): with the PID, a unique id."""
+    fields = stat_fields(pid)
+    return fields[19] if fields is not None and len(fields) > 19 else None
 
 
 def _cmdline(pid: int) -> str:
@@ -48,11 +54,8 @@ def _environ(pid: int) -> list[bytes]:
 
 
 def _is_zombie(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    fields = stat_fields(pid)
+    return fields is None or fields[0] in ("Z", "X")
 
 
 @dataclass(frozen=True)
@@ -144,11 +147,8 @@ def _all_pids() -> list[int]:
 
 
 def _ppid(pid: int) -> int:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0
-    return int(stat.rsplit(")", 1)[1].split()[1])
+    fields = stat_fields(pid)
+    return int(fields[1]) if fields is not None else 0
 
 
 def leftovers(lab_dir: Path) -> list[int]:

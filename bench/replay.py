@@ -21,6 +21,7 @@ from bench.policies import (
     Base,
     FewestQueued,
     Metasched,
+    MetaschedKnown,
     Oracle,
     RandomPolicy,
     RoundRobin,
@@ -122,6 +123,10 @@ def make_policy(name: str, seed: int) -> Base:
             "metasched-conditional",
         ),
         "oracle": Oracle,
+        # ablations: the true run time of every running / not yet started job, the ceiling
+        # of better run-time prediction for each (bench/README.md)
+        "metasched-known-running": lambda: MetaschedKnown("running"),
+        "metasched-known-queued": lambda: MetaschedKnown("queued"),
     }
     if name not in factories:
         raise SystemExit(f"unknown policy {name!r}; choose from {', '.join(factories)}")

@@ -77,7 +77,12 @@ class JobRow:
     est_site: str = ""
     est_partition: str = ""
     est_at: float = 0.0
-    est_point: float = 0.0  # the uncalibrated profile start, what calibration learns from
+    est_point: float = 0.0  # the uncalibrated profile start of the current estimate
+    # The first estimate (what the user was told at submission), as calibration learns from
+    # it: the uncalibrated start, when it was made, and for which site.
+    first_est_point: float = 0.0
+    first_est_at: float = 0.0
+    first_est_site: str = ""
     infra_retries: int = 0
     recalls: int = 0  # times pulled back from a site by rebalancing
     cancel_requested: bool = False
@@ -118,6 +123,9 @@ _JOB_COLUMNS = {
     "est_partition": str,
     "est_at": float,
     "est_point": float,
+    "first_est_point": float,
+    "first_est_at": float,
+    "first_est_site": str,
     "infra_retries": int,
     "recalls": int,
     "cancel_requested": int,
@@ -149,6 +157,9 @@ def _row_to_job(r: sqlite3.Row) -> JobRow:
         est_partition=r["est_partition"] or "",
         est_at=r["est_at"] or 0.0,
         est_point=r["est_point"] or 0.0,
+        first_est_point=r["first_est_point"] or 0.0,
+        first_est_at=r["first_est_at"] or 0.0,
+        first_est_site=r["first_est_site"] or "",
         infra_retries=r["infra_retries"] or 0,
         recalls=r["recalls"] or 0,
         cancel_requested=bool(r["cancel_requested"]),
@@ -173,6 +184,9 @@ _UPDATABLE = (
     "est_partition",
     "est_at",
     "est_point",
+    "first_est_point",
+    "first_est_at",
+    "first_est_site",
     "infra_retries",
     "recalls",
     "cancel_requested",
@@ -373,8 +387,14 @@ class Store:
             self.live[job.id] = job
         # per-user count of live jobs, for the queue limit checked on every submission
         self._live_per_user: dict[str, int] = {}
+        # live jobs by the site they were sent to: every site report looks up its own, and a
+        # scan of every live job per report costs ~15 ms at 100k queued (1,000 sites
+        # reporting every 10 s would take more than a core; bench/daemon_cycle.py)
+        self._live_at_site: dict[str, dict[int, JobRow]] = {}
         for job in self.live.values():
             self._live_per_user[job.user] = self._live_per_user.get(job.user, 0) + 1
+            if job.site:
+                self._live_at_site.setdefault(job.site, {})[job.id] = job
         self.federation = self._federation_id(conn)
         self._wconn = conn
         self._changed = threading.Condition()
@@ -519,16 +539,23 @@ class Store:
             for _op, fut in items:
                 fut.set_exception(StoreError(f"could not write the queue: {e}"))
             return
+        at_site = self._live_at_site
         for job_id, row in batch.changed.items():
-            was_live = job_id in self.live
+            was = self.live.get(job_id)
+            if was is not None and was.site and (was.site != row.site or row.state in FINAL_STATES):
+                here = at_site.get(was.site)
+                if here is not None:
+                    here.pop(job_id, None)
             if row.state in FINAL_STATES:
                 self.live.pop(job_id, None)
-                if was_live:
+                if was is not None:
                     self._live_per_user[row.user] -= 1
             else:
                 self.live[job_id] = row
-                if not was_live:
+                if was is None:
                     self._live_per_user[row.user] = self._live_per_user.get(row.user, 0) + 1
+                if row.site:
+                    at_site.setdefault(row.site, {})[job_id] = row
         # Listeners before answers: whoever waits on a commit finds the listeners told of it
         # (the scheduler learns of a requeued job before the caller that requeued it goes on).
         for fn in self._listeners if batch.events else ():
@@ -685,6 +712,10 @@ class Store:
         args.append(str(limit))
         rows = [_row_to_job(r) for r in self._reader().execute(sql, args)]
         return sorted(rows, key=lambda j: j.id)
+
+    def live_at(self, site: str) -> list[JobRow]:
+        """The live jobs last sent to `site` (any state; callers filter)."""
+        return list(self._live_at_site.get(site, {}).values())
 
     def count_live(self, user: str) -> int:
         return self._live_per_user.get(user, 0)

@@ -175,3 +175,39 @@ def test_jobs_submitted_between_full_passes_take_the_free_sites_in_turn(env: Env
         placed.append((row.state, row.site if row.state == S.FORWARDING else ""))
     assert sorted(placed[:2]) == [(S.FORWARDING, "a"), (S.FORWARDING, "b")]
     assert placed[2] == (S.QUEUED, "")
+
+
+def test_calibration_learns_from_the_estimate_given_at_submission(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job held in the global queue is told "in about 10 min" (the running jobs' limits),
+    then starts as soon as a site frees up. Calibration must learn that miss, the promise
+    made at submission, and not the estimate of the pass that forwarded it (a wait of zero,
+    always right), or the 90% bound users see would only ever cover dispatch delays."""
+    whole_node = pb.JobSpec(
+        script="#!/bin/sh\ntrue\n", precision="fp64", time_limit_minutes=10, cpus_per_task=8
+    )
+    ids = []
+    for _ in range(3):
+        ids.append(env.s.submit("alice", whole_node).id)
+        env.s.run_cycle()
+    held = env.store.job(ids[2])
+    assert held is not None and held.state == S.QUEUED
+    told = held.est_start - held.submitted_at
+    assert 500 < told < 700  # both sites busy until their jobs' 10-minute limits
+    first = env.store.job(ids[0])
+    assert first is not None
+    env.show(first.site, ids[0], 1, "COMPLETED", "31")  # ends long before its limit
+    env.s._full_end = env.s._full_at = 0.0  # no wait for the re-plan interval
+    env.s.run_cycle()
+    moved = env.store.job(ids[2])
+    assert moved is not None and moved.state == S.FORWARDING and moved.site == first.site
+    learned: list[tuple[str, float, float]] = []
+    monkeypatch.setattr(env.s.placer.calibration, "observe", lambda *a: learned.append(a))
+    env.store.add_listener(env.s.on_started)  # as Scheduler.start() does
+    env.show(first.site, ids[2], 1, "RUNNING", "33")
+    assert len(learned) == 1
+    site, predicted_wait, actual_wait = learned[0]
+    assert site == first.site
+    assert 500 < predicted_wait < 700  # what the user was told, not the forward pass's ~0
+    assert actual_wait < 60

@@ -151,3 +151,24 @@ def test_note_waiting_records_reasons_and_skips_jobs_no_longer_queued(tmp_path: 
     ]
     assert [len(again.events(j.id)) for j in jobs] == [1, 1, 2]  # no history for a note
     again.close()
+
+
+def test_jobs_by_site_follow_every_move_and_a_reopen(tmp_path: Path) -> None:
+    """What each site's report is checked against: the live jobs sent there, and no others."""
+    db = tmp_path / "q.db"
+    store = Store(db)
+    a, b, c = (store.run(lambda bt: bt.insert_job("alice", SPEC)) for _ in range(3))
+    for job, site in ((a, "hpc"), (b, "hpc"), (c, "ai")):
+        store.run(lambda bt, j=job, s=site: bt.move(j.id, S.FORWARDING, "placed", site=s))
+    store.run(lambda bt: bt.move(a.id, S.PENDING, "", slurm_job_id="7"))
+    store.run(lambda bt: bt.move(b.id, S.QUEUED, "refused", site=""))  # back to the queue
+    store.run(lambda bt: bt.move(b.id, S.FORWARDING, "placed", site="ai"))  # sent elsewhere
+    store.run(lambda bt: bt.move(c.id, S.COMPLETED, ""))  # final: no longer live
+    by_site = {s: sorted(j.id for j in store.live_at(s)) for s in ("hpc", "ai", "")}
+    assert by_site == {"hpc": [a.id], "ai": [b.id], "": []}
+    assert store.live_at("hpc")[0].slurm_job_id == "7"  # the current row, not a stale one
+    store.close()
+
+    again = Store(db)
+    assert {s: sorted(j.id for j in again.live_at(s)) for s in ("hpc", "ai", "")} == by_site
+    again.close()

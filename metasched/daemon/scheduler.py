@@ -290,30 +290,32 @@ class Scheduler:
 
     def _views(self, now: float) -> list[SiteView]:
         """Every site as placement sees it, with our jobs it does not show yet as in-flight."""
-        inflight: dict[str, list[Work]] = {}
-        for job in list(self.store.live.values()):
-            if job.state in (S.FORWARDING, S.PENDING) and job.site:
-                site = self.sites.get(job.site)
-                shown = (
-                    site is not None
-                    and site.report is not None
-                    and any(j.slurm_job_id == job.slurm_job_id for j in site.report.jobs)
-                    if job.slurm_job_id
-                    else False
-                )
-                if not shown:
-                    inflight.setdefault(job.site, []).append(_work_of_job(job, now))
         views = []
         for site in self.sites.all():
             base = site.view_base
             if base is None:
                 base = SiteView(site.name, False, [], {})
+            sent = [
+                j
+                for j in self.store.live_at(site.name)
+                if j.state in (S.FORWARDING, S.PENDING) and j.site == site.name
+            ]
+            shown = (
+                {j.slurm_job_id for j in site.report.jobs}
+                if sent and site.report is not None
+                else set()
+            )
+            inflight = [
+                _work_of_job(j, now)
+                for j in sorted(sent, key=lambda j: j.id)
+                if not (j.slurm_job_id and j.slurm_job_id in shown)
+            ]
             views.append(
                 replace(
                     base,
                     online=site.online and site.link is not None,
                     state=site.state,
-                    inflight=inflight.get(site.name, []),
+                    inflight=inflight,
                 )
             )
         return views
@@ -406,6 +408,17 @@ class Scheduler:
         def op(b: Batch) -> list[JobRow]:
             out = []
             for d in decisions:
+                old = by_id[d.job_id]
+                if (
+                    d.hold
+                    and old.first_est_at
+                    and abs(old.est_start - d.estimate.start)
+                    < max(60.0, 0.1 * (d.estimate.start - now))
+                ):
+                    # Held, and its start moved too little to tell the user: no write. (Which
+                    # of several equally good sites is "best" flips from pass to pass; writing
+                    # every flip cost ~50k updates per pass at 100k held jobs.)
+                    continue
                 est = {
                     "est_start": d.estimate.start,
                     "est_p90": d.estimate.start_p90,
@@ -414,14 +427,15 @@ class Scheduler:
                     "est_at": now,
                     "est_point": d.estimate.point,
                 }
+                if not old.first_est_at:  # what the user is told first: calibration's input
+                    est |= {
+                        "first_est_point": d.estimate.point,
+                        "first_est_at": now,
+                        "first_est_site": d.site,
+                    }
                 try:
                     if d.hold:
                         # Late binding: keep it here, with a current estimate for msub.
-                        old = by_id[d.job_id]
-                        if old.est_site == d.site and abs(old.est_start - d.estimate.start) < max(
-                            60.0, 0.1 * (d.estimate.start - now)
-                        ):
-                            continue  # nothing worth a write
                         reason = f"held in the global queue; best site now {d.site}"
                         b.move(d.job_id, S.QUEUED, "", expect=[S.QUEUED], reason=reason, **est)
                         continue
@@ -634,7 +648,7 @@ class Scheduler:
         if observations:
             self._apply(site_name, observations)
         if report.slurm_reachable:
-            for job in list(self.store.live.values()):
+            for job in self.store.live_at(site_name):
                 if (
                     job.site == site_name
                     and job.slurm_job_id
@@ -896,9 +910,11 @@ class Scheduler:
     def _learn_from_history(self) -> None:
         """Calibration survives restarts: it is rebuilt from recorded predicted vs actual starts."""
         for job in self.store.jobs(include_final=True, limit=2000):
-            if job.est_at and job.started_at and job.est_site and job.est_point:
+            if job.first_est_at and job.started_at and job.first_est_site and job.first_est_point:
                 self.placer.calibration.observe(
-                    job.est_site, job.est_point - job.est_at, job.started_at - job.est_at
+                    job.first_est_site,
+                    job.first_est_point - job.first_est_at,
+                    job.started_at - job.first_est_at,
                 )
 
     def _on_changes(self, changes: list[tuple[JobRow, JobState, str]]) -> None:
@@ -921,9 +937,16 @@ class Scheduler:
     def on_started(self, changes: list[tuple[JobRow, JobState, str]]) -> None:
         """Store listener: feed calibration with every job's predicted vs actual start."""
         for row, old, _ in changes:
-            if row.state == S.RUNNING and old != S.RUNNING and row.est_point and row.started_at:
+            if (
+                row.state == S.RUNNING
+                and old != S.RUNNING
+                and row.first_est_point
+                and row.started_at
+            ):
                 self.placer.calibration.observe(
-                    row.est_site, row.est_point - row.est_at, row.started_at - row.est_at
+                    row.first_est_site,
+                    row.first_est_point - row.first_est_at,
+                    row.started_at - row.first_est_at,
                 )
 
     # ---------------------------------------------------------------- the loop

@@ -24,7 +24,7 @@ from metasched.daemon.sites import Site, SiteRegistry, work_of
 from metasched.placement.model import SiteView, Work
 from metasched.placement.policy import Choice, Decision, Placer, Request, site_refusal
 from metasched.states import INFRASTRUCTURE_FAILURES, JobState, from_slurm
-from metasched.store import Batch, IllegalTransition, JobRow, NoSuchJob, Store
+from metasched.store import Batch, HeldEstimate, IllegalTransition, JobRow, NoSuchJob, Store
 from metasched.v1 import metasched_pb2 as pb
 
 S = JobState
@@ -407,17 +407,28 @@ class Scheduler:
 
         def op(b: Batch) -> list[JobRow]:
             out = []
+            held = []
             for d in decisions:
                 old = by_id[d.job_id]
-                if (
-                    d.hold
-                    and old.first_est_at
-                    and abs(old.est_start - d.estimate.start)
-                    < max(60.0, 0.1 * (d.estimate.start - now))
-                ):
-                    # Held, and its start moved too little to tell the user: no write. (Which
-                    # of several equally good sites is "best" flips from pass to pass; writing
-                    # every flip cost ~50k updates per pass at 100k held jobs.)
+                if d.hold:
+                    # Late binding: it stays here, with a current estimate for msub; written
+                    # only when its start moved enough to tell the user. (Which of several
+                    # equally good sites is "best" flips from pass to pass; writing every flip
+                    # cost ~50k updates per pass at 100k held jobs: bench/daemon_cycle.py.)
+                    if not old.first_est_at or abs(old.est_start - d.estimate.start) >= max(
+                        60.0, 0.1 * (d.estimate.start - now)
+                    ):
+                        held.append(
+                            HeldEstimate(
+                                d.job_id,
+                                f"held in the global queue; best site now {d.site}",
+                                d.estimate.start,
+                                d.estimate.start_p90,
+                                d.site,
+                                d.partition,
+                                d.estimate.point,
+                            )
+                        )
                     continue
                 est = {
                     "est_start": d.estimate.start,
@@ -434,11 +445,6 @@ class Scheduler:
                         "first_est_site": d.site,
                     }
                 try:
-                    if d.hold:
-                        # Late binding: keep it here, with a current estimate for msub.
-                        reason = f"held in the global queue; best site now {d.site}"
-                        b.move(d.job_id, S.QUEUED, "", expect=[S.QUEUED], reason=reason, **est)
-                        continue
                     job = b.job(d.job_id)
                     out.append(
                         b.move(
@@ -456,6 +462,7 @@ class Scheduler:
                     )
                 except IllegalTransition:
                     continue  # cancelled meanwhile
+            b.note_held(held, est_at=now)
             b.note_waiting(waiting, est_at=now)
             return out
 

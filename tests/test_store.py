@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from metasched.states import JobState
-from metasched.store import Batch, IllegalTransition, JobRow, NewJob, Store
+from metasched.store import Batch, HeldEstimate, IllegalTransition, JobRow, NewJob, Store
 from metasched.v1 import metasched_pb2 as pb
 
 SPEC = pb.JobSpec(script="#!/bin/sh\ntrue\n", name="t", precision="fp64")
@@ -172,3 +173,29 @@ def test_jobs_by_site_follow_every_move_and_a_reopen(tmp_path: Path) -> None:
     again = Store(db)
     assert {s: sorted(j.id for j in again.live_at(s)) for s in ("hpc", "ai", "")} == by_site
     again.close()
+
+
+def test_a_queue_written_by_an_older_metaschedd_opens_and_keeps_its_jobs(tmp_path: Path) -> None:
+    """An upgrade adds the columns a newer metaschedd keeps (here the first estimate, which
+    calibration learns from) to the existing database; queued jobs survive it untouched."""
+    db = tmp_path / "q.db"
+    store = Store(db)
+    job = store.run(lambda b: b.insert_job("alice", SPEC))
+    store.close()
+    conn = sqlite3.connect(db)
+    for column in ("first_est_point", "first_est_at", "first_est_site"):
+        conn.execute(f"ALTER TABLE jobs DROP COLUMN {column}")  # as an older release made it
+    conn.commit()
+    conn.close()
+
+    again = Store(db)
+    row = again.job(job.id)
+    assert row is not None and (row.state, row.spec, row.first_est_at) == (S.QUEUED, SPEC, 0.0)
+    held = HeldEstimate(job.id, "held", 200.0, 400.0, "hpc", "batch", 150.0)
+    again.run(lambda b: b.note_held([held], est_at=100.0))
+    again.close()
+    reopened = Store(db)
+    row = reopened.job(job.id)
+    assert row is not None
+    assert (row.first_est_point, row.first_est_at, row.first_est_site) == (150.0, 100.0, "hpc")
+    reopened.close()

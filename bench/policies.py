@@ -209,16 +209,17 @@ class Metasched(Base):
             job, _ = self.held[d.job_id]
             if job is new:
                 job.est, job.est90 = d.estimate.start, d.estimate.start_p90
-                job.point = d.estimate.point
+                job.point, job.est_site = d.estimate.point, d.site
             if getattr(d, "hold", False):
                 continue
             del self.held[d.job_id]
             sim.forward(job, idx[d.site], now)
 
     def started(self, sim: Sim, job: Job, now: float) -> None:
+        # As the daemon: the estimate given at submission, for the site it was made for
+        # (where the job runs may differ: late binding follows capacity).
         if job.point == job.point:
-            site = sim.sites[job.site].name
-            self.placer.calibration.observe(site, job.point - job.submit, now - job.submit)
+            self.placer.calibration.observe(job.est_site, job.point - job.submit, now - job.submit)
 
     def finished(self, sim: Sim, job: Job, now: float) -> None:
         self.placer.runtimes.observe(job.user, job.run, job.limit)

@@ -31,6 +31,7 @@ class Job:
     __slots__ = (
         "est",
         "est90",
+        "est_site",
         "id",
         "limit",
         "point",
@@ -59,6 +60,7 @@ class Job:
         self.est = math.nan  # estimated start given at submission (median)
         self.est90 = math.nan  # its 90% bound, when the policy gives one
         self.point = math.nan  # the uncalibrated point estimate (for calibration)
+        self.est_site = ""  # the site that estimate is for (whose calibration learns from it)
         self.work: object = None  # cached view objects for policies that want them
 
 

@@ -12,7 +12,7 @@ partition, partitions --busy..100% allocated (0.97: most queued jobs are held, t
 state of late binding), and --jobs queued jobs. Printed, side by side in one run:
 - each full pass: its wall time, split into placement (Placer.place) and the rest (views,
   requests, the write), and how many rows it wrote;
-- a site report handled with the queue full against the same report with the queue empty
+- a site report, and an agent reconnecting, handled with the queue full against empty
   (a report must not cost in proportion to the queue: 1,000 sites report every 10 s);
 - --more new submissions placed between full passes (continuing the plan) against a full pass.
 Nothing is asserted: numbers go in bench/README.md.
@@ -196,13 +196,13 @@ class GcTime:
         return out
 
 
-def report_ms(s: Scheduler, name: str, report: pb.SiteReport, rounds: int = 51) -> float:
-    """The median time of handling one report (a mean would mostly measure which round the
-    cyclic garbage collector happened to run in)."""
+def median_ms(fn: Callable[[], object], rounds: int = 51) -> float:
+    """The median time of one call (a mean would mostly measure which round the cyclic
+    garbage collector happened to run in)."""
     times = []
     for _ in range(rounds):
         t0 = time.perf_counter()
-        s.on_report(name, report)
+        fn()
         times.append(time.perf_counter() - t0)
     return sorted(times)[rounds // 2] * 1000
 
@@ -242,7 +242,8 @@ def main(argv: list[str] | None = None) -> int:
             f"reported in {time.perf_counter() - t0:.1f} s"
         )
         probe = "site0001"
-        empty_ms = report_ms(s, probe, reports[probe])
+        empty_ms = median_ms(lambda: s.on_report(probe, reports[probe]))
+        empty_connect_ms = median_ms(lambda: s.agent_connected(probe))
         t0 = time.perf_counter()
         insert(store, new_jobs(args.jobs, rng))
         print(f"{args.jobs} jobs queued in {time.perf_counter() - t0:.1f} s")
@@ -266,10 +267,12 @@ def main(argv: list[str] | None = None) -> int:
                 f"{full_s - place_s:.2f} s, of which cyclic GC {gc_s:.2f} s); "
                 f"{writes.n} job rows written, {sent} forwarded, {queued} held"
             )
-        full_ms = report_ms(s, probe, reports[probe])
+        full_ms = median_ms(lambda: s.on_report(probe, reports[probe]))
+        full_connect_ms = median_ms(lambda: s.agent_connected(probe))
         print(
             f"a site report: {full_ms:.2f} ms with {len(store.live)} live jobs, "
-            f"{empty_ms:.2f} ms with none ({full_ms / empty_ms:.1f}x)"
+            f"{empty_ms:.2f} ms with none ({full_ms / empty_ms:.1f}x); an agent reconnecting: "
+            f"{full_connect_ms:.2f} ms against {empty_connect_ms:.2f} ms"
         )
         insert(store, new_jobs(args.more, rng))
         s._full_end = time.time() + 3600  # as right after a long full pass: continue the plan

@@ -778,8 +778,8 @@ class Store:
         return sorted(rows, key=lambda j: j.id)
 
     def live_at(self, site: str) -> list[JobRow]:
-        """The live jobs last sent to `site` (any state; callers filter)."""
-        return list(self._live_at_site.get(site, {}).values())
+        """The live jobs last sent to `site` (any state; callers filter), oldest first."""
+        return sorted(self._live_at_site.get(site, {}).values(), key=lambda j: j.id)
 
     def count_live(self, user: str) -> int:
         return self._live_per_user.get(user, 0)

@@ -206,6 +206,19 @@ def _updated(row: JobRow, **fields: Any) -> JobRow:
     return new
 
 
+def _keep_first_estimate(old: JobRow, fields: dict[str, Any]) -> dict[str, Any]:
+    """fields, plus first_est_* when they give the job its first estimate: calibration learns
+    from what the user was told at submission, not from later estimates (a held job's last
+    one, made as it is forwarded, is a wait of ~0 and always right)."""
+    if old.first_est_at or not fields.get("est_point") or not fields.get("est_at"):
+        return fields
+    return fields | {
+        "first_est_point": fields["est_point"],
+        "first_est_at": fields["est_at"],
+        "first_est_site": fields.get("est_site", ""),
+    }
+
+
 def _db_value(name: str, value: Any) -> Any:
     if name == "state":
         return str(value)
@@ -319,33 +332,32 @@ class Batch:
 
     def note_held(self, held: list[HeldEstimate], est_at: float) -> None:
         """Record new estimates of jobs held in the global queue, as move(id, QUEUED,
-        reason=..., est_...=...) would for each (and a job's first estimate as its first_est_*
-        too), in two statements for all; jobs no longer queued are skipped. A pass after a
+        reason=..., est_...=...) would for each, in two statements for all; jobs no longer
+        queued are skipped. A pass after a
         burst holds ~100k jobs at once: one move each took ~40 us of the writer's time."""
         rows, firsts = [], []
         for h in held:
             old = self.job(h.job_id)
             if old.state != JobState.QUEUED:
                 continue  # cancelled meanwhile
-            first = not old.first_est_at
-            self.changed[h.job_id] = _updated(
+            fields = _keep_first_estimate(
                 old,
-                updated_at=self.now,
-                reason=h.reason,
-                est_start=h.start,
-                est_p90=h.p90,
-                est_site=h.site,
-                est_partition=h.partition,
-                est_at=est_at,
-                est_point=h.point,
-                first_est_point=h.point if first else old.first_est_point,
-                first_est_at=est_at if first else old.first_est_at,
-                first_est_site=h.site if first else old.first_est_site,
+                {
+                    "updated_at": self.now,
+                    "reason": h.reason,
+                    "est_start": h.start,
+                    "est_p90": h.p90,
+                    "est_site": h.site,
+                    "est_partition": h.partition,
+                    "est_at": est_at,
+                    "est_point": h.point,
+                },
             )
+            new = self.changed[h.job_id] = _updated(old, **fields)
             row = (self.now, h.reason, h.start, h.p90, h.site, h.partition, est_at, h.point)
             rows.append((*row, h.job_id))
-            if first:
-                firsts.append((h.point, est_at, h.site, h.job_id))
+            if "first_est_at" in fields:
+                firsts.append((new.first_est_point, est_at, new.first_est_site, h.job_id))
         self.conn.executemany(
             "UPDATE jobs SET updated_at=?, reason=?, est_start=?, est_p90=?, est_site=?,"
             " est_partition=?, est_at=?, est_point=? WHERE id=?",
@@ -370,7 +382,7 @@ class Batch:
             raise IllegalTransition(f"job {job_id} is {old.state}, not {'/'.join(expect)}")
         if not can_move(old.state, to):
             raise IllegalTransition(f"job {job_id} cannot go from {old.state} to {to}")
-        new = _updated(old, state=to, updated_at=self.now, **fields)
+        new = _updated(old, state=to, updated_at=self.now, **_keep_first_estimate(old, fields))
         changes = {
             k: _db_value(k, getattr(new, k))
             for k in _UPDATABLE

@@ -211,3 +211,51 @@ def test_calibration_learns_from_the_estimate_given_at_submission(
     assert site == first.site
     assert 500 < predicted_wait < 700  # what the user was told, not the forward pass's ~0
     assert actual_wait < 60
+
+
+def test_a_job_running_before_its_site_reports_it_still_takes_its_node(env: Env) -> None:
+    """The agent says a job started (a JobUpdate) before the site's next report shows it. Until
+    that report, the site's last one still shows the node idle; the daemon must count the job
+    there anyway, or it sends another whole-node job to wait behind it while an idle site
+    could start it (or it could wait in the global queue for the first free node)."""
+    whole_node = pb.JobSpec(
+        script="#!/bin/sh\ntrue\n", precision="fp64", time_limit_minutes=10, cpus_per_task=8
+    )
+    first = env.s.submit("alice", whole_node)
+    env.s.run_cycle()
+    row = env.store.job(first.id)
+    assert row is not None and row.state == S.FORWARDING
+    site, other = row.site, ("b" if row.site == "a" else "a")
+    env.s.on_submit_result(site, pb.SubmitResult(job_id=first.id, attempt=1, slurm_job_id="41"))
+    now = time.time()
+    env.s.on_job_update(
+        site,
+        pb.JobUpdate(
+            job_id=first.id,
+            attempt=1,
+            job=pb.SlurmJobReport(
+                slurm_job_id="41",
+                partition="batch",
+                state="RUNNING",
+                cpus=8,
+                nodes=1,
+                time_limit_minutes=10,
+                start_time=now,
+                user="alice",
+                job_id=first.id,
+                attempt=1,
+                federation=env.store.federation,
+            ),
+        ),
+    )
+    row = env.store.job(first.id)
+    assert row is not None and row.state == S.RUNNING  # known running; no report shows it yet
+    placed = []
+    for _ in range(2):
+        job = env.s.submit("alice", whole_node)
+        env.s._full_end = env.s._full_at = 0.0  # a full pass now, from the current views
+        env.s.run_cycle()
+        row = env.store.job(job.id)
+        assert row is not None
+        placed.append((row.state, row.site))
+    assert placed == [(S.FORWARDING, other), (S.QUEUED, "")]

@@ -289,17 +289,16 @@ class Scheduler:
     # ---------------------------------------------------------------- placement
 
     def _views(self, now: float) -> list[SiteView]:
-        """Every site as placement sees it, with our jobs it does not show yet as in-flight."""
+        """Every site as placement sees it, with our jobs it does not show yet as in-flight:
+        sent and not yet in its report, and also those an agent has already told us are
+        running when the site's last report predates them (else, until the next report, their
+        nodes look free and a further job would be sent there to wait)."""
         views = []
         for site in self.sites.all():
             base = site.view_base
             if base is None:
                 base = SiteView(site.name, False, [], {})
-            sent = [
-                j
-                for j in self.store.live_at(site.name)
-                if j.state in (S.FORWARDING, S.PENDING) and j.site == site.name
-            ]
+            sent = [j for j in self.store.live_at(site.name) if j.state != S.QUEUED]
             shown = (
                 {j.slurm_job_id for j in site.report.jobs}
                 if sent and site.report is not None
@@ -409,8 +408,8 @@ class Scheduler:
             out = []
             held = []
             for d in decisions:
-                old = by_id[d.job_id]
                 if d.hold:
+                    old = by_id[d.job_id]
                     # Late binding: it stays here, with a current estimate for msub; written
                     # only when its start moved enough to tell the user. (Which of several
                     # equally good sites is "best" flips from pass to pass; writing every flip
@@ -438,12 +437,6 @@ class Scheduler:
                     "est_at": now,
                     "est_point": d.estimate.point,
                 }
-                if not old.first_est_at:  # what the user is told first: calibration's input
-                    est |= {
-                        "first_est_point": d.estimate.point,
-                        "first_est_at": now,
-                        "first_est_site": d.site,
-                    }
                 try:
                     job = b.job(d.job_id)
                     out.append(
@@ -657,8 +650,7 @@ class Scheduler:
         if report.slurm_reachable:
             for job in self.store.live_at(site_name):
                 if (
-                    job.site == site_name
-                    and job.slurm_job_id
+                    job.slurm_job_id
                     and job.id not in seen
                     and job.state in (S.PENDING, S.RUNNING, S.CANCELLING, S.RECALLING)
                     and now - job.updated_at > self.settings.resolve_after / 2

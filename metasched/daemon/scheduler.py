@@ -120,9 +120,8 @@ class Scheduler:
             spec = jobspec.validate(spec, self.settings.max_script_bytes)
         except jobspec.SpecError as e:
             raise Refused("INVALID_ARGUMENT", str(e)) from None
-        known = set(self.sites.known())
         for name in [*spec.sites, *spec.exclude_sites]:
-            if name not in known:
+            if self.sites.get(name) is None:
                 raise Refused("INVALID_ARGUMENT", f"unknown site {name!r}")
         req = request_of(JobRow(0, user, spec, S.QUEUED, 0, 0))
         reasons = self._never_runnable(req) or self._no_account(req)

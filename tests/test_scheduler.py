@@ -259,3 +259,25 @@ def test_a_job_running_before_its_site_reports_it_still_takes_its_node(env: Env)
         assert row is not None
         placed.append((row.state, row.site))
     assert placed == [(S.FORWARDING, other), (S.QUEUED, "")]
+
+
+def test_the_stored_report_is_the_last_one_that_changed_the_site(env: Env) -> None:
+    """A restarted daemon plans from the reports in the database: each site's must be its
+    latest picture, though unchanged reports (every 10 s from an idle site) are not rewritten."""
+    busy = site_report([pb.SlurmJobReport(slurm_job_id="5", partition="batch", state="RUNNING")])
+
+    def stored(site: str) -> pb.SiteReport:
+        blob = {name: report for name, _, _, report in env.store.sites()}[site]
+        assert blob is not None
+        out = pb.SiteReport()
+        out.ParseFromString(blob)
+        return out
+
+    env.s.on_report("a", busy)
+    env.store.run(lambda b: None)  # the writer has caught up
+    assert stored("a") == busy
+    env.s.on_report("a", site_report())
+    env.s.on_report("a", site_report())  # the same again
+    env.s.on_report("a", pb.SiteReport(slurm_reachable=False, error="slurmctld down"))
+    env.store.run(lambda b: None)
+    assert stored("a") == site_report()  # the last good picture, not the outage

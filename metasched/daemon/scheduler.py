@@ -629,13 +629,11 @@ class Scheduler:
 
     def on_report(self, site_name: str, report: pb.SiteReport) -> None:
         now = time.time()
-        site = self.sites.update(site_name, report, now)
-        self.store.save_site(
-            site_name,
-            site.admin_state,
-            now,
-            report.SerializeToString() if report.slurm_reachable else None,
-        )
+        site, changed = self.sites.update(site_name, report, now)
+        # The report is stored (what a restarted daemon plans from) only when it changed the
+        # site's picture: an idle site sends the same one every 10 s.
+        stored = report.SerializeToString() if changed and report.slurm_reachable else None
+        self.store.save_site(site_name, site.admin_state, now, stored)
         self._learn_runtimes(site, report)
         seen: set[int] = set()
         observations = []

@@ -189,11 +189,14 @@ class SiteRegistry:
                 site.link = None
                 self.version += 1
 
-    def update(self, name: str, report: pb.SiteReport, now: float) -> Site:
+    def update(self, name: str, report: pb.SiteReport, now: float) -> tuple[Site, bool]:
+        """Take a report; also say whether it changed the site's picture (else it is the same
+        as the last one, or Slurm was unreachable and the last good picture is kept)."""
         with self._lock:
             site = self.ensure(name)
             site.last_seen = now
-            if (report.slurm_reachable or site.report is None) and report != site.report:
+            changed = (report.slurm_reachable or site.report is None) and report != site.report
+            if changed:
                 site.report = report
                 site.view_base = view_of(name, report)
                 self.version += 1  # after the change: a pass that reads it sees the new view
@@ -206,7 +209,7 @@ class SiteRegistry:
                 site.online = False
                 self.version += 1
                 self.log.warning("site_offline", site=name, reason=report.error or "slurm down")
-            return site
+            return site, changed
 
     def check_liveness(self, now: float) -> list[str]:
         """Mark sites offline whose agent has been silent past the grace period."""

@@ -461,14 +461,14 @@ class Store:
         ):
             job = _row_to_job(r)
             self.live[job.id] = job
-        # per-user count of live jobs, for the queue limit checked on every submission
-        self._live_per_user: dict[str, int] = {}
-        # live jobs by the site they were sent to: every site report looks up its own, and a
-        # scan of every live job per report costs ~15 ms at 100k queued (1,000 sites
-        # reporting every 10 s would take more than a core; bench/daemon_cycle.py)
+        # Live jobs by user (the queue limit checked on every submission, a user's listing)
+        # and by the site they were sent to (every site report looks up its own): a scan of
+        # every live job costs ~15 ms at 100k queued, and 1,000 sites report every 10 s
+        # (bench/daemon_cycle.py).
+        self._live_of_user: dict[str, dict[int, JobRow]] = {}
         self._live_at_site: dict[str, dict[int, JobRow]] = {}
         for job in self.live.values():
-            self._live_per_user[job.user] = self._live_per_user.get(job.user, 0) + 1
+            self._live_of_user.setdefault(job.user, {})[job.id] = job
             if job.site:
                 self._live_at_site.setdefault(job.site, {})[job.id] = job
         self.federation = self._federation_id(conn)
@@ -615,21 +615,17 @@ class Store:
             for _op, fut in items:
                 fut.set_exception(StoreError(f"could not write the queue: {e}"))
             return
-        at_site = self._live_at_site
+        at_site, of_user = self._live_at_site, self._live_of_user
         for job_id, row in batch.changed.items():
             was = self.live.get(job_id)
             if was is not None and was.site and (was.site != row.site or row.state in FINAL_STATES):
-                here = at_site.get(was.site)
-                if here is not None:
-                    here.pop(job_id, None)
+                at_site.get(was.site, {}).pop(job_id, None)
             if row.state in FINAL_STATES:
                 self.live.pop(job_id, None)
-                if was is not None:
-                    self._live_per_user[row.user] -= 1
+                of_user.get(row.user, {}).pop(job_id, None)
             else:
                 self.live[job_id] = row
-                if was is None:
-                    self._live_per_user[row.user] = self._live_per_user.get(row.user, 0) + 1
+                of_user.setdefault(row.user, {})[job_id] = row
                 if row.site:
                     at_site.setdefault(row.site, {})[job_id] = row
         # Listeners before answers: whoever waits on a commit finds the listeners told of it
@@ -770,11 +766,8 @@ class Store:
     ) -> list[JobRow]:
         wanted = set(states) if states else None
         if not include_final and (wanted is None or not (wanted & FINAL_STATES)):
-            rows = [
-                j
-                for j in list(self.live.values())
-                if (user is None or j.user == user) and (wanted is None or j.state in wanted)
-            ]
+            pool = self.live if user is None else self._live_of_user.get(user, {})
+            rows = [j for j in list(pool.values()) if wanted is None or j.state in wanted]
             return sorted(rows, key=lambda j: j.id)[:limit]
         where, args = [], []
         if user is not None:
@@ -794,7 +787,7 @@ class Store:
         return sorted(self._live_at_site.get(site, {}).values(), key=lambda j: j.id)
 
     def count_live(self, user: str) -> int:
-        return self._live_per_user.get(user, 0)
+        return len(self._live_of_user.get(user, {}))
 
     # ---------------------------------------------------------------- sites
 

@@ -199,3 +199,24 @@ def test_a_queue_written_by_an_older_metaschedd_opens_and_keeps_its_jobs(tmp_pat
     assert row is not None
     assert (row.first_est_point, row.first_est_at, row.first_est_site) == (150.0, 100.0, "hpc")
     reopened.close()
+
+
+def test_a_users_live_jobs_and_count_follow_every_move_and_a_reopen(tmp_path: Path) -> None:
+    """What `msub status` lists and the per-user queue limit counts: a user's live jobs only."""
+    db = tmp_path / "q.db"
+    store = Store(db)
+    a1, a2 = (store.run(lambda b: b.insert_job("alice", SPEC)) for _ in range(2))
+    b1 = store.run(lambda b: b.insert_job("bob", SPEC))
+    store.run(lambda b: b.move(a1.id, S.FORWARDING, "placed", site="hpc"))
+    store.run(lambda b: b.move(a2.id, S.CANCELLED, "by user"))
+
+    def seen(s: Store) -> dict[str, tuple[list[int], int]]:
+        return {u: ([j.id for j in s.jobs(user=u)], s.count_live(u)) for u in ("alice", "bob")}
+
+    assert seen(store) == {"alice": ([a1.id], 1), "bob": ([b1.id], 1)}
+    assert [j.state for j in store.jobs(user="alice")] == [S.FORWARDING]  # the current row
+    assert [j.id for j in store.jobs(user="alice", include_final=True)] == [a1.id, a2.id]
+    store.close()
+    again = Store(db)
+    assert seen(again) == {"alice": ([a1.id], 1), "bob": ([b1.id], 1)}
+    again.close()

@@ -229,6 +229,18 @@ def _db_value(name: str, value: Any) -> Any:
     return value
 
 
+# What Batch.note_held writes for each held job, and for its first estimate.
+_HELD_COLUMNS = (
+    "updated_at",
+    "reason",
+    "est_start",
+    "est_p90",
+    "est_site",
+    "est_partition",
+    "est_at",
+    "est_point",
+)
+_FIRST_COLUMNS = ("first_est_point", "first_est_at", "first_est_site")
 _NEW_JOB_COLUMNS = ("id", "user", "name", "spec", "state", "submitted_at", "updated_at")
 _EVENT_COLUMNS = ("job_id", "at", "state", "site", "slurm_job_id", "attempt", "detail")
 
@@ -333,40 +345,22 @@ class Batch:
     def note_held(self, held: list[HeldEstimate], est_at: float) -> None:
         """Record new estimates of jobs held in the global queue, as move(id, QUEUED,
         reason=..., est_...=...) would for each, in two statements for all; jobs no longer
-        queued are skipped. A pass after a
-        burst holds ~100k jobs at once: one move each took ~40 us of the writer's time."""
+        queued are skipped. A pass after a burst holds ~100k jobs at once: one move each took
+        ~40 us of the writer's time."""
         rows, firsts = [], []
         for h in held:
             old = self.job(h.job_id)
             if old.state != JobState.QUEUED:
                 continue  # cancelled meanwhile
-            fields = _keep_first_estimate(
-                old,
-                {
-                    "updated_at": self.now,
-                    "reason": h.reason,
-                    "est_start": h.start,
-                    "est_p90": h.p90,
-                    "est_site": h.site,
-                    "est_partition": h.partition,
-                    "est_at": est_at,
-                    "est_point": h.point,
-                },
-            )
-            new = self.changed[h.job_id] = _updated(old, **fields)
-            row = (self.now, h.reason, h.start, h.p90, h.site, h.partition, est_at, h.point)
-            rows.append((*row, h.job_id))
+            values = (self.now, h.reason, h.start, h.p90, h.site, h.partition, est_at, h.point)
+            fields = _keep_first_estimate(old, dict(zip(_HELD_COLUMNS, values, strict=True)))
+            self.changed[h.job_id] = _updated(old, **fields)
+            rows.append((*values, h.job_id))
             if "first_est_at" in fields:
-                firsts.append((new.first_est_point, est_at, new.first_est_site, h.job_id))
-        self.conn.executemany(
-            "UPDATE jobs SET updated_at=?, reason=?, est_start=?, est_p90=?, est_site=?,"
-            " est_partition=?, est_at=?, est_point=? WHERE id=?",
-            rows,
-        )
-        self.conn.executemany(
-            "UPDATE jobs SET first_est_point=?, first_est_at=?, first_est_site=? WHERE id=?",
-            firsts,
-        )
+                firsts.append((*(fields[c] for c in _FIRST_COLUMNS), h.job_id))
+        for columns, params in ((_HELD_COLUMNS, rows), (_FIRST_COLUMNS, firsts)):
+            sets = ",".join(f"{c}=?" for c in columns)
+            self.conn.executemany(f"UPDATE jobs SET {sets} WHERE id=?", params)
 
     def move(
         self,

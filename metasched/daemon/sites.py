@@ -145,10 +145,6 @@ class SiteRegistry:
         # only places new submissions (Scheduler.run_cycle).
         self.version = 0
 
-    def known(self) -> list[str]:
-        with self._lock:
-            return [site.name for site in self._ordered]
-
     def get(self, name: str) -> Site | None:
         with self._lock:
             return self._sites.get(name)

@@ -231,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
             name = f"site{i:04d}"
             registry.connect(name, AgentLink(name, "bench"))
             reports[name] = site_report(i, rng, now, args.busy)
-            s.on_report(name, reports[name])
+            s.reconcile.on_report(name, reports[name])
         for u in range(1000):  # some runtime history, as a running daemon has
             for _ in range(2):
                 s.placer.runtimes.observe(f"u{u}", rng.uniform(60, 20_000), 86_400.0)
@@ -242,8 +242,8 @@ def main(argv: list[str] | None = None) -> int:
             f"reported in {time.perf_counter() - t0:.1f} s"
         )
         probe = "site0001"
-        empty_ms = median_ms(lambda: s.on_report(probe, reports[probe]))
-        empty_connect_ms = median_ms(lambda: s.agent_connected(probe))
+        empty_ms = median_ms(lambda: s.reconcile.on_report(probe, reports[probe]))
+        empty_connect_ms = median_ms(lambda: s.dispatch.replay(probe))
         t0 = time.perf_counter()
         insert(store, new_jobs(args.jobs, rng))
         print(f"{args.jobs} jobs queued in {time.perf_counter() - t0:.1f} s")
@@ -254,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         full_s = place_s = 0.0
         for k in range(args.passes):
             place.seconds, writes.n = 0.0, 0
-            s._replan_due, s._full_end, s._full_at = True, 0.0, 0.0  # a full pass now
+            s.placement.force_full()  # a full pass now
             gc_time.take()
             t0 = time.perf_counter()
             sent = s.run_cycle()
@@ -267,15 +267,16 @@ def main(argv: list[str] | None = None) -> int:
                 f"{full_s - place_s:.2f} s, of which cyclic GC {gc_s:.2f} s); "
                 f"{writes.n} job rows written, {sent} forwarded, {queued} held"
             )
-        full_ms = median_ms(lambda: s.on_report(probe, reports[probe]))
-        full_connect_ms = median_ms(lambda: s.agent_connected(probe))
+        full_ms = median_ms(lambda: s.reconcile.on_report(probe, reports[probe]))
+        full_connect_ms = median_ms(lambda: s.dispatch.replay(probe))
         print(
             f"a site report: {full_ms:.2f} ms with {len(store.live)} live jobs, "
             f"{empty_ms:.2f} ms with none ({full_ms / empty_ms:.1f}x); an agent reconnecting: "
             f"{full_connect_ms:.2f} ms against {empty_connect_ms:.2f} ms"
         )
         insert(store, new_jobs(args.more, rng))
-        s._full_end = time.time() + 3600  # as right after a long full pass: continue the plan
+        # as right after a long full pass: continue the plan
+        s.placement._full_end = time.time() + 3600
         gc_time.take()
         t0 = time.perf_counter()
         sent = s.run_cycle()

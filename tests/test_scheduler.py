@@ -51,7 +51,7 @@ class Env:
             link = AgentLink(name, "test")
             self.registry.connect(name, link)
             self.links[name] = link
-            self.s.on_report(name, site_report())
+            self.s.reconcile.on_report(name, site_report())
 
     def sent(self, site: str) -> list[pb.DaemonMessage]:
         out = []
@@ -64,7 +64,7 @@ class Env:
                 out.append(m)
 
     def submit_and_place(self) -> tuple[int, str]:
-        job = self.s.submit("alice", SPEC)
+        job = self.s.intake.submit("alice", SPEC)
         self.s.run_cycle()
         row = self.store.job(job.id)
         assert row is not None and row.state == S.FORWARDING
@@ -74,7 +74,7 @@ class Env:
         self, site: str, job_id: int, attempt: int, state: str, sid: str, exit_code: int = 0
     ) -> None:
         now = time.time()
-        self.s.on_report(
+        self.s.reconcile.on_report(
             site,
             site_report(
                 [
@@ -168,7 +168,7 @@ def test_jobs_submitted_between_full_passes_take_the_free_sites_in_turn(env: Env
     )
     placed = []
     for _ in range(3):
-        job = env.s.submit("alice", whole_node)
+        job = env.s.intake.submit("alice", whole_node)
         env.s.run_cycle()
         row = env.store.job(job.id)
         assert row is not None
@@ -189,7 +189,7 @@ def test_calibration_learns_from_the_estimate_given_at_submission(
     )
     ids = []
     for _ in range(3):
-        ids.append(env.s.submit("alice", whole_node).id)
+        ids.append(env.s.intake.submit("alice", whole_node).id)
         env.s.run_cycle()
     held = env.store.job(ids[2])
     assert held is not None and held.state == S.QUEUED
@@ -198,13 +198,13 @@ def test_calibration_learns_from_the_estimate_given_at_submission(
     first = env.store.job(ids[0])
     assert first is not None
     env.show(first.site, ids[0], 1, "COMPLETED", "31")  # ends long before its limit
-    env.s._full_end = env.s._full_at = 0.0  # no wait for the re-plan interval
+    env.s.placement.force_full()  # no wait for the re-plan interval
     env.s.run_cycle()
     moved = env.store.job(ids[2])
     assert moved is not None and moved.state == S.FORWARDING and moved.site == first.site
     learned: list[tuple[str, float, float]] = []
     monkeypatch.setattr(env.s.placer.calibration, "observe", lambda *a: learned.append(a))
-    env.store.add_listener(env.s.on_started)  # as Scheduler.start() does
+    env.store.add_listener(env.s.learning.on_changes)  # as Scheduler.start() does
     env.show(first.site, ids[2], 1, "RUNNING", "33")
     assert len(learned) == 1
     site, predicted_wait, actual_wait = learned[0]
@@ -221,14 +221,16 @@ def test_a_job_running_before_its_site_reports_it_still_takes_its_node(env: Env)
     whole_node = pb.JobSpec(
         script="#!/bin/sh\ntrue\n", precision="fp64", time_limit_minutes=10, cpus_per_task=8
     )
-    first = env.s.submit("alice", whole_node)
+    first = env.s.intake.submit("alice", whole_node)
     env.s.run_cycle()
     row = env.store.job(first.id)
     assert row is not None and row.state == S.FORWARDING
     site, other = row.site, ("b" if row.site == "a" else "a")
-    env.s.on_submit_result(site, pb.SubmitResult(job_id=first.id, attempt=1, slurm_job_id="41"))
+    env.s.reconcile.on_submit_result(
+        site, pb.SubmitResult(job_id=first.id, attempt=1, slurm_job_id="41")
+    )
     now = time.time()
-    env.s.on_job_update(
+    env.s.reconcile.on_job_update(
         site,
         pb.JobUpdate(
             job_id=first.id,
@@ -252,8 +254,8 @@ def test_a_job_running_before_its_site_reports_it_still_takes_its_node(env: Env)
     assert row is not None and row.state == S.RUNNING  # known running; no report shows it yet
     placed = []
     for _ in range(2):
-        job = env.s.submit("alice", whole_node)
-        env.s._full_end = env.s._full_at = 0.0  # a full pass now, from the current views
+        job = env.s.intake.submit("alice", whole_node)
+        env.s.placement.force_full()  # a full pass now, from the current views
         env.s.run_cycle()
         row = env.store.job(job.id)
         assert row is not None
@@ -273,11 +275,11 @@ def test_the_stored_report_is_the_last_one_that_changed_the_site(env: Env) -> No
         out.ParseFromString(blob)
         return out
 
-    env.s.on_report("a", busy)
+    env.s.reconcile.on_report("a", busy)
     env.store.run(lambda b: None)  # the writer has caught up
     assert stored("a") == busy
-    env.s.on_report("a", site_report())
-    env.s.on_report("a", site_report())  # the same again
-    env.s.on_report("a", pb.SiteReport(slurm_reachable=False, error="slurmctld down"))
+    env.s.reconcile.on_report("a", site_report())
+    env.s.reconcile.on_report("a", site_report())  # the same again
+    env.s.reconcile.on_report("a", pb.SiteReport(slurm_reachable=False, error="slurmctld down"))
     env.store.run(lambda b: None)
     assert stored("a") == site_report()  # the last good picture, not the outage

@@ -30,7 +30,7 @@ from metasched.agent.slurm.base import (
     SlurmUnavailable,
     SubmitRequest,
 )
-from metasched.states import from_slurm
+from metasched.states import JobState, from_slurm
 from metasched.v1 import metasched_pb2 as pb
 from metasched.v1 import metasched_pb2_grpc as pb_grpc
 
@@ -60,6 +60,12 @@ def job_report(j: SlurmJob) -> pb.SlurmJobReport:
     if t is not None:
         out.job_id, out.attempt, out.federation = t.job_id, t.attempt, t.federation
     return out
+
+
+def _started(j: SlurmJob) -> bool:
+    """Whether a cancelled Slurm job had started: it held nodes, or ran for a second or more
+    (Slurm gives a job cancelled while pending a start time equal to its end)."""
+    return bool(j.node_names) or (j.start_time > 0 and j.end_time - j.start_time >= 1)
 
 
 def _gpu_counts(d: dict[str, int]) -> list[pb.GpuCount]:
@@ -276,13 +282,27 @@ class SiteAgent:
                 "job_cancel_sent", job_id=cmd.job_id, slurm_job_id=sid, recall=cmd.only_if_pending
             )
             after = self._find_tag(cmd.tag, fresh=True)
-            state = from_slurm(after.state) if after else None
-            res.done = after is None or (state is not None and state.is_final)
-            if not res.done and cmd.only_if_pending:
-                res.error = "it has started; a recall never stops running work"
+            if cmd.only_if_pending:
+                res.done, res.error = self._recalled(sid, cmd.tag, after)
+            else:
+                state = from_slurm(after.state) if after else None
+                res.done = after is None or (state is not None and state.is_final)
         else:
             res.done = True  # never reached Slurm, and now never will
         return res
+
+    def _recalled(self, sid: str, tag: str, after: SlurmJob | None) -> tuple[bool, str]:
+        """Did a recall take the job back before it started? Only then may the daemon place it
+        again. Final is not enough: a short job can start and complete between the recall
+        decision and the scancel, and placing it again would run it twice."""
+        if after is None:  # left the queue already: its final record says how it ended
+            records = self.backend.finished([sid], [tag])
+            after = records[0] if records else None
+            if after is None:
+                return False, "it left the queue without a record; not known whether it ran"
+        if from_slurm(after.state) == JobState.CANCELLED and not _started(after):
+            return True, ""
+        return False, f"it has started ({after.state}); a recall never stops running work"
 
     def resolve(self, cmd: pb.ResolveCommand) -> pb.JobUpdate | None:
         upd = pb.JobUpdate(job_id=cmd.job_id, attempt=cmd.attempt, final=True)

@@ -17,7 +17,8 @@ import grpc
 
 from metasched import auth, log
 from metasched.daemon.identity import Identity
-from metasched.daemon.scheduler import Refused, Scheduler
+from metasched.daemon.scheduler import Scheduler
+from metasched.daemon.settings import Refused
 from metasched.daemon.tokens import NoSuchToken, TokenRecord, TokenStore
 from metasched.v1 import metasched_pb2 as pb
 from metasched.v1 import metasched_pb2_grpc as pb_grpc
@@ -88,7 +89,7 @@ class AdminService(pb_grpc.AdminServicer):
     ) -> pb.SetSiteStateResponse:
         admin = self.identity.admin(context, "change a site's state")
         try:
-            requeued, ended = self.s.set_site_state(request.site, request.state)
+            requeued, ended = self.s.site_admin.set_state(request.site, request.state)
         except Refused as e:
             context.abort(getattr(grpc.StatusCode, e.code), str(e))
         self.log.info("site_state_changed", site=request.site, state=request.state, by=admin)

@@ -119,7 +119,7 @@ class AgentService(pb_grpc.AgentServiceServicer):
                 )
             )
         )
-        self.s.agent_connected(site)
+        self.s.dispatch.replay(site)
         reader = threading.Thread(
             target=self._read,
             args=(site, link, request_iterator),
@@ -147,13 +147,13 @@ class AgentService(pb_grpc.AgentServiceServicer):
                 kind = msg.WhichOneof("body")
                 try:
                     if kind == "report":
-                        self.s.on_report(site, msg.report)
+                        self.s.reconcile.on_report(site, msg.report)
                     elif kind == "submit_result":
-                        self.s.on_submit_result(site, msg.submit_result)
+                        self.s.reconcile.on_submit_result(site, msg.submit_result)
                     elif kind == "cancel_result":
-                        self.s.on_cancel_result(site, msg.cancel_result)
+                        self.s.reconcile.on_cancel_result(site, msg.cancel_result)
                     elif kind == "job_update":
-                        self.s.on_job_update(site, msg.job_update)
+                        self.s.reconcile.on_job_update(site, msg.job_update)
                 except Exception:
                     self.log.exception("agent_message_failed", site=site, kind=kind)
         except grpc.RpcError:

@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 from metasched import auth, config
 from metasched.config import ConfigError
-from metasched.daemon.scheduler import Settings
+from metasched.daemon.settings import Settings
 
 T = TypeVar("T", int, float)
 

@@ -15,7 +15,8 @@ import grpc
 
 from metasched import auth, jobspec
 from metasched.daemon.identity import Identity
-from metasched.daemon.scheduler import Refused, Scheduler
+from metasched.daemon.scheduler import Scheduler
+from metasched.daemon.settings import Refused
 from metasched.placement.estimate import Estimate
 from metasched.placement.policy import Request
 from metasched.states import JobState
@@ -150,7 +151,7 @@ class UserService(pb_grpc.SchedulerServicer):
         self._limit_size(request, context)
         self._limit_rate(user, context)
         wait = 0.0 if request.no_wait else SUBMIT_WAIT_S
-        job = self._guard(context, lambda: self.s.submit(user, request.spec, wait))
+        job = self._guard(context, lambda: self.s.intake.submit(user, request.spec, wait))
         return pb.SubmitJobResponse(
             job_id=job.id, estimate=job_estimate_pb(job), state=job.state.to_pb()
         )
@@ -158,7 +159,7 @@ class UserService(pb_grpc.SchedulerServicer):
     def Plan(self, request: pb.PlanRequest, context: grpc.ServicerContext) -> pb.PlanResponse:
         user = self._user(context)
         self._limit_size(request, context)
-        choices = self._guard(context, lambda: self.s.plan(user, request.spec))
+        choices = self._guard(context, lambda: self.s.intake.plan(user, request.spec))
         out = pb.PlanResponse()
         for c in choices:
             sc = pb.SiteChoice(site=c.site, eligible=c.eligible, reason=c.reason)
@@ -195,7 +196,7 @@ class UserService(pb_grpc.SchedulerServicer):
 
     def CancelJob(self, request: pb.CancelJobRequest, context: grpc.ServicerContext) -> pb.Job:
         self._own_job(context, request.job_id)
-        job = self._guard(context, lambda: self.s.cancel(request.job_id))
+        job = self._guard(context, lambda: self.s.intake.cancel(request.job_id))
         return job_pb(job)
 
     def WatchJob(
@@ -220,7 +221,7 @@ class UserService(pb_grpc.SchedulerServicer):
     ) -> pb.ListSitesResponse:
         self._user(context)
         now = time.time()
-        views = {v.name: v for v in self.s._views(now)}
+        views = {v.name: v for v in self.s.views(now)}
         probe = Request(0, "", jobspec.shape_of(pb.JobSpec(time_limit_minutes=60)))
         out = pb.ListSitesResponse()
         for site in self.s.sites.all():

@@ -1,0 +1,279 @@
+"""What the agents tell us, brought into the store: site reports, answers to our submit and
+cancel commands, and jobs resolved from accounting. Runs per message, on the agent's
+stream. Every change to a job is one transaction; a Slurm job of ours that is not the job's
+current site and attempt is a stray and is cancelled."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from typing import Any
+
+from metasched import log
+from metasched.daemon.dispatch import Dispatcher
+from metasched.daemon.intake import never_runnable
+from metasched.daemon.learning import Learning
+from metasched.daemon.moves import requeue, retry_elsewhere
+from metasched.daemon.placing import PlacementPass
+from metasched.daemon.settings import Settings
+from metasched.daemon.sites import SiteRegistry
+from metasched.daemon.views import request_of
+from metasched.states import INFRASTRUCTURE_FAILURES, JobState, from_slurm
+from metasched.store import Batch, JobRow, NoSuchJob, Store
+from metasched.v1 import metasched_pb2 as pb
+
+S = JobState
+
+
+class Reconciler:
+    def __init__(
+        self,
+        store: Store,
+        sites: SiteRegistry,
+        settings: Settings,
+        dispatch: Dispatcher,
+        learning: Learning,
+        placement: PlacementPass,
+    ) -> None:
+        self.store = store
+        self.sites = sites
+        self.settings = settings
+        self.dispatch = dispatch
+        self.learning = learning
+        self.placement = placement
+        self.log = log.get(component="reconcile")
+
+    def on_report(self, site_name: str, report: pb.SiteReport) -> None:
+        now = time.time()
+        site, changed = self.sites.update(site_name, report, now)
+        # The report is stored (what a restarted daemon plans from) only when it changed the
+        # site's picture: an idle site sends the same one every 10 s.
+        stored = report.SerializeToString() if changed and report.slurm_reachable else None
+        self.store.save_site(site_name, site.admin_state, now, stored)
+        self.learning.from_report(site, report)
+        seen: set[int] = set()
+        observations = []
+        for sj in report.jobs:
+            if not sj.job_id or sj.federation != self.store.federation:
+                continue  # not ours (or another federation's)
+            seen.add(sj.job_id)
+            observations.append((sj.job_id, sj.attempt, sj, "squeue"))
+        if observations:
+            self._apply(site_name, observations)
+        if report.slurm_reachable:
+            for job in self.store.live_at(site_name):
+                if (
+                    job.slurm_job_id
+                    and job.id not in seen
+                    and job.state in (S.PENDING, S.RUNNING, S.CANCELLING, S.RECALLING)
+                    and now - job.updated_at > self.settings.resolve_after / 2
+                ):
+                    self.dispatch.resolve(job)
+        self.placement.wake.set()
+
+    def on_submit_result(self, site_name: str, res: pb.SubmitResult) -> None:
+        def op(b: Batch) -> tuple[str, JobRow | None]:
+            job = b.job(res.job_id)
+            if job.site != site_name or job.attempt != res.attempt:
+                return ("stray", job)
+            if res.slurm_job_id:
+                if job.state == S.FORWARDING:
+                    return (
+                        "ok",
+                        b.move(
+                            job.id, S.PENDING, "submitted to Slurm", slurm_job_id=res.slurm_job_id
+                        ),
+                    )
+                if not job.slurm_job_id:
+                    return ("ok", b.move(job.id, job.state, "", slurm_job_id=res.slurm_job_id))
+                return ("ok", job)
+            if job.state != S.FORWARDING:
+                return ("ignored", job)
+            avoid = (*job.avoid_sites, site_name) if res.permanent else job.avoid_sites
+            moved = b.move(
+                job.id,
+                S.QUEUED,
+                f"{site_name} refused it: {res.error}",
+                site="",
+                partition="",
+                reason=f"{site_name} refused it: {res.error}",
+                avoid_sites=avoid,
+                est_at=0.0,
+            )
+            if res.permanent and never_runnable(self.sites, request_of(moved)) is not None:
+                return (
+                    "failed",
+                    b.move(job.id, S.FAILED, f"no other site can run it; {site_name}: {res.error}"),
+                )
+            return ("requeued", moved)
+
+        try:
+            kind, job = self.store.run(op)
+        except Exception as e:
+            self.log.warning(
+                "submit_result_ignored", site=site_name, job_id=res.job_id, error=str(e)
+            )
+            return
+        if kind == "ok" and job is not None and job.state == S.CANCELLING:
+            self.dispatch.cancel(job)
+        if kind == "stray" and res.slurm_job_id and job is not None:
+            self._cancel_stray(site_name, job, res.attempt, res.slurm_job_id)
+        self.placement.replan()
+
+    def on_cancel_result(self, site_name: str, res: pb.CancelResult) -> None:
+        if not res.done:
+            self.log.warning(
+                "cancel_not_done",
+                site=site_name,
+                job_id=res.job_id,
+                attempt=res.attempt,
+                error=res.error,
+            )
+            return
+
+        def op(b: Batch) -> JobRow | None:
+            try:
+                job = b.job(res.job_id)
+            except NoSuchJob:
+                self.log.warning("cancel_result_ignored", site=site_name, job_id=res.job_id)
+                return None
+            if job.site != site_name or job.attempt != res.attempt:
+                return None
+            if job.state == S.CANCELLING:
+                return b.move(job.id, S.CANCELLED, f"cancel confirmed by {site_name}")
+            if job.state == S.RECALLING:
+                return requeue(b, job, f"recalled from {site_name}")
+            return None
+
+        self.store.run(op)
+        self.placement.replan()
+
+    def on_job_update(self, site_name: str, upd: pb.JobUpdate) -> None:
+        self._apply(
+            site_name, [(upd.job_id, upd.attempt, upd.job, upd.resolved_from)], resolved=upd.final
+        )
+        self.placement.replan()
+
+    def _apply(
+        self,
+        site_name: str,
+        observations: list[tuple[int, int, pb.SlurmJobReport, str]],
+        resolved: bool = False,
+    ) -> None:
+        """Bring our records in line with what a site shows of our jobs, in one transaction."""
+        strays: list[tuple[JobRow, int, str]] = []
+        cancels: list[JobRow] = []
+
+        def op(b: Batch) -> None:
+            for job_id, attempt, sj, source in observations:
+                try:
+                    job = b.job(job_id)
+                except Exception:
+                    continue
+                ours = from_slurm(sj.state) if sj.state else None
+                if job.state.is_final and job.site == site_name and job.attempt == attempt:
+                    continue  # already settled; squeue keeps showing it for a while
+                if job.site != site_name or job.attempt != attempt:
+                    if ours is not None and not ours.is_final and sj.slurm_job_id:
+                        strays.append((job, attempt, sj.slurm_job_id))
+                    continue
+                if resolved and ours is None:
+                    # No record anywhere: the agent looked and found nothing. A cancel the
+                    # user asked for is done either way; a recall is not (the job may have
+                    # run, and placing it again could run it twice).
+                    if job.state == S.CANCELLING and not job.started_at:
+                        self._finish_cancel(b, job, site_name)
+                    elif job.state != S.FORWARDING:
+                        b.move(
+                            job.id,
+                            S.FAILED,
+                            f"vanished from {site_name} without a record",
+                            reason="no accounting record",
+                        )
+                    continue
+                if ours is None:
+                    continue
+                self._observe(b, job, ours, sj, source, cancels)
+
+        self.store.run(op)
+        for job, attempt, sid in strays:
+            self._cancel_stray(site_name, job, attempt, sid)
+        for job in cancels:
+            self.dispatch.cancel(job)
+
+    def _finish_cancel(self, b: Batch, job: JobRow, site_name: str, **fields: Any) -> None:
+        if job.state == S.RECALLING:
+            requeue(b, job, f"recalled from {site_name}")
+        else:
+            b.move(job.id, S.CANCELLED, f"cancel confirmed by {site_name}", **fields)
+
+    def _observe(
+        self,
+        b: Batch,
+        job: JobRow,
+        ours: JobState,
+        sj: pb.SlurmJobReport,
+        source: str,
+        cancels: list[JobRow],
+    ) -> None:
+        fields: dict[str, Any] = {}
+        if sj.slurm_job_id and sj.slurm_job_id != job.slurm_job_id:
+            fields["slurm_job_id"] = sj.slurm_job_id
+            if job.state == S.CANCELLING:
+                cancels.append(replace(job, slurm_job_id=sj.slurm_job_id))
+        ran = ours == S.RUNNING or (ours.is_final and ours != S.CANCELLED)
+        if sj.start_time and ran and not job.started_at:
+            fields["started_at"] = sj.start_time
+        if ours.is_final:
+            fields["ended_at"] = sj.end_time or time.time()
+            fields["exit_code"] = sj.exit_code
+        reason = sj.reason if sj.reason not in ("None", "") else ""
+        if ours == S.PENDING and reason != job.reason:
+            fields["reason"] = reason
+        detail = f"seen in {source}" if source != "squeue" else ""
+
+        if ours in (S.PENDING, S.RUNNING):
+            target: JobState
+            if job.state == S.CANCELLING:
+                target = job.state
+            elif job.state == S.RECALLING:
+                target = S.RUNNING if ours == S.RUNNING else S.RECALLING
+            else:
+                target = ours
+            if target != job.state or fields:
+                b.move(
+                    job.id,
+                    target,
+                    detail or (f"{ours.lower()} at {job.site}" if target != job.state else ""),
+                    **fields,
+                )
+            return
+        # final at the site
+        if ours == S.CANCELLED and job.state in (S.CANCELLING, S.RECALLING):
+            self._finish_cancel(b, job, job.site, **fields)
+            return
+        if ours in INFRASTRUCTURE_FAILURES and job.infra_retries < self.settings.max_infra_retries:
+            retry_elsewhere(
+                b,
+                job,
+                f"{sj.state} at {job.site}: retrying elsewhere",
+                reason=f"{sj.state} at {job.site}",
+            )
+            return
+        detail = detail or f"{sj.state.lower()} at {job.site}"
+        if ours == S.CANCELLED and job.state not in (S.CANCELLING,):
+            detail = f"cancelled at {job.site} (not by metasched)"
+        b.move(job.id, ours, detail, **fields)
+
+    def _cancel_stray(self, site_name: str, job: JobRow, attempt: int, slurm_job_id: str) -> None:
+        """A Slurm job of ours that is not the job's current attempt there: it must not run."""
+        self.log.warning(
+            "stray_job_cancelled",
+            job_id=job.id,
+            site=site_name,
+            slurm_job_id=slurm_job_id,
+            attempt=attempt,
+            current_attempt=job.attempt,
+            current_site=job.site or None,
+        )
+        self.dispatch.cancel_at(site_name, job.id, attempt, slurm_job_id)

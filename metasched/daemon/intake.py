@@ -10,14 +10,14 @@ from __future__ import annotations
 import time
 
 from metasched import jobspec
-from metasched.daemon.dispatch import Dispatcher
+from metasched.daemon.core import Activity, Core
 from metasched.daemon.placing import PlacementPass
-from metasched.daemon.settings import Refused, Settings
+from metasched.daemon.settings import Refused
 from metasched.daemon.sites import SiteRegistry
 from metasched.daemon.views import request_of_spec, site_views
-from metasched.placement.policy import Choice, Placer, Request, site_refusal
+from metasched.placement.policy import Choice, Request, site_refusal
 from metasched.states import JobState
-from metasched.store import Batch, JobRow, Store
+from metasched.store import Batch, JobRow
 from metasched.v1 import metasched_pb2 as pb
 
 S = JobState
@@ -64,22 +64,10 @@ def no_account(sites: SiteRegistry, req: Request) -> str | None:
     return f"user {req.user} has no account at any site that could run this job ({detail})"
 
 
-class Intake:
-    def __init__(
-        self,
-        store: Store,
-        sites: SiteRegistry,
-        settings: Settings,
-        placer: Placer,
-        placement: PlacementPass,
-        dispatch: Dispatcher,
-    ) -> None:
-        self.store = store
-        self.sites = sites
-        self.settings = settings
-        self.placer = placer
+class Intake(Activity):
+    def __init__(self, core: Core, placement: PlacementPass) -> None:
+        super().__init__(core)
         self.placement = placement
-        self.dispatch = dispatch
 
     def _valid(self, spec: pb.JobSpec) -> pb.JobSpec:
         try:

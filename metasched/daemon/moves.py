@@ -3,36 +3,32 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from metasched.states import JobState
 from metasched.store import Batch, JobRow
 
 
-def requeue(b: Batch, job: JobRow, detail: str) -> JobRow:
+def requeue(b: Batch, job: JobRow, detail: str, **fields: Any) -> JobRow:
     """Back to the queue: it never started where it was (recalled, refused, retired site)."""
-    return b.move(
-        job.id,
-        JobState.QUEUED,
-        detail,
-        site="",
-        partition="",
-        slurm_job_id="",
-        est_at=0.0,
-        reason=detail,
-    )
+    cleared: dict[str, Any] = {
+        "site": "",
+        "partition": "",
+        "slurm_job_id": "",
+        "est_at": 0.0,
+        "reason": detail,
+    }
+    return b.move(job.id, JobState.QUEUED, detail, **(cleared | fields))
 
 
 def retry_elsewhere(b: Batch, job: JobRow, detail: str, reason: str) -> JobRow:
     """Back to the queue after an infrastructure failure at its site (node failure, site
     retired while it ran), never to be sent to that site again; the caller checks the
     infrastructure-retry budget first."""
-    return b.move(
-        job.id,
-        JobState.QUEUED,
+    return requeue(
+        b,
+        job,
         detail,
-        site="",
-        partition="",
-        slurm_job_id="",
-        est_at=0.0,
         infra_retries=job.infra_retries + 1,
         avoid_sites=(*job.avoid_sites, job.site),
         reason=reason,

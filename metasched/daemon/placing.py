@@ -13,32 +13,19 @@ import threading
 import time
 from collections import deque
 
-from metasched.daemon.dispatch import Dispatcher
-from metasched.daemon.settings import Settings
-from metasched.daemon.sites import SiteRegistry
+from metasched.daemon.core import Activity, Core
 from metasched.daemon.views import request_of, site_views
 from metasched.placement.model import SiteView
-from metasched.placement.policy import Decision, Placer, Request, site_refusal
+from metasched.placement.policy import Decision, Request, site_refusal
 from metasched.states import JobState
-from metasched.store import Batch, HeldEstimate, IllegalTransition, JobRow, Store
+from metasched.store import Batch, HeldEstimate, IllegalTransition, JobRow
 
 S = JobState
 
 
-class PlacementPass:
-    def __init__(
-        self,
-        store: Store,
-        sites: SiteRegistry,
-        settings: Settings,
-        placer: Placer,
-        dispatch: Dispatcher,
-    ) -> None:
-        self.store = store
-        self.sites = sites
-        self.settings = settings
-        self.placer = placer
-        self.dispatch = dispatch
+class PlacementPass(Activity):
+    def __init__(self, core: Core) -> None:
+        super().__init__(core)
         self.wake = threading.Event()  # set by anything that may let a job be placed
         self._placed = threading.Condition()
         self._requests: dict[int, tuple[tuple[str, ...], Request]] = {}
@@ -54,7 +41,7 @@ class PlacementPass:
         # Jobs queued since (fed by the store listener; thread-safe appends): a pass between
         # full ones takes its new jobs from here instead of scanning every live job.
         self._arrivals: deque[int] = deque()
-        store.add_listener(self._on_changes)
+        self.store.add_listener(self._on_changes)
 
     def replan(self) -> None:
         """Something placement depends on changed (besides site reports, which move

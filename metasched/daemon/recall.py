@@ -8,32 +8,15 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 
-from metasched.daemon.dispatch import Dispatcher
-from metasched.daemon.settings import Settings
-from metasched.daemon.sites import SiteRegistry
+from metasched.daemon.core import Activity
 from metasched.daemon.views import request_of, site_views
-from metasched.placement.policy import Placer
 from metasched.states import JobState
-from metasched.store import Batch, IllegalTransition, JobRow, Store
+from metasched.store import Batch, IllegalTransition, JobRow
 
 S = JobState
 
 
-class Recall:
-    def __init__(
-        self,
-        store: Store,
-        sites: SiteRegistry,
-        settings: Settings,
-        placer: Placer,
-        dispatch: Dispatcher,
-    ) -> None:
-        self.store = store
-        self.sites = sites
-        self.settings = settings
-        self.placer = placer
-        self.dispatch = dispatch
-
+class Recall(Activity):
     def run_cycle(self) -> int:
         """Recall what another site would start much sooner; return how many were recalled."""
         st = self.settings

@@ -10,35 +10,22 @@ from dataclasses import replace
 from typing import Any
 
 from metasched import log
-from metasched.daemon.dispatch import Dispatcher
+from metasched.daemon.core import Activity, Core
 from metasched.daemon.intake import never_runnable
 from metasched.daemon.learning import Learning
 from metasched.daemon.moves import requeue, retry_elsewhere
 from metasched.daemon.placing import PlacementPass
-from metasched.daemon.settings import Settings
-from metasched.daemon.sites import SiteRegistry
 from metasched.daemon.views import request_of
 from metasched.states import INFRASTRUCTURE_FAILURES, JobState, from_slurm
-from metasched.store import Batch, JobRow, NoSuchJob, Store
+from metasched.store import Batch, JobRow, NoSuchJob
 from metasched.v1 import metasched_pb2 as pb
 
 S = JobState
 
 
-class Reconciler:
-    def __init__(
-        self,
-        store: Store,
-        sites: SiteRegistry,
-        settings: Settings,
-        dispatch: Dispatcher,
-        learning: Learning,
-        placement: PlacementPass,
-    ) -> None:
-        self.store = store
-        self.sites = sites
-        self.settings = settings
-        self.dispatch = dispatch
+class Reconciler(Activity):
+    def __init__(self, core: Core, learning: Learning, placement: PlacementPass) -> None:
+        super().__init__(core)
         self.learning = learning
         self.placement = placement
         self.log = log.get(component="reconcile")

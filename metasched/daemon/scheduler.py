@@ -25,6 +25,7 @@ from __future__ import annotations
 import time
 
 from metasched import log
+from metasched.daemon.core import Core
 from metasched.daemon.dispatch import Dispatcher
 from metasched.daemon.intake import Intake
 from metasched.daemon.learning import Learning
@@ -57,13 +58,12 @@ class Scheduler:
             sites.restore(name, state, last_seen, report)
         self.dispatch = Dispatcher(store, sites, settings)
         self.learning = Learning(store, self.placer)
-        self.placement = PlacementPass(store, sites, settings, self.placer, self.dispatch)
-        self.intake = Intake(store, sites, settings, self.placer, self.placement, self.dispatch)
-        self.reconcile = Reconciler(
-            store, sites, settings, self.dispatch, self.learning, self.placement
-        )
-        self.recall = Recall(store, sites, settings, self.placer, self.dispatch)
-        self.site_admin = SiteAdmin(store, sites, settings, self.placement, self.dispatch)
+        core = Core(store, sites, settings, self.placer, self.dispatch)
+        self.placement = PlacementPass(core)
+        self.intake = Intake(core, self.placement)
+        self.reconcile = Reconciler(core, self.learning, self.placement)
+        self.recall = Recall(core)
+        self.site_admin = SiteAdmin(core, self.placement)
         self.learning.from_history()
         self._services = [
             Service(

@@ -3,31 +3,20 @@
 from __future__ import annotations
 
 from metasched import log
-from metasched.daemon.dispatch import Dispatcher
+from metasched.daemon.core import Activity, Core
 from metasched.daemon.moves import requeue, retry_elsewhere
 from metasched.daemon.placing import PlacementPass
-from metasched.daemon.settings import Refused, Settings
-from metasched.daemon.sites import SiteRegistry
+from metasched.daemon.settings import Refused
 from metasched.states import JobState
-from metasched.store import Batch, IllegalTransition, JobRow, Store
+from metasched.store import Batch, IllegalTransition, JobRow
 
 S = JobState
 
 
-class SiteAdmin:
-    def __init__(
-        self,
-        store: Store,
-        sites: SiteRegistry,
-        settings: Settings,
-        placement: PlacementPass,
-        dispatch: Dispatcher,
-    ) -> None:
-        self.store = store
-        self.sites = sites
-        self.settings = settings
+class SiteAdmin(Activity):
+    def __init__(self, core: Core, placement: PlacementPass) -> None:
+        super().__init__(core)
         self.placement = placement
-        self.dispatch = dispatch
         self.log = log.get(component="site_admin")
 
     def set_state(self, name: str, state: str) -> tuple[list[int], list[int]]:

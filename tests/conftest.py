@@ -114,3 +114,23 @@ def demo_federation() -> Iterator[Federation]:
     with lab, Federation(lab, root / "f") as fed:
         yield fed
     shutil.rmtree(root, ignore_errors=True)
+
+
+# Two sites of one 1-CPU node each: a second one-CPU job cannot start where the first runs,
+# so jobs spread over both sites as they would over a loaded pool.
+TWO_SMALL_SITES = [
+    SiteProfile("east", nodes=1, cpus=1, sockets=1, cores_per_socket=1, mem_mb=8000),
+    SiteProfile("west", nodes=1, cpus=1, sockets=1, cores_per_socket=1, mem_mb=8000),
+]
+
+
+@pytest.fixture(scope="module")
+def small_federation() -> Iterator[Federation]:
+    """TWO_SMALL_SITES (east, west) with metaschedd and agents, one per test module."""
+    _need_slurm()
+    root = _short_root("msc-")
+    root.chmod(0o755)
+    lab = SlurmLab(root / "l", TWO_SMALL_SITES, overrides={"MessageTimeout": "3"})
+    with lab, Federation(lab, root / "f", poll_interval=0.5, report_interval=2.0) as fed:
+        yield fed
+    shutil.rmtree(root, ignore_errors=True)

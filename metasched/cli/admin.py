@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import sqlite3
 import sys
@@ -27,10 +26,8 @@ import time
 from pathlib import Path
 from typing import Any, NoReturn
 
-from google.protobuf import json_format
-
 from metasched import auth
-from metasched.cli import errors
+from metasched.cli import errors, jsonout
 from metasched.cli.errors import UsageError
 from metasched.v1 import metasched_pb2 as pb
 from metasched.v1 import metasched_pb2_grpc as pb_grpc
@@ -67,25 +64,29 @@ def parser() -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    # --daemon and --json go anywhere: before the command or after it (as in msub)
+    common = _Parser(add_help=False)
+    common.add_argument("--daemon", default=argparse.SUPPRESS)
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
     p.add_argument("--daemon", default=os.environ.get("METASCHED_DAEMON", DEFAULT_DAEMON))
     p.add_argument("--json", action="store_true", help="machine-readable output")
     sub = p.add_subparsers(dest="area", required=True, parser_class=_Parser)
-    tok = sub.add_parser("token", help="user tokens for remote access")
+    tok = sub.add_parser("token", parents=[common], help="user tokens for remote access")
     tsub = tok.add_subparsers(dest="action", required=True, parser_class=_Parser)
-    c = tsub.add_parser("create", help="a new token for USER (printed once)")
+    c = tsub.add_parser("create", parents=[common], help="a new token for USER (printed once)")
     c.add_argument("user")
     c.add_argument("--expires", type=parse_duration, default=parse_duration("30d"))
     c.add_argument("--note", default="", help="what it is for (shown in token list)")
-    ls = tsub.add_parser("list", help="tokens (not their secrets)")
+    ls = tsub.add_parser("list", parents=[common], help="tokens (not their secrets)")
     ls.add_argument("--user", default="")
     ls.add_argument("--revoked", action="store_true", help="include revoked tokens")
-    rv = tsub.add_parser("revoke", help="a token stops working at once")
+    rv = tsub.add_parser("revoke", parents=[common], help="a token stops working at once")
     rv.add_argument("id")
-    site = sub.add_parser("site", help="drain, resume or retire a site")
+    site = sub.add_parser("site", parents=[common], help="drain, resume or retire a site")
     site.add_argument("action", choices=("drain", "resume", "retire"))
     site.add_argument("name")
     site.add_argument("--yes", action="store_true", help="confirm a retire")
-    bk = sub.add_parser("backup", help="online copy of the database to DEST")
+    bk = sub.add_parser("backup", parents=[common], help="online copy of the database to DEST")
     bk.add_argument("dest")
     bk.add_argument("--force", action="store_true", help="replace DEST if it exists")
     return p
@@ -118,7 +119,7 @@ def run(opts: argparse.Namespace, out: Any) -> int:
         if dest.exists() and not opts.force:
             raise UsageError(f"{dest} exists; add --force to replace it")
     a = Admin(opts.daemon)
-    emit = (lambda m: out(json.dumps(json_format.MessageToDict(m)))) if opts.json else None
+    emit = (lambda m: out(jsonout.dumps(m))) if opts.json else None
     if opts.area == "token":
         if opts.action == "create":
             r = a.call(

@@ -13,7 +13,6 @@ with METASCHED_DAEMON=host:port and METASCHED_CA=<the daemon's CA file> for TLS.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import sys
@@ -22,10 +21,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
-from google.protobuf import json_format
-
 from metasched import auth, jobspec
-from metasched.cli import errors
+from metasched.cli import errors, jsonout
 from metasched.cli.errors import UsageError
 from metasched.states import JobState
 from metasched.v1 import metasched_pb2 as pb
@@ -223,10 +220,6 @@ def estimate_text(e: pb.Estimate) -> str:
     return f"expected start {when(e.start, now)} (90%: within {bound})"
 
 
-def to_json(msg: Any) -> Any:
-    return json_format.MessageToDict(msg, preserving_proto_field_name=True)
-
-
 # ---------------------------------------------------------------- commands
 
 
@@ -258,7 +251,7 @@ def cmd_submit(c: Client, opts: argparse.Namespace, out: Callable[[str], None]) 
     spec = build_spec(opts, opts.script, _warn)
     resp = c.call("SubmitJob", pb.SubmitJobRequest(spec=spec))
     if opts.json:
-        out(json.dumps(to_json(resp)))
+        out(jsonout.dumps(resp))
         return 0
     e = resp.estimate
     held = JobState.from_pb(resp.state) == JobState.QUEUED if resp.state else not e.site
@@ -282,7 +275,7 @@ def cmd_plan(c: Client, opts: argparse.Namespace, out: Callable[[str], None]) ->
     spec = build_spec(opts, opts.script, _warn)
     resp = c.call("Plan", pb.PlanRequest(spec=spec))
     if opts.json:
-        out(json.dumps(to_json(resp)))
+        out(jsonout.dumps(resp))
         return 0
     out(f"{'SITE':<16} {'PARTITION':<12} {'EXPECTED START':<20} {'90% WITHIN':<12} WHY NOT")
     now = time.time()
@@ -300,7 +293,7 @@ def cmd_plan(c: Client, opts: argparse.Namespace, out: Callable[[str], None]) ->
 def cmd_list(c: Client, opts: argparse.Namespace, out: Callable[[str], None]) -> int:
     resp = c.call("ListJobs", pb.ListJobsRequest(all_users=opts.all, include_final=opts.finished))
     if opts.json:
-        out(json.dumps([to_json(j) for j in resp.jobs]))
+        out(jsonout.dumps(list(resp.jobs)))
         return 0
     out(
         f"{'JOBID':>8} {'USER':<10} {'NAME':<18} {'STATE':<12} {'SITE':<10} {'SLURMID':>8} "
@@ -351,7 +344,7 @@ def show_text(j: pb.Job) -> list[str]:
 def cmd_show(c: Client, opts: argparse.Namespace, out: Callable[[str], None]) -> int:
     j = c.call("GetJob", pb.GetJobRequest(job_id=opts.job_id))
     if opts.json:
-        out(json.dumps(to_json(j)))
+        out(jsonout.dumps(j))
     else:
         for line in show_text(j):
             out(line)
@@ -361,7 +354,7 @@ def cmd_show(c: Client, opts: argparse.Namespace, out: Callable[[str], None]) ->
 def cmd_cancel(c: Client, opts: argparse.Namespace, out: Callable[[str], None]) -> int:
     j = c.call("CancelJob", pb.CancelJobRequest(job_id=opts.job_id))
     if opts.json:
-        out(json.dumps(to_json(j)))
+        out(jsonout.dumps(j))
     else:
         out(f"Job {j.id}: {state_name(j.state).lower()}")
     return 0
@@ -373,7 +366,7 @@ def cmd_watch(c: Client, opts: argparse.Namespace, out: Callable[[str], None]) -
     for j in c.stream("WatchJob", pb.WatchJobRequest(job_id=opts.job_id)):
         final = j
         if opts.json:
-            out(json.dumps(to_json(j)))
+            out(jsonout.dumps(j))
             continue
         key = (j.state, j.site, j.slurm_job_id)
         if key != last:
@@ -395,7 +388,7 @@ def cmd_watch(c: Client, opts: argparse.Namespace, out: Callable[[str], None]) -
 def cmd_sites(c: Client, opts: argparse.Namespace, out: Callable[[str], None]) -> int:
     resp = c.call("ListSites", pb.ListSitesRequest())
     if opts.json:
-        out(json.dumps([to_json(s) for s in resp.sites]))
+        out(jsonout.dumps(list(resp.sites)))
         return 0
     out(
         f"{'SITE':<12} {'STATE':<9} {'CPUS FREE':>11} {'GPUS FREE':>10} {'RUN':>4} {'PEND':>5} "

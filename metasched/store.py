@@ -444,6 +444,8 @@ class Store:
         self._local = threading.local()
         self._queue: queue.Queue[_Item | None] = queue.Queue()
         self._listeners: list[Listener] = []
+        # told how long each commit took (seconds): the daemon's metrics; once per batch
+        self.on_commit: Callable[[float], None] | None = None
         self.live: dict[int, JobRow] = {}
         self.log = log.get(component="store")
         conn = self._connect()
@@ -592,6 +594,7 @@ class Store:
     def _run_batch(self, conn: sqlite3.Connection, items: list[_Item]) -> None:
         batch = Batch(self, conn, time.time())
         results: list[tuple[Future[Any], Any, BaseException | None]] = []
+        t0 = time.perf_counter()
         try:
             conn.execute("BEGIN IMMEDIATE")
             for is_new, run in itertools.groupby(items, lambda item: isinstance(item[0], NewJob)):
@@ -609,6 +612,8 @@ class Store:
             for _op, fut in items:
                 fut.set_exception(StoreError(f"could not write the queue: {e}"))
             return
+        if self.on_commit is not None:
+            self.on_commit(time.perf_counter() - t0)
         at_site, of_user = self._live_at_site, self._live_of_user
         for job_id, row in batch.changed.items():
             was = self.live.get(job_id)
@@ -775,6 +780,18 @@ class Store:
         args.append(str(limit))
         rows = [_row_to_job(r) for r in self._reader().execute(sql, args)]
         return sorted(rows, key=lambda j: j.id)
+
+    def history(self, since: float, until: float) -> list[tuple[str, str, float, float, bytes]]:
+        """(user, site, started_at, ended_at, spec) of every job that ran at some time in
+        [since, until): usage accounting and the status page's plots. A read, off the writer."""
+        return [
+            (r[0], r[1], r[2], r[3], r[4])
+            for r in self._reader().execute(
+                "SELECT user, site, started_at, ended_at, spec FROM jobs WHERE started_at > 0 "
+                "AND started_at < ? AND (ended_at = 0 OR ended_at >= ?)",
+                (until, since),
+            )
+        ]
 
     def live_at(self, site: str) -> list[JobRow]:
         """The live jobs last sent to `site` (any state; callers filter), oldest first."""

@@ -17,13 +17,13 @@ import base64
 import json
 from typing import Any
 
-from google.protobuf.descriptor import EnumDescriptor, FieldDescriptor
+from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 _ENUM_PREFIXES: dict[str, str] = {}
 
 
-def enum_name(enum: EnumDescriptor, number: int) -> str:
+def enum_name(enum: Any, number: int) -> str:
     """The short lower-case name of an enum value: the prefix the enum's values share
     (JOB_STATE_) dropped. An unknown number is shown as the number itself."""
     prefix = _ENUM_PREFIXES.get(enum.full_name)
@@ -36,10 +36,10 @@ def enum_name(enum: EnumDescriptor, number: int) -> str:
     value = enum.values_by_number.get(number)
     if value is None:
         return str(number)
-    return value.name.removeprefix(prefix).lower()
+    return str(value.name).removeprefix(prefix).lower()
 
 
-def _scalar(field: FieldDescriptor, value: Any) -> Any:
+def _scalar(field: Any, value: Any) -> Any:
     if field.type == FieldDescriptor.TYPE_ENUM:
         return enum_name(field.enum_type, value)
     if field.type == FieldDescriptor.TYPE_MESSAGE:
@@ -52,12 +52,13 @@ def _scalar(field: FieldDescriptor, value: Any) -> Any:
 def message(msg: Message) -> dict[str, Any]:
     """A protobuf message as a JSON-ready dict, by the convention above."""
     out: dict[str, Any] = {}
+    field: Any
     for field in msg.DESCRIPTOR.fields:
         value = getattr(msg, field.name)
         if field.message_type is not None and field.message_type.GetOptions().map_entry:
             vfield = field.message_type.fields_by_name["value"]
             out[field.name] = {str(k): _scalar(vfield, v) for k, v in value.items()}
-        elif field.label == FieldDescriptor.LABEL_REPEATED:
+        elif field.is_repeated:
             out[field.name] = [_scalar(field, v) for v in value]
         else:
             out[field.name] = _scalar(field, value)

@@ -35,19 +35,24 @@ _NOT_EXPORTED = ("SLURM_", "SBATCH_", "METASCHED_TOKEN")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
-def prologue(shim_dir: str) -> str:
+def prologue(shim_dir: str, export_all: bool) -> str:
     d = shim_dir.replace("'", "'\\''")
+    # The site's sbatch was given the job's variables by name (--export=A,B), and Slurm
+    # hands that list to every srun in the job as SLURM_EXPORT_ENV: variables the script
+    # sets itself would never reach srun's tasks. sbatch's default is ALL; so is srun's.
+    export = "  export SLURM_EXPORT_ENV=ALL\n" if export_all else ""
     return (
         f"{PROLOGUE_MARK} (what sbatch printed); srun is given the site's\n"
         f"if [ -n \"${{METASCHED_JOB_ID:-}}\" ] && [ -x '{d}/srun' ]; then\n"
         '  export METASCHED_SITE_JOB_ID="$SLURM_JOB_ID"\n'
         '  export SLURM_JOB_ID="$METASCHED_JOB_ID" SLURM_JOBID="$METASCHED_JOB_ID"\n'
         f"  export PATH='{d}':\"$PATH\"\n"
+        f"{export}"
         "fi\n"
     )
 
 
-def with_prologue(script: str, shim_dir: str) -> str:
+def with_prologue(script: str, shim_dir: str, export_all: bool = True) -> str:
     """The script with the prologue before its first command: after the #SBATCH lines,
     which sbatch reads only up to the first command. Only for sh-family scripts."""
     lines = script.splitlines(keepends=True)
@@ -56,7 +61,7 @@ def with_prologue(script: str, shim_dir: str) -> str:
     at = 1
     while at < len(lines) and (not lines[at].strip() or lines[at].lstrip().startswith("#")):
         at += 1
-    return "".join(lines[:at]) + prologue(shim_dir) + "".join(lines[at:])
+    return "".join(lines[:at]) + prologue(shim_dir, export_all) + "".join(lines[at:])
 
 
 def shim_dir() -> str:
@@ -102,7 +107,9 @@ def main(argv: list[str] | None = None) -> int:
             shims = shim_dir()
             if shims:
                 copy = Path(tmp) / (source.name if not stdin_script else "sbatch")
-                copy.write_text(with_prologue(text, shims), encoding="utf-8")
+                copy.write_text(
+                    with_prologue(text, shims, export_all=opts.export is None), encoding="utf-8"
+                )
                 opts.script = str(copy)
             spec = msub.build_spec(opts, opts.script, _warn)
             if stdin_script and not opts.name:

@@ -37,6 +37,9 @@ class DaemonConfig:
     submit_burst: int = 1000
     max_request_bytes: int = 4 << 20  # one user request (SubmitJob, Plan)
     max_message_bytes: int = 64 << 20  # any gRPC message (agents' site reports are the largest)
+    # HTTP: /metrics (Prometheus), /healthz and the status page; "" = none
+    http_listen: str = ""
+    status_public: bool = False  # the status page without a login (pool and queue; no job names)
 
     @property
     def tls(self) -> bool:
@@ -116,6 +119,8 @@ def from_dict(raw: dict[str, Any], where: str = "config") -> DaemonConfig:
         plain_token_sites=tuple(plain),
         settings=settings,
         users_listen=config.get(d, "users_listen", str, "", w),
+        http_listen=config.get(d, "http_listen", str, "", w),
+        status_public=config.get(d, "status_public", bool, False, w),
         submit_rate=_at_least(config.get(d, "submit_rate", float, 20.0, w), 0, f"{w}.submit_rate"),
         submit_burst=_at_least(config.get(d, "submit_burst", int, 1000, w), 1, f"{w}.submit_burst"),
         max_request_bytes=_at_least(
@@ -126,6 +131,28 @@ def from_dict(raw: dict[str, Any], where: str = "config") -> DaemonConfig:
         ),
         **tls,
     )
+
+
+def check_files(cfg: DaemonConfig) -> None:
+    """What --check-config looks at beyond the config's syntax: the files it names can be
+    read, and the addresses are host:port."""
+    for what, path in (
+        ("tls_cert", cfg.tls_cert),
+        ("tls_key", cfg.tls_key),
+        ("tls_client_ca", cfg.tls_client_ca),
+    ):
+        if path and not Path(path).is_file():
+            raise ConfigError(f"{what} {path}: no such file")
+        if path:
+            with open(path, "rb"):
+                pass
+    for what, addr in (
+        ("listen", cfg.listen),
+        ("users_listen", cfg.users_listen),
+        ("http_listen", cfg.http_listen),
+    ):
+        if addr and not addr.rpartition(":")[2].isdigit():
+            raise ConfigError(f"{what} {addr!r}: use host:port")
 
 
 def _at_least(value: T, low: float, where: str) -> T:

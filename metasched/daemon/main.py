@@ -11,20 +11,29 @@ from concurrent import futures
 from pathlib import Path
 
 import grpc
+from grpc_health.v1 import health, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
 
-from metasched import auth, log
+from metasched import __version__, auth, log, sdnotify
 from metasched.config import ConfigError
 from metasched.daemon import config as daemon_config
 from metasched.daemon.admin_api import AdminService
 from metasched.daemon.agent_api import AgentService
+from metasched.daemon.health import StoreHealth
 from metasched.daemon.identity import Identity
+from metasched.daemon.metrics import DaemonMetrics, RpcMetrics
 from metasched.daemon.scheduler import Scheduler
+from metasched.daemon.service import Service
 from metasched.daemon.sites import SiteRegistry
 from metasched.daemon.tokens import TokenStore
 from metasched.daemon.user_api import UserService
+from metasched.daemon.web import WebServer
 from metasched.daemon.wire import MalformedRequests
 from metasched.store import Store, StoreError
+from metasched.v1 import metasched_pb2 as pb
 from metasched.v1 import metasched_pb2_grpc as pb_grpc
+
+HEALTH_PERIOD = 2.0
 
 
 class Daemon:
@@ -33,6 +42,9 @@ class Daemon:
         self.store = Store(cfg.db_path, synchronous=cfg.synchronous)
         self.sites = SiteRegistry(cfg.site_grace_seconds)
         self.scheduler = Scheduler(self.store, self.sites, cfg.settings)
+        self.metrics = DaemonMetrics(self.store, self.sites)
+        self.store.on_commit = self.metrics.commit_seconds.observe
+        self.scheduler.instrument(self.metrics.timed)
         for name in cfg.site_tokens:
             self.sites.ensure(name)
         self.local_tokens = auth.LocalTokens()
@@ -49,7 +61,7 @@ class Daemon:
                 ("grpc.keepalive_permit_without_calls", 1),
             ],
             maximum_concurrent_rpcs=4096,
-            interceptors=[MalformedRequests()],
+            interceptors=[RpcMetrics(self.metrics), MalformedRequests()],
         )
         pb_grpc.add_SchedulerServicer_to_server(
             UserService(
@@ -70,6 +82,28 @@ class Daemon:
             ),
             self.server,
         )
+        # grpc.health.v1 per service (NOT_SERVING while the store takes no writes) and
+        # server reflection (grpcurl, grpc_cli)
+        self.health_servicer = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health_servicer, self.server)
+        self.health = StoreHealth(self.store, self.health_servicer)
+        self._health_loop = Service("health", HEALTH_PERIOD, self.health.run_cycle, log.get())
+        names = [
+            pb.DESCRIPTOR.services_by_name[n].full_name for n in pb.DESCRIPTOR.services_by_name
+        ]
+        reflection.enable_server_reflection(
+            [*names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server
+        )
+        self.web: WebServer | None = None
+        if cfg.http_listen:
+            self.web = WebServer(
+                cfg.http_listen,
+                self.scheduler,
+                self.identity,
+                self.metrics,
+                self.health,
+                public=cfg.status_public,
+            )
         self.addresses: list[str] = []
         self._listen(cfg)
 
@@ -127,9 +161,16 @@ class Daemon:
             self.ident.start()
         if self.cfg.socket:
             os.chmod(self.cfg.socket, 0o666)  # every local user may talk to the daemon
+        self.store.add_listener(self.metrics.on_changes)
         self.scheduler.start()
+        self.health.run_cycle()  # the first probe, answered before the loop's next look
+        self._health_loop.start()
+        if self.web is not None:
+            self.web.start()
         log.get().info(
             "daemon_started",
+            version=__version__,
+            http=self.web.address if self.web else None,
             addresses=self.addresses,
             tls=self.cfg.tls,
             federation=self.store.federation,
@@ -138,6 +179,9 @@ class Daemon:
         )
 
     def stop(self) -> None:
+        if self.web is not None:
+            self.web.stop()
+        self._health_loop.stop()
         self.server.stop(grace=2).wait()
         if self.ident is not None:
             self.ident.stop()
@@ -149,12 +193,23 @@ class Daemon:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="metaschedd", description=__doc__)
     ap.add_argument("-c", "--config", default="/etc/metasched/metaschedd.toml")
+    ap.add_argument("--version", action="version", version=f"metaschedd {__version__}")
+    ap.add_argument(
+        "--check-config",
+        action="store_true",
+        help="read the config (and the TLS files it names), say what is wrong, and exit",
+    )
     args = ap.parse_args(argv)
     try:
         cfg = daemon_config.from_file(args.config)
-    except ConfigError as e:
+        if args.check_config:
+            daemon_config.check_files(cfg)
+    except (ConfigError, OSError) as e:
         print(f"metaschedd: {e}", file=sys.stderr)
         return 2
+    if args.check_config:
+        print(f"metaschedd: {args.config} is valid ({len(cfg.site_tokens)} site(s))")
+        return 0
     log.setup(cfg.log_level, process="metaschedd")
     try:
         daemon = Daemon(cfg)
@@ -165,7 +220,14 @@ def main(argv: list[str] | None = None) -> int:
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())
-    done.wait()
+    # systemd (Type=notify): ready once serving; the watchdog is fed while the store
+    # takes writes, so a wedged daemon is restarted (WatchdogSec in the unit)
+    sdnotify.notify("READY=1", f"STATUS=serving {', '.join(daemon.addresses)}")
+    interval = sdnotify.watchdog_interval()
+    while not done.wait(interval or None):
+        if daemon.health.serving is not False:
+            sdnotify.notify("WATCHDOG=1")
+    sdnotify.notify("STOPPING=1")
     daemon.stop()
     return 0
 

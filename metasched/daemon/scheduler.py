@@ -23,6 +23,7 @@ The rules that make forwarding exactly-once hold across all of them:
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from metasched import log
 from metasched.daemon.core import Core
@@ -100,6 +101,11 @@ class Scheduler:
         benchmarks step the daemon with it); returns how many jobs the placement pass sent."""
         self.upkeep()
         return self.placement.run_cycle()
+
+    def instrument(self, wrap: Callable[[str, Callable[[], object]], Callable[[], object]]) -> None:
+        """Wrap every service's cycle (the daemon's metrics time them)."""
+        for service in self._services:
+            service.run_cycle = wrap(service.name, service.run_cycle)
 
     def start(self) -> None:
         self.store.add_listener(self.learning.on_changes)

@@ -220,31 +220,36 @@ class UserService(pb_grpc.SchedulerServicer):
         self, request: pb.ListSitesRequest, context: grpc.ServicerContext
     ) -> pb.ListSitesResponse:
         self._user(context)
-        now = time.time()
-        views = {v.name: v for v in self.s.views(now)}
-        probe = Request(0, "", jobspec.shape_of(pb.JobSpec(time_limit_minutes=60)))
-        out = pb.ListSitesResponse()
-        for site in self.s.sites.all():
-            summary = pb.SiteSummary(name=site.name, state=site.state, last_seen=site.last_seen)
-            rep = site.report
-            if rep is not None:
-                summary.partitions.extend(rep.partitions)
-                summary.slurm_version = rep.slurm_version
-                for n in rep.nodes:
-                    summary.total_cpus += n.cpus
-                    summary.free_cpus += max(0, n.cpus - n.alloc_cpus)
-                    total_g = sum(g.count for g in n.gpus)
-                    summary.total_gpus += total_g
-                    summary.free_gpus += max(0, total_g - sum(g.count for g in n.alloc_gpus))
-                summary.running_jobs = sum(1 for j in rep.jobs if j.state == "RUNNING")
-                summary.pending_jobs = sum(1 for j in rep.jobs if j.state == "PENDING")
-            view = views.get(site.name)
-            if view is not None and view.partitions:
-                choices = self.s.placer.plan(probe, [view], now)
-                est = choices[0].estimate if choices and choices[0].eligible else None
-                if est is not None and est.start != math.inf:
-                    summary.est_wait_seconds = max(0.0, est.start - now)
-                else:
-                    summary.est_wait_seconds = -1
-            out.sites.append(summary)
-        return out
+        return pb.ListSitesResponse(sites=site_summaries(self.s, time.time()))
+
+
+def site_summaries(s: Scheduler, now: float) -> list[pb.SiteSummary]:
+    """Every site as users see it (ListSites, the status page): state, capacity and use
+    from its last report, and the estimated wait of a one-core, one-hour job."""
+    views = {v.name: v for v in s.views(now)}
+    probe = Request(0, "", jobspec.shape_of(pb.JobSpec(time_limit_minutes=60)))
+    out = []
+    for site in s.sites.all():
+        summary = pb.SiteSummary(name=site.name, state=site.state, last_seen=site.last_seen)
+        rep = site.report
+        if rep is not None:
+            summary.partitions.extend(rep.partitions)
+            summary.slurm_version = rep.slurm_version
+            for n in rep.nodes:
+                summary.total_cpus += n.cpus
+                summary.free_cpus += max(0, n.cpus - n.alloc_cpus)
+                total_g = sum(g.count for g in n.gpus)
+                summary.total_gpus += total_g
+                summary.free_gpus += max(0, total_g - sum(g.count for g in n.alloc_gpus))
+            summary.running_jobs = sum(1 for j in rep.jobs if j.state == "RUNNING")
+            summary.pending_jobs = sum(1 for j in rep.jobs if j.state == "PENDING")
+        view = views.get(site.name)
+        if view is not None and view.partitions:
+            choices = s.placer.plan(probe, [view], now)
+            est = choices[0].estimate if choices and choices[0].eligible else None
+            if est is not None and est.start != math.inf:
+                summary.est_wait_seconds = max(0.0, est.start - now)
+            else:
+                summary.est_wait_seconds = -1
+        out.append(summary)
+    return out

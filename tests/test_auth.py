@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import os
 import pwd
 import queue
@@ -448,7 +449,8 @@ def test_msub_as_another_local_user(make_env: Callable[..., Env], tmp_path: Path
 
     out = msub("--json", "-t", "5", str(script))
     assert out.returncode == 0, out.stderr
-    job_id = int(out.stdout.split('"job_id": "')[1].split('"')[0])
+    job_id = json.loads(out.stdout)["job_id"]
+    assert isinstance(job_id, int)  # a number, as docs/json.md says
     assert env.job(job_id).user == LOCAL_USER
     # the user sees it, but not root's jobs; and cannot list everybody's
     root_job = env.as_root("SubmitJob", pb.SubmitJobRequest(spec=spec())).job_id

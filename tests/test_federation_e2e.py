@@ -147,7 +147,7 @@ def test_finished_job_shows_final_state_and_exit_code(fed: Federation, tmp_path:
     assert [h.split()[2] for h in history[:2]] == ["QUEUED", "FORWARDING"]
     assert len(history) >= 4  # queued, forwarded, at Slurm, ..., failed: each with a timestamp
     as_json = json.loads(fed.msub("show", "--json", str(job_id)).stdout)
-    assert as_json["state"] == "JOB_STATE_FAILED" and as_json["exit_code"] == 3
+    assert as_json["state"] == "failed" and as_json["exit_code"] == 3
 
 
 def test_cancel_reaches_slurm_at_every_stage(fed: Federation, lab: SlurmLab) -> None:
@@ -272,7 +272,7 @@ def test_msub_commands_for_following_work(fed: Federation, tmp_path: Path) -> No
     assert "RUNNING" in watched.stdout and lines[-1].startswith(f"job {job_id} ended COMPLETED")
     finished = json.loads(fed.msub("list", "--finished", "--json").stdout)
     mine = [j for j in finished if str(j["id"]) == job_id]
-    assert mine and mine[0]["state"] == "JOB_STATE_COMPLETED"
+    assert mine and mine[0]["state"] == "completed"
     assert mine[0]["spec"]["name"] == "followme"  # the #SBATCH -J line was honoured
     assert mine[0]["spec"]["time_limit_minutes"] == 3
 

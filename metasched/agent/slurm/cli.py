@@ -215,6 +215,10 @@ class CliBackend(SlurmBackend):
 
     def submit(self, req: SubmitRequest) -> str:
         proc = self._sbatch(req)
+        if proc.returncode < 0:
+            # killed, not refused: whether the job reached Slurm is unknown (the journal's
+            # intent makes the agent look before it submits again)
+            raise SlurmUnavailable(f"sbatch was killed by signal {-proc.returncode}")
         if proc.returncode != 0:
             message = parse.sbatch_error(proc.stderr) or f"sbatch exited {proc.returncode}"
             if parse.is_unavailable(proc.stderr):

@@ -139,6 +139,9 @@ INFRASTRUCTURE_FAILURES = frozenset({_S.NODE_FAIL})
 # Slurm node state words (sinfo's, possibly combined: "idle+drain", "down*") that mean the
 # node takes no new work.
 _UNUSABLE_NODE_WORDS = (
+    "*",  # sinfo's mark of a node that does not respond ("idle*"); JSON says NOT_RESPONDING
+    "not_responding",
+    "no_respond",
     "down",
     "drain",
     "fail",

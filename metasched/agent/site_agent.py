@@ -379,7 +379,7 @@ class SiteAgent:
         again. Final is not enough: a short job can start and complete between the recall
         decision and the scancel, and placing it again would run it twice."""
         if after is None:  # left the queue already: its final record says how it ended
-            records = self.backend.finished([sid], [tag])
+            records = self._verified(self.backend.finished([sid], [tag]), tag)
             after = records[0] if records else None
             if after is None:
                 return False, "it left the queue without a record; not known whether it ran"

@@ -191,7 +191,7 @@ class CliBackend(SlurmBackend):
         return args
 
     def _sbatch(
-        self, req: SubmitRequest, extra: Sequence[str] = ()
+        self, req: SubmitRequest, test_only: bool = False
     ) -> subprocess.CompletedProcess[str]:
         """sbatch for req, as its user, with the job's variables in an anonymous file."""
         try:
@@ -202,9 +202,12 @@ class CliBackend(SlurmBackend):
         try:
             _write_all(fd, data)
             os.lseek(fd, 0, os.SEEK_SET)
+            args = self.sbatch_args(req, fd)
+            if test_only:
+                args = ["--test-only", *(a for a in args if a != "--parsable")]
             return self._run(
                 "sbatch",
-                [*extra, *self.sbatch_args(req, fd)],
+                args,
                 stdin=req.script,
                 check=False,
                 as_user=submitter(req),
@@ -231,7 +234,7 @@ class CliBackend(SlurmBackend):
     def test_only(self, req: SubmitRequest) -> parse.TestOnly:
         """Slurm's will-run estimate for req. It takes slurmctld's job write lock and uses up
         a job id: call it per placement decision, not per job per poll."""
-        proc = self._sbatch(req, ["--test-only"])
+        proc = self._sbatch(req, test_only=True)
         if proc.returncode != 0 and parse.is_unavailable(proc.stderr):
             raise SlurmUnavailable(parse.sbatch_error(proc.stderr))
         return parse.parse_test_only(proc.stderr, proc.returncode)

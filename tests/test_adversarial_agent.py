@@ -30,6 +30,7 @@ from metasched import tags
 from metasched.agent.config import AgentConfig, UserMap
 from metasched.agent.journal import Journal
 from metasched.agent.site_agent import SiteAgent
+from metasched.agent.slurm.base import SubmitRequest
 from metasched.agent.slurm.cli import CliBackend
 from metasched.agent.tagkey import TagKeys
 from metasched.lab import SiteProfile, SlurmLab
@@ -209,6 +210,7 @@ def sbatch_as(lab: SlurmLab, user: str, script: str, *args: str) -> str:
             "sbatch",
             "--parsable",
             "--chdir=/tmp",
+            "--output=/dev/null",  # not /tmp/slurm-<id>.out: ids restart with every lab
             *args,
         ],
         input=script,
@@ -430,6 +432,72 @@ def test_the_agent_refuses_what_an_older_daemon_let_through(adv: Lab, tmp_path: 
     assert adv.root_loaded_preload() == []
 
 
+def test_a_forged_sbatch_answer_never_cancels_another_users_job(adv: Lab, tmp_path: Path) -> None:
+    """sbatch runs as the user, who may ptrace it (this kernel allows it) and make it print
+    another user's job id. The agent (root) then holds a wrong id for the tag; cancelling the
+    job must still never touch the other user's job."""
+    lab = adv.lab
+    victim_sid = sbatch_as(lab, VICTIM, "#!/bin/sh\nsleep 60\n")
+
+    class Lying(CliBackend):
+        def submit(self, req: SubmitRequest) -> str:
+            super().submit(req)
+            return victim_sid
+
+    cfg = AgentConfig(
+        site=SITE.name,
+        daemon="unix:/nonexistent",
+        token="t",
+        state_dir=tmp_path,
+        users=UserMap(identity=True),
+    )
+    journal = Journal(tmp_path / "journal.db")
+    agent = SiteAgent(
+        cfg, Lying(str(lab.slurm_conf(SITE.name))), journal, TagKeys.load_or_create(tmp_path)
+    )
+    tag = f"metasched:{'f0' * 6}:7:1"
+    res = agent.submit(
+        pb.SubmitCommand(
+            job_id=7,
+            attempt=1,
+            user=FORGER,
+            tag=tag,
+            spec=pb.JobSpec(script="#!/bin/sh\nsleep 60\n", workdir="/tmp", output="/dev/null"),
+        )
+    )
+    assert res.slurm_job_id == victim_sid  # the lie got through to the answer...
+    agent.cancel(pb.CancelCommand(job_id=7, attempt=1, slurm_job_id=victim_sid, tag=tag))
+    shown = slurm_jobs(lab)
+    assert shown[victim_sid][1] in ("RUNNING", "PENDING"), shown[victim_sid]  # ...not to scancel
+    journal.close()
+    for sid, (_user, _state, comment) in shown.items():
+        if sid == victim_sid or tag in comment:
+            lab.scancel(SITE.name, sid)
+
+
+def test_a_job_sbatch_refuses_anywhere_fails_at_once(
+    users: tuple[str, str], make_federation: Callable[..., Federation]
+) -> None:
+    """A script every sbatch refuses (DOS line breaks) fails with sbatch's reason after one
+    site said so, instead of being sent to each site in turn."""
+    sites = [
+        SiteProfile(n, nodes=1, cpus=4, sockets=1, cores_per_socket=4, mem_mb=8000)
+        for n in ("dosa", "dosb")
+    ]
+    fed = make_federation(sites)
+    job_id = submit_as(fed, VICTIM, pb.JobSpec(script="#!/bin/sh\r\ntrue\r\n", workdir="/tmp"))
+    job = wait_state(fed, job_id, {S.FAILED, S.COMPLETED, S.LOST}, 60)
+    assert JobState.from_pb(job.state) == S.FAILED
+    assert "DOS line breaks" in job.reason and job.attempt == 1, job.reason
+    refusals = [
+        line
+        for site in sites
+        for line in fed.log(f"agent-{site.name}").read_text().splitlines()
+        if "submit_refused" in line
+    ]
+    assert len(refusals) == 1, refusals
+
+
 # ------------------------------------------------------------------ 3. forged tags (item 2)
 def test_forged_tags_are_neither_adopted_nor_cancelled(adv: Lab) -> None:
     fed, lab = adv.fed, adv.lab
@@ -489,7 +557,9 @@ def test_forged_tags_are_neither_adopted_nor_cancelled(adv: Lab) -> None:
     assert shown[second.slurm_job_id][0] == VICTIM
     # the forger's jobs: not cancelled by us, ended (or run on) by themselves
     assert shown[copied][1] == "FAILED" and shown[plain_copy][1] == "FAILED"
-    assert all(shown[p][1] in ("RUNNING", "PENDING", "COMPLETED") for p in planted), shown
+    assert all(shown[p][1] in ("RUNNING", "PENDING", "COMPLETED") for p in planted), [
+        shown[p] for p in planted
+    ]
     # and each was logged, once
     forged = [e for e in agent_log(fed) if e.get("event") == "forged_tag_ignored"]
     for sid in (copied, plain_copy, *planted):

@@ -317,9 +317,9 @@ class Reconciler(Activity):
 
 
 def _held_after_start(reason: str) -> bool:
-    """Slurm's reason for a job it requeued and held because relaunching it failed."""
-    r = reason.lower()
-    return "requeued held" in r or "launch failed" in r
+    """A pending job's reason says Slurm holds it (squeue's JobHeldUser / JobHeldAdmin, or
+    the text 'launch failed requeued held'): for a job that had started, Slurm requeued it."""
+    return "held" in reason.lower()
 
 
 def _last_seen(job: JobRow) -> str:

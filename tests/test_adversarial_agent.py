@@ -580,26 +580,34 @@ def test_forged_tags_are_neither_adopted_nor_cancelled(adv: Lab) -> None:
 
 # ------------------------------------------------------------------ 4. what Slurm lost (item 10)
 def test_drained_nodes_are_not_free(adv: Lab) -> None:
+    """msub sites counts as free only what Slurm could start a job on now."""
     lab, fed = adv.lab, adv.fed
     env = lab.env(SITE.name) | {"PATH": "/usr/bin:/bin"}
+    drained = f"{SITE.name}-n2"
+    backend = CliBackend(str(lab.slurm_conf(SITE.name)))
     subprocess.run(
-        ["scontrol", "update", f"nodename={SITE.name}-n2", "state=drain", "reason=msa-test"],
+        ["scontrol", "update", f"nodename={drained}", "state=drain", "reason=msa-test"],
         env=env,
         check=True,
     )
     try:
 
-        def free() -> int:
+        def shown() -> int:
             sites = json.loads(fed.msub("sites", "--json").stdout)
             return int(next(s for s in sites if s["name"] == SITE.name).get("free_cpus", 0))
 
-        wait_for(lambda: free() <= SITE.cpus, 30, "the drained node to leave the free count")
-        assert free() <= SITE.cpus
+        def truth() -> tuple[int, int]:
+            """(free CPUs on usable nodes, free CPUs on the drained node), as Slurm says."""
+            nodes = {n.name: n for n in backend.nodes()}
+            assert not nodes[drained].usable
+            usable = sum(n.cpus - n.alloc_cpus for n in nodes.values() if n.usable)
+            return usable, nodes[drained].cpus - nodes[drained].alloc_cpus
+
+        wait_for(lambda: shown() == truth()[0], 30, "msub sites to show what is free")
+        assert truth()[1] > 0  # the drained node had idle CPUs to be counted wrongly
     finally:
         subprocess.run(
-            ["scontrol", "update", f"nodename={SITE.name}-n2", "state=resume"],
-            env=env,
-            check=True,
+            ["scontrol", "update", f"nodename={drained}", "state=resume"], env=env, check=True
         )
 
 

@@ -165,14 +165,25 @@ def adv(users: tuple[str, str]) -> Iterator[Lab]:
 
 
 def wait_state(fed: Federation, job_id: int, states: set[JobState], timeout: float = 60) -> pb.Job:
-    box: list[pb.Job] = []
+    return fed.wait_job(job_id, states, timeout)
 
-    def reached() -> bool:
-        box[:] = [fed.job(job_id)]
-        return JobState.from_pb(box[0].state) in states
 
-    wait_for(reached, timeout, f"job {job_id} to reach {sorted(states)}", fed.log("metaschedd"))
-    return box[0]
+def make_agent(adv: Lab, state_dir: Path, backend: CliBackend | None = None) -> SiteAgent:
+    """An agent for the module's site, driven by hand (no daemon): what an older daemon, or
+    a lying sbatch, would make it do."""
+    cfg = AgentConfig(
+        site=SITE.name,
+        daemon="unix:/nonexistent",
+        token="t",
+        state_dir=state_dir,
+        users=UserMap(identity=True),
+    )
+    return SiteAgent(
+        cfg,
+        backend or CliBackend(str(adv.lab.slurm_conf(SITE.name))),
+        Journal(state_dir / "journal.db"),
+        TagKeys.load_or_create(state_dir),
+    )
 
 
 def submit_as(fed: Federation, user: str, spec: pb.JobSpec) -> int:
@@ -408,17 +419,7 @@ def test_a_large_environment_within_limits_runs_whole(adv: Lab) -> None:
 def test_the_agent_refuses_what_an_older_daemon_let_through(adv: Lab, tmp_path: Path) -> None:
     """An agent checks the environment itself (jobs queued before the daemon checked):
     refused as wrong anywhere, nothing reaches Slurm, nothing loads the library."""
-    conf = str(adv.lab.slurm_conf(SITE.name))
-    backend = CliBackend(conf)
-    cfg = AgentConfig(
-        site=SITE.name,
-        daemon="unix:/nonexistent",
-        token="t",
-        state_dir=tmp_path,
-        users=UserMap(identity=True),
-    )
-    journal = Journal(tmp_path / "journal.db")
-    agent = SiteAgent(cfg, backend, journal, TagKeys.load_or_create(tmp_path))
+    agent = make_agent(adv, tmp_path)
     fed_id = "a9e7" * 3
     for n, env in enumerate(
         ({"LD_PRELOAD": str(adv.lib)}, {"BIG": "z" * 200_000}, {"A": "1\0LD_PRELOAD=x"}), 1
@@ -436,7 +437,7 @@ def test_the_agent_refuses_what_an_older_daemon_let_through(adv: Lab, tmp_path: 
         assert res.error and res.permanent and res.invalid_anywhere, res
         assert not res.slurm_job_id
         assert not [c for c in slurm_jobs(adv.lab).values() if tag in c[2]]
-    journal.close()
+    agent.journal.close()
     assert adv.root_loaded_preload() == []
 
 
@@ -452,17 +453,7 @@ def test_a_forged_sbatch_answer_never_cancels_another_users_job(adv: Lab, tmp_pa
             super().submit(req)
             return victim_sid
 
-    cfg = AgentConfig(
-        site=SITE.name,
-        daemon="unix:/nonexistent",
-        token="t",
-        state_dir=tmp_path,
-        users=UserMap(identity=True),
-    )
-    journal = Journal(tmp_path / "journal.db")
-    agent = SiteAgent(
-        cfg, Lying(str(lab.slurm_conf(SITE.name))), journal, TagKeys.load_or_create(tmp_path)
-    )
+    agent = make_agent(adv, tmp_path, Lying(str(lab.slurm_conf(SITE.name))))
     tag = f"metasched:{'f0' * 6}:7:1"
     res = agent.submit(
         pb.SubmitCommand(
@@ -477,7 +468,7 @@ def test_a_forged_sbatch_answer_never_cancels_another_users_job(adv: Lab, tmp_pa
     agent.cancel(pb.CancelCommand(job_id=7, attempt=1, slurm_job_id=victim_sid, tag=tag))
     shown = slurm_jobs(lab)
     assert shown[victim_sid][1] in ("RUNNING", "PENDING"), shown[victim_sid]  # ...not to scancel
-    journal.close()
+    agent.journal.close()
     for sid, (_user, _state, comment) in shown.items():
         if sid == victim_sid or tag in comment:
             lab.scancel(SITE.name, sid)

@@ -127,6 +127,8 @@ class SiteAgent:
         self.journal = journal
         self.keys = keys
         self._forged_seen: set[tuple[str, str]] = set()
+        # (Slurm id, comment, owner) -> its tag if ours, None if not: verdicts that hold
+        self._verdicts: dict[tuple[str, str, str], tags.Tag | None] = {}
         self.log = log.get(site=cfg.site)
         self.report_interval = 30.0
         self._jobs: list[SlurmJob] = []
@@ -195,25 +197,46 @@ class SiteAgent:
     # ---------------------------------------------------------------- which jobs are ours
 
     def _ours(self, jobs: list[SlurmJob]) -> dict[str, tags.Tag]:
-        """Slurm id -> tag of those jobs that really are ours. One journal query for all."""
-        tagged = [(j, t) for j in jobs if (t := tags.parse(j.comment)) is not None]
-        if not tagged:
-            return {}
-        known = self.journal.submitted(sorted({str(t) for _, t in tagged}))
+        """Slurm id -> tag of those jobs that really are ours. A verdict that cannot change
+        is kept (a job's id, comment and owner decide it), so a poll of a queue it has seen
+        before costs a lookup per job; the rest take one journal query together."""
         out: dict[str, tags.Tag] = {}
-        for j, t in tagged:
-            why = self._not_ours(j, known.get(str(t)))
+        todo: list[tuple[SlurmJob, tags.Tag, tuple[str, str, str]]] = []
+        for j in jobs:
+            if "metasched:" not in j.comment:
+                continue
+            key = (j.job_id, j.comment, j.user)
+            if key in self._verdicts:
+                settled = self._verdicts[key]
+                if settled is not None:
+                    out[j.job_id] = settled
+                continue
+            t = tags.parse(j.comment)
+            if t is not None:
+                todo.append((j, t, key))
+        if not todo:
+            return out
+        known = self.journal.submitted(sorted({str(t) for _, t, _ in todo}))
+        if len(self._verdicts) > 200_000:
+            self._verdicts.clear()
+        for j, t, key in todo:
+            sid = known.get(str(t), ("", ""))[0]
+            why = self._not_ours(j, t, known.get(str(t)))
             if why is None:
                 out[j.job_id] = t
             else:
                 self._forged(j, why)
+            if sid or (why is not None and tags.mac_of(j.comment)):
+                # settled for good: the journal has this tag's Slurm id, or the MAC is wrong
+                self._verdicts[key] = t if why is None else None
         return out
 
-    def _not_ours(self, j: SlurmJob, known: tuple[str, str] | None) -> str | None:
+    def _not_ours(self, j: SlurmJob, tag: tags.Tag, known: tuple[str, str] | None) -> str | None:
         """Why a tagged Slurm job is not ours (None: it is)."""
         sid, local_user = known or ("", "")
-        if tags.mac_of(j.comment):
-            if not self.keys.verify(j.comment, j.user):
+        mac = tags.mac_of(j.comment)
+        if mac:
+            if not self.keys.verify_mac(tag, mac, j.user):
                 return f"the tag's MAC does not verify for user {j.user or '?'}"
         elif not sid:
             # a tag from before tags were signed: ours only where the journal vouches for it

@@ -109,7 +109,9 @@ class TagKeys:
     def verify(self, comment: str, user: str) -> bool:
         """Does comment carry a MAC, by one of our keys, of its tag for this owner?"""
         parsed = tags.parse(comment)
-        mac = tags.mac_of(comment)
-        if parsed is None or not mac or not user:
+        return parsed is not None and self.verify_mac(parsed, tags.mac_of(comment), user)
+
+    def verify_mac(self, tag: tags.Tag, mac: str, user: str) -> bool:
+        if not mac or not user:
             return False
-        return any(hmac.compare_digest(mac, self._mac(k, parsed, user)) for k in self._keys)
+        return any(hmac.compare_digest(mac, self._mac(k, tag, user)) for k in self._keys)

@@ -183,11 +183,14 @@ class CliBackend(SlurmBackend):
                 args.append(f"{flag}={value}")
         # The job's environment: the user's login environment at this site (as a batch job
         # started by hand there gets), then the job's own variables from the export file on
-        # top. Checked on Slurm 22.05 and in 25.11's source: with --export-file, sbatch
+        # top. Checked on Slurm 22.05 and in 25.11's sbatch.c: with --export-file, sbatch
         # clears its own environment first, so nothing of the agent's reaches the job;
-        # --export=NONE would drop the file, and ALL without --get-user-env would drop the
-        # login environment.
-        args += [f"--export-file={env_fd}", "--export=ALL", "--get-user-env"]
+        # --export=<names> keeps the file and makes slurmd load the login environment (the
+        # names are looked up in sbatch's own, empty, environment: they add nothing).
+        # It is the path Slurm took before (the job's names, values from sbatch's own
+        # environment); --export=NONE would drop the file, ALL the login environment.
+        first = min(req.environment, default="")
+        args += [f"--export-file={env_fd}", f"--export={first or 'NONE'}"]
         return args
 
     def _sbatch(

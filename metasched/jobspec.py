@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from metasched import precision
+from metasched import jobenv, precision
 from metasched.v1 import metasched_pb2 as pb
 
 
@@ -25,13 +25,11 @@ MAX_TASKS = 10_000_000
 MAX_GPUS_PER_NODE = 64
 MAX_MEM_MB = 1 << 40  # 1 EiB per node: beyond any machine, within the API's uint64
 MAX_TIME_MINUTES = 366 * 24 * 60
-MAX_ENV_ENTRIES = 512
 MAX_SITES = 1_000
 DEFAULT_TIME_MINUTES = 60
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _GPU_TYPE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-_ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 def parse_time(text: str) -> int:
@@ -196,11 +194,9 @@ def validate(spec: pb.JobSpec, max_script_bytes: int = MAX_SCRIPT_BYTES) -> pb.J
     both = set(spec.sites) & set(spec.exclude_sites)
     if both:
         raise SpecError(f"site {sorted(both)[0]!r} is both required and excluded")
-    if len(spec.environment) > MAX_ENV_ENTRIES:
-        raise SpecError(f"more than {MAX_ENV_ENTRIES} environment variables")
-    for key in spec.environment:
-        if not _ENV_KEY_RE.match(key):
-            raise SpecError(f"bad environment variable name {key[:40]!r}")
+    env_problem = jobenv.problem(spec.environment)
+    if env_problem is not None:
+        raise SpecError(env_problem)
     for label, value in (
         ("partition", spec.partition),
         ("account", spec.account),

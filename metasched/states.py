@@ -26,6 +26,7 @@ class JobState(enum.StrEnum):
     TIMEOUT = "TIMEOUT"
     OUT_OF_MEMORY = "OUT_OF_MEMORY"
     NODE_FAIL = "NODE_FAIL"
+    LOST = "LOST"  # ended, outcome unknown: the site has neither the job nor a record of it
 
     @property
     def is_final(self) -> bool:
@@ -52,6 +53,7 @@ FINAL_STATES = frozenset(
         JobState.TIMEOUT,
         JobState.OUT_OF_MEMORY,
         JobState.NODE_FAIL,
+        JobState.LOST,
     }
 )
 AT_SITE_STATES = frozenset(
@@ -79,6 +81,9 @@ TRANSITIONS: dict[JobState, frozenset[JobState]] = {
 }
 for _final in FINAL_STATES:
     TRANSITIONS[_final] = frozenset()
+# What metasched does not know it does not state as a fact: a LOST job is settled by a record
+# that turns up later (a late accounting record, the job seen again), and by nothing else.
+TRANSITIONS[_S.LOST] = FINAL_STATES - {_S.LOST}
 
 
 def can_move(src: JobState, dst: JobState) -> bool:
@@ -134,6 +139,9 @@ INFRASTRUCTURE_FAILURES = frozenset({_S.NODE_FAIL})
 # Slurm node state words (sinfo's, possibly combined: "idle+drain", "down*") that mean the
 # node takes no new work.
 _UNUSABLE_NODE_WORDS = (
+    "*",  # sinfo's mark of a node that does not respond ("idle*"); JSON says NOT_RESPONDING
+    "not_responding",
+    "no_respond",
     "down",
     "drain",
     "fail",

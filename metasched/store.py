@@ -265,6 +265,7 @@ _LOG_EVENT = {
     JobState.TIMEOUT: "job_timeout",
     JobState.OUT_OF_MEMORY: "job_out_of_memory",
     JobState.NODE_FAIL: "job_node_fail",
+    JobState.LOST: "job_lost",
 }
 
 

@@ -3,6 +3,9 @@
 It names the federation (so two daemons, or a rebuilt database, never adopt each other's
 jobs), the global job id and the attempt, so after any crash the agent can find our jobs in
 squeue or accounting and the daemon can tell which attempt a Slurm job belongs to.
+
+The daemon speaks of the plain tag; the agent writes it into Slurm followed by a MAC that
+only it can make (metasched.agent.tagkey), and takes no job for ours without it.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-_TAG_RE = re.compile(r"metasched:([0-9a-f]{8,32}):(\d+):(\d+)")
+_TAG_RE = re.compile(r"metasched:([0-9a-f]{8,32}):(\d+):(\d+)(?::([0-9a-f]{32}))?(?![0-9a-f:])")
 
 
 @dataclass(frozen=True)
@@ -28,3 +31,9 @@ def parse(comment: str) -> Tag | None:
     if not m:
         return None
     return Tag(m.group(1), int(m.group(2)), int(m.group(3)))
+
+
+def mac_of(comment: str) -> str:
+    """The MAC the agent appended to the tag in comment ("" for a plain, older tag)."""
+    m = _TAG_RE.search(comment or "")
+    return (m.group(4) or "") if m else ""

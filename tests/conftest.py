@@ -9,6 +9,10 @@ Without slurmctld they skip, unless METASCHED_REQUIRE_SLURM=1 makes that a failu
 from __future__ import annotations
 
 import os
+
+# As in the agent (metasched/agent/__init__.py): tests run sbatch as other users from this
+# process, which has gRPC channels open; gRPC's fork handlers would crash those children.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator

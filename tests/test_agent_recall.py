@@ -15,6 +15,7 @@ from metasched.agent.config import AgentConfig, UserMap
 from metasched.agent.journal import Journal
 from metasched.agent.site_agent import SiteAgent
 from metasched.agent.slurm.cli import CliBackend
+from metasched.agent.tagkey import TagKeys
 from metasched.lab import SlurmLab
 from metasched.lab.federation import wait_for
 from metasched.v1 import metasched_pb2 as pb
@@ -32,7 +33,10 @@ def agent(slurm_lab: SlurmLab, tmp_path: Path) -> SiteAgent:
         users=UserMap(identity=True),
     )
     return SiteAgent(
-        cfg, CliBackend(str(slurm_lab.slurm_conf("hpc")), timeout=15), Journal(tmp_path / "j.db")
+        cfg,
+        CliBackend(str(slurm_lab.slurm_conf("hpc")), timeout=15),
+        Journal(tmp_path / "j.db"),
+        TagKeys.load_or_create(tmp_path),
     )
 
 

@@ -27,6 +27,7 @@ import shutil
 import signal
 import sqlite3
 import subprocess
+import tempfile
 import threading
 import time
 from collections import Counter, defaultdict
@@ -58,16 +59,18 @@ SITES = [
 OUTAGE_SITE = "cpub"
 
 # sbatch wrapper: when the injector has armed it (a file in $CTL), the first sbatch to claim
-# the arm kills its agent before (sbatch never runs) or after (the job is in Slurm) sbatch.
+# the arm has its agent killed before (sbatch never runs) or after (the job is in Slurm)
+# sbatch. sbatch runs as the job's user, who cannot signal the (root) agent: the wrapper asks
+# the test's watcher to (a kill.<pid> file naming the agent) and waits to be killed with it.
 SBATCH_WRAPPER = """#!/bin/bash
 ctl=@CTL@
 for mode in before after; do
   if mv "$ctl/$mode" "$ctl/claimed.$$" 2>/dev/null; then
     echo "$mode $PPID" >> "$ctl/fired"
-    if [ "$mode" = before ]; then kill -9 "$PPID"; sleep 5; exit 1; fi
+    if [ "$mode" = before ]; then echo "$PPID" > "$ctl/kill.$$"; sleep 20; exit 1; fi
     out=$(@REAL@ "$@"); rc=$?
     echo "$out" >> "$ctl/fired"
-    kill -9 "$PPID"; printf '%s\\n' "$out"; exit $rc
+    echo "$PPID" > "$ctl/kill.$$"; sleep 20; printf '%s\\n' "$out"; exit $rc
   fi
 done
 exec @REAL@ "$@"
@@ -134,10 +137,25 @@ class Faults:
                 self.fed.procs.pop("metaschedd")
                 self.fed.start_daemon()
 
+    def kill_asked(self) -> None:
+        """Kill the agents the sbatch wrapper asked to (kill.<pid> files naming the agent)."""
+        for req in self.ctl.glob("kill.*"):
+            try:
+                pid = int(req.read_text().strip() or 0)
+            except (OSError, ValueError):
+                continue  # still being written
+            req.unlink(missing_ok=True)
+            for site in self.agents():
+                p = self.fed.procs.get(f"agent-{site}")
+                if p is not None and p.pid == pid and p.poll() is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(p.pid, signal.SIGKILL)
+
     def watch_logs(self) -> None:
         """Kill an agent the moment it logs job_submitted_to_slurm, when armed for it."""
         offsets = {s: 0 for s in self.agents()}
         while not self.stop.is_set():
+            self.kill_asked()
             for site in self.agents():
                 path = self.fed.log(f"agent-{site}")
                 try:
@@ -208,18 +226,24 @@ def scan_slurm(
 
 def test_every_acknowledged_job_runs_exactly_once_under_crashes(
     make_federation: Callable[..., Federation],
-    tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     t0 = time.monotonic()
     for u in USERS[1:]:
         ensure_user(u)
     rng = random.Random(SEED)
-    # the sbatch wrapper goes first on the PATH the agents inherit
-    ctl = Path(tmp_path / "ctl")
-    wrap = Path(tmp_path / "bin")
+    # the sbatch wrapper goes first on the PATH the agents inherit; it runs as the jobs'
+    # users, so it and its control directory live where they can reach
+    shared = Path(tempfile.mkdtemp(prefix="msc-", dir="/tmp"))
+    shared.chmod(0o755)
+    ctl = shared / "ctl"
+    wrap = shared / "bin"
     ctl.mkdir()
+    ctl.chmod(0o777)
+    (ctl / "fired").touch()
+    (ctl / "fired").chmod(0o666)
     wrap.mkdir()
+    wrap.chmod(0o755)
     real = subprocess.run(["which", "sbatch"], capture_output=True, text=True).stdout.strip()
     (wrap / "sbatch").write_text(SBATCH_WRAPPER.replace("@CTL@", str(ctl)).replace("@REAL@", real))
     (wrap / "sbatch").chmod(0o755)
@@ -402,6 +426,7 @@ def test_every_acknowledged_job_runs_exactly_once_under_crashes(
     for k, v in sorted(faults.counts.items()):
         print(f"  {v:4d}  {k}")
     fired = (ctl / "fired").read_text().split() if (ctl / "fired").exists() else []
+    shutil.rmtree(shared, ignore_errors=True)
     print(f"  {fired.count('before'):4d}  agent SIGKILL between journal intent and sbatch")
     print(f"  {fired.count('after'):4d}  agent SIGKILL after sbatch, before it read the answer")
     print(f"client errors: {dict(errors)}")

@@ -59,14 +59,7 @@ def submit(fed: Federation, s: pb.JobSpec, user: str = "root") -> pb.SubmitJobRe
 
 
 def wait_state(fed: Federation, job_id: int, states: set[JobState], timeout: float = 30) -> pb.Job:
-    box: list[pb.Job] = []
-
-    def reached() -> bool:
-        box[:] = [fed.job(job_id)]
-        return JobState.from_pb(box[0].state) in states
-
-    wait_for(reached, timeout, f"job {job_id} to reach {sorted(states)}", fed.log("metaschedd"))
-    return box[0]
+    return fed.wait_job(job_id, states, timeout)
 
 
 def slurm_jobs(lab: SlurmLab, site: str) -> list[tuple[tags.Tag | None, str, str]]:

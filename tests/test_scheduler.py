@@ -283,3 +283,86 @@ def test_the_stored_report_is_the_last_one_that_changed_the_site(env: Env) -> No
     env.s.reconcile.on_report("a", pb.SiteReport(slurm_reachable=False, error="slurmctld down"))
     env.store.run(lambda b: None)
     assert stored("a") == site_report()  # the last good picture, not the outage
+
+
+def test_a_job_gone_without_a_record_is_lost_and_a_later_record_settles_it(env: Env) -> None:
+    """Issue 9 item 10: what the daemon does not know it does not state as a fact."""
+    job_id, site = env.submit_and_place()
+    env.show(site, job_id, 1, "RUNNING", "31")
+    upd = pb.JobUpdate(
+        job_id=job_id,
+        attempt=1,
+        final=True,
+        resolved_from="none",
+        job=pb.SlurmJobReport(slurm_job_id="31"),
+    )
+    env.s.reconcile.on_job_update(site, upd)
+    row = env.store.job(job_id)
+    assert row is not None and row.state == S.LOST
+    assert "no record" in row.reason and site in row.reason and "last seen running" in row.reason
+    env.s.run_cycle()
+    assert env.store.job(job_id).state == S.LOST  # type: ignore[union-attr]  # never re-placed
+    # the site is asked again as its reports come in, and the record that turns up settles it
+    env.sent(site)
+    env.s.dispatch._last_sent.clear()
+    env.s.reconcile.on_report(site, site_report())
+    resolves = [m.resolve for m in env.sent(site) if m.WhichOneof("body") == "resolve"]
+    assert [r.job_id for r in resolves] == [job_id]
+    late = pb.SlurmJobReport(
+        slurm_job_id="31",
+        state="COMPLETED",
+        exit_code=0,
+        start_time=time.time() - 9,
+        end_time=time.time() - 1,
+        job_id=job_id,
+        attempt=1,
+        federation=env.store.federation,
+    )
+    env.s.reconcile.on_job_update(
+        site, pb.JobUpdate(job_id=job_id, attempt=1, final=True, resolved_from="jobcomp", job=late)
+    )
+    row = env.store.job(job_id)
+    assert row is not None and (row.state, row.exit_code) == (S.COMPLETED, 0)
+
+
+def test_a_job_slurm_holds_after_it_started_is_lost_not_pending(env: Env) -> None:
+    job_id, site = env.submit_and_place()
+    env.show(site, job_id, 1, "RUNNING", "41")
+    env.s.reconcile.on_report(
+        site,
+        site_report(
+            [
+                pb.SlurmJobReport(
+                    slurm_job_id="41",
+                    state="PENDING",
+                    reason="launch failed requeued held",
+                    job_id=job_id,
+                    attempt=1,
+                    federation=env.store.federation,
+                    user="alice",
+                )
+            ]
+        ),
+    )
+    row = env.store.job(job_id)
+    assert row is not None and row.state == S.LOST and "held" in row.reason
+
+
+def test_a_job_wrong_anywhere_fails_at_once_with_the_sites_reason(env: Env) -> None:
+    """Issue 9 item 7: not re-sent, not tried at every site in turn."""
+    job_id, site = env.submit_and_place()
+    env.s.reconcile.on_submit_result(
+        site,
+        pb.SubmitResult(
+            job_id=job_id,
+            attempt=1,
+            permanent=True,
+            invalid_anywhere=True,
+            error="Batch script contains DOS line breaks (\\r\\n)",
+        ),
+    )
+    row = env.store.job(job_id)
+    assert row is not None and row.state == S.FAILED and row.attempt == 1
+    assert "DOS line breaks" in row.reason and site in row.reason
+    env.s.run_cycle()
+    assert env.store.job(job_id).state == S.FAILED  # type: ignore[union-attr]

@@ -4,6 +4,9 @@ Before sbatch runs, the tag is written as an intent; after, the Slurm id. If the
 between the two, the next submit of the same tag first looks for it in Slurm (queue and
 completion records) instead of submitting again: this is what makes forwarding exactly-once
 across agent crashes. A cancelled tag is remembered so a late, re-sent submit is refused.
+
+It is also the agent's word on which Slurm job is which tag's: a job that carries a tag the
+journal has a different Slurm id for is not ours, whatever its comment says (see tagkey.py).
 """
 
 from __future__ import annotations
@@ -24,6 +27,9 @@ class Journal:
             "CREATE TABLE IF NOT EXISTS submissions (tag TEXT PRIMARY KEY, job_id INTEGER,"
             " attempt INTEGER, slurm_job_id TEXT, state TEXT, at REAL)"
         )
+        columns = {r[1] for r in self._conn.execute("PRAGMA table_info(submissions)")}
+        if "local_user" not in columns:  # journals written before tags were signed
+            self._conn.execute("ALTER TABLE submissions ADD COLUMN local_user TEXT")
         self._lock = threading.Lock()
 
     def get(self, tag: str) -> tuple[str, str] | None:
@@ -34,16 +40,38 @@ class Journal:
             ).fetchone()
         return (row[0], row[1] or "") if row else None
 
+    def submitted(self, tags: list[str]) -> dict[str, tuple[str, str]]:
+        """tag -> (Slurm id, local user) of those tags the agent has a Slurm id for."""
+        out: dict[str, tuple[str, str]] = {}
+        with self._lock:
+            for i in range(0, len(tags), 500):
+                chunk = tags[i : i + 500]
+                rows = self._conn.execute(
+                    "SELECT tag, slurm_job_id, local_user FROM submissions WHERE tag IN"
+                    f" ({','.join('?' * len(chunk))}) AND slurm_job_id != ''",
+                    chunk,
+                ).fetchall()
+                out.update((r[0], (r[1], r[2] or "")) for r in rows)
+        return out
+
     def record(
-        self, tag: str, job_id: int, attempt: int, state: str, slurm_job_id: str = ""
+        self,
+        tag: str,
+        job_id: int,
+        attempt: int,
+        state: str,
+        slurm_job_id: str = "",
+        local_user: str = "",
     ) -> None:
         with self._lock:
             self._conn.execute(
-                "INSERT INTO submissions (tag, job_id, attempt, slurm_job_id, state, at)"
-                " VALUES (?,?,?,?,?,?) ON CONFLICT(tag) DO UPDATE SET state=excluded.state,"
+                "INSERT INTO submissions"
+                " (tag, job_id, attempt, slurm_job_id, state, at, local_user)"
+                " VALUES (?,?,?,?,?,?,?) ON CONFLICT(tag) DO UPDATE SET state=excluded.state,"
                 " slurm_job_id=COALESCE(NULLIF(excluded.slurm_job_id, ''), slurm_job_id),"
+                " local_user=COALESCE(NULLIF(excluded.local_user, ''), local_user),"
                 " at=excluded.at",
-                (tag, job_id, attempt, slurm_job_id, state, time.time()),
+                (tag, job_id, attempt, slurm_job_id, state, time.time(), local_user),
             )
 
     def forget_older_than(self, seconds: float) -> None:

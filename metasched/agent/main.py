@@ -13,6 +13,7 @@ from metasched.agent.journal import Journal
 from metasched.agent.site_agent import SiteAgent
 from metasched.agent.slurm import make_backend
 from metasched.agent.slurm.base import SlurmError
+from metasched.agent.tagkey import KEY_FILE, TagKeyError, TagKeys
 from metasched.config import ConfigError
 
 
@@ -24,11 +25,22 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="check the config and that Slurm answers, print what the site offers, and exit",
     )
+    ap.add_argument(
+        "--rotate-tag-key",
+        action="store_true",
+        help="make a new key to sign job tags with (older keys still verify), and exit",
+    )
     args = ap.parse_args(argv)
     try:
         cfg = agent_config.from_file(args.config)
+        if args.rotate_tag_key:
+            TagKeys.rotate(cfg.state_dir)
+            print(f"metasched-agent: new tag key in {cfg.state_dir / KEY_FILE}; restart the agent")
+            return 0
+        # before anything talks to Slurm: an agent that cannot sign cannot tell its jobs
+        keys = TagKeys.load_or_create(cfg.state_dir)
         backend = make_backend(cfg.backend, cfg.slurm_conf or None)
-    except (ConfigError, SlurmError, ValueError) as e:
+    except (ConfigError, SlurmError, ValueError, TagKeyError, OSError) as e:
         print(f"metasched-agent: {e}", file=sys.stderr)
         return 2
     log.setup(cfg.log_level, process="metasched-agent")
@@ -42,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 1
         journal = Journal(cfg.state_dir / "journal.db")
-        rep = SiteAgent(cfg, backend, journal).report()
+        rep = SiteAgent(cfg, backend, journal, keys).report()
         print(f"site {cfg.site}: Slurm {version} via {backend.name}")
         for p in rep.partitions:
             offered = ", ".join(x.name for x in p.precisions) or "none"
@@ -52,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         return 0
     journal = Journal(cfg.state_dir / "journal.db")
-    agent = SiteAgent(cfg, backend, journal)
+    agent = SiteAgent(cfg, backend, journal, keys)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

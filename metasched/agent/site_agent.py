@@ -5,8 +5,12 @@ Two loops share the stream (Balsam's site services, in miniature):
     (and at least every report_interval as a heartbeat);
   - the command loop carries out submit / cancel / resolve commands as they arrive and
     answers each one.
-The agent keeps no state of its own beyond the journal: after a restart, the daemon re-sends
-whatever is unanswered and the first report shows every tagged job the site still has.
+The agent keeps no state of its own beyond the journal and its tag key: after a restart, the
+daemon re-sends whatever is unanswered and the first report shows every tagged job the site
+still has. A Slurm job is "ours" only if its tag's MAC verifies for its owner and the
+journal does not know another Slurm id for that tag (see tagkey.py): anybody can write a
+comment, nobody else can sign one. Other jobs are reported as the site's load, never as
+ours, so the daemon neither adopts nor cancels them.
 """
 
 from __future__ import annotations
@@ -16,13 +20,15 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from typing import Any
 
 import grpc
 
-from metasched import catalog, log, tags
+from metasched import catalog, jobenv, log, tags
 from metasched.agent.config import AgentConfig
 from metasched.agent.journal import Journal
 from metasched.agent.slurm.base import (
+    JobRefused,
     Node,
     SlurmBackend,
     SlurmError,
@@ -30,6 +36,7 @@ from metasched.agent.slurm.base import (
     SlurmUnavailable,
     SubmitRequest,
 )
+from metasched.agent.tagkey import TagKeys
 from metasched.states import JobState, from_slurm
 from metasched.v1 import metasched_pb2 as pb
 from metasched.v1 import metasched_pb2_grpc as pb_grpc
@@ -37,7 +44,9 @@ from metasched.v1 import metasched_pb2_grpc as pb_grpc
 AGENT_VERSION = "0.1.0"
 
 
-def job_report(j: SlurmJob) -> pb.SlurmJobReport:
+def job_report(j: SlurmJob, ours: tags.Tag | None = None) -> pb.SlurmJobReport:
+    """j as the daemon sees it; ours: its verified tag (None: not one of ours, whatever its
+    comment says)."""
     out = pb.SlurmJobReport(
         slurm_job_id=j.job_id,
         partition=j.partition,
@@ -56,9 +65,8 @@ def job_report(j: SlurmJob) -> pb.SlurmJobReport:
         priority=max(0, min(j.priority, 2**32 - 1)),
         node_names=list(j.node_names),
     )
-    t = tags.parse(j.comment)
-    if t is not None:
-        out.job_id, out.attempt, out.federation = t.job_id, t.attempt, t.federation
+    if ours is not None:
+        out.job_id, out.attempt, out.federation = ours.job_id, ours.attempt, ours.federation
     return out
 
 
@@ -111,10 +119,16 @@ def partition_reports(
 
 
 class SiteAgent:
-    def __init__(self, cfg: AgentConfig, backend: SlurmBackend, journal: Journal) -> None:
+    def __init__(
+        self, cfg: AgentConfig, backend: SlurmBackend, journal: Journal, keys: TagKeys
+    ) -> None:
         self.cfg = cfg
         self.backend = backend
         self.journal = journal
+        self.keys = keys
+        self._forged_seen: set[tuple[str, str]] = set()
+        # (Slurm id, comment, owner) -> its tag if ours, None if not: verdicts that hold
+        self._verdicts: dict[tuple[str, str, str], tags.Tag | None] = {}
         self.log = log.get(site=cfg.site)
         self.report_interval = 30.0
         self._jobs: list[SlurmJob] = []
@@ -174,10 +188,81 @@ class SiteAgent:
                     alloc_gpus=_gpu_counts(n.alloc_gpus),
                 )
             )
-        rep.jobs.extend(job_report(j) for j in jobs)
+        ours = self._ours(jobs)
+        rep.jobs.extend(job_report(j, ours.get(j.job_id)) for j in jobs)
         rep.maps_all_users = self.cfg.users.identity
         rep.mapped_users.extend(sorted(self.cfg.users.accounts))
         return rep
+
+    # ---------------------------------------------------------------- which jobs are ours
+
+    def _ours(self, jobs: list[SlurmJob]) -> dict[str, tags.Tag]:
+        """Slurm id -> tag of those jobs that really are ours. A verdict that cannot change
+        is kept (a job's id, comment and owner decide it), so a poll of a queue it has seen
+        before costs a lookup per job; the rest take one journal query together."""
+        out: dict[str, tags.Tag] = {}
+        todo: list[tuple[SlurmJob, tags.Tag, tuple[str, str, str]]] = []
+        for j in jobs:
+            if "metasched:" not in j.comment:
+                continue
+            key = (j.job_id, j.comment, j.user)
+            if key in self._verdicts:
+                settled = self._verdicts[key]
+                if settled is not None:
+                    out[j.job_id] = settled
+                continue
+            t = tags.parse(j.comment)
+            if t is not None:
+                todo.append((j, t, key))
+        if not todo:
+            return out
+        known = self.journal.submitted(sorted({str(t) for _, t, _ in todo}))
+        if len(self._verdicts) > 200_000:
+            self._verdicts.clear()
+        for j, t, key in todo:
+            sid = known.get(str(t), ("", ""))[0]
+            why = self._not_ours(j, t, known.get(str(t)))
+            if why is None:
+                out[j.job_id] = t
+            else:
+                self._forged(j, why)
+            if sid or (why is not None and tags.mac_of(j.comment)):
+                # settled for good: the journal has this tag's Slurm id, or the MAC is wrong
+                self._verdicts[key] = t if why is None else None
+        return out
+
+    def _not_ours(self, j: SlurmJob, tag: tags.Tag, known: tuple[str, str] | None) -> str | None:
+        """Why a tagged Slurm job is not ours (None: it is)."""
+        sid, local_user = known or ("", "")
+        mac = tags.mac_of(j.comment)
+        if mac:
+            if not self.keys.verify_mac(tag, mac, j.user):
+                return f"the tag's MAC does not verify for user {j.user or '?'}"
+        elif not sid:
+            # a tag from before tags were signed: ours only where the journal vouches for it
+            return "an unsigned tag for no Slurm job the journal knows"
+        elif local_user and local_user != j.user:
+            return f"submitted as {local_user}, owned by {j.user or '?'}"
+        if sid and sid != j.job_id:
+            return f"sbatch answered Slurm job {sid} for this tag"
+        return None
+
+    def _forged(self, j: SlurmJob, why: str) -> None:
+        key = (j.job_id, j.comment)
+        if key in self._forged_seen:
+            return
+        if len(self._forged_seen) > 100_000:
+            self._forged_seen.clear()
+        self._forged_seen.add(key)
+        self.log.warning(
+            "forged_tag_ignored", slurm_job_id=j.job_id, user=j.user, tag=j.comment, why=why
+        )
+
+    def _verified(self, jobs: list[SlurmJob], tag: str) -> list[SlurmJob]:
+        """Those of jobs that are ours and carry tag."""
+        want = tags.parse(tag)
+        ours = self._ours(jobs)
+        return [j for j in jobs if want is not None and ours.get(j.job_id) == want]
 
     def _find_tag(self, tag: str, fresh: bool) -> SlurmJob | None:
         if fresh:
@@ -186,10 +271,8 @@ class SiteAgent:
                 self._jobs = jobs
         with self._jobs_lock:
             jobs = list(self._jobs)
-        for j in jobs:
-            if tag in j.comment and tags.parse(j.comment) == tags.parse(tag):
-                return j
-        return None
+        found = self._verified([j for j in jobs if tag in j.comment], tag)
+        return found[0] if found else None
 
     # ---------------------------------------------------------------- commands
 
@@ -214,10 +297,12 @@ class SiteAgent:
             # intent without an id: the agent died around sbatch. Did it reach Slurm?
             found = self._find_tag(cmd.tag, fresh=True)
             if found is None:
-                done = self.backend.finished([], [cmd.tag])
+                done = self._verified(self.backend.finished([], [cmd.tag]), cmd.tag)
                 found = done[0] if done else None
             if found is not None:
-                self.journal.record(cmd.tag, cmd.job_id, cmd.attempt, "submitted", found.job_id)
+                self.journal.record(
+                    cmd.tag, cmd.job_id, cmd.attempt, "submitted", found.job_id, local
+                )
                 bound.info("submission_recovered", slurm_job_id=found.job_id)
                 res.slurm_job_id = found.job_id
                 return res
@@ -227,9 +312,14 @@ class SiteAgent:
                 res.slurm_job_id = found.job_id
                 return res
         spec = cmd.spec
+        # The one check of the job's environment every backend relies on: metaschedd makes
+        # it at submission, and an agent makes it again for what an older daemon let in.
+        env_problem = jobenv.problem(spec.environment)
+        if env_problem is not None:
+            return self._refused(res, bound, cmd, env_problem, anywhere=True)
         req = SubmitRequest(
             script=spec.script,
-            tag=cmd.tag,
+            tag=self.keys.sign(cmd.tag, local),
             name=spec.name or f"metasched-{cmd.job_id}",
             partition=cmd.partition,
             nodes=spec.nodes or 1,
@@ -246,7 +336,7 @@ class SiteAgent:
             environment={**dict(spec.environment), "METASCHED_JOB_ID": str(cmd.job_id)},
             local_user=local,
         )
-        self.journal.record(cmd.tag, cmd.job_id, cmd.attempt, "intent")
+        self.journal.record(cmd.tag, cmd.job_id, cmd.attempt, "intent", local_user=local)
         try:
             sid = self.backend.submit(req)
         except SlurmUnavailable as e:
@@ -255,27 +345,43 @@ class SiteAgent:
             bound.warning("submit_uncertain", error=str(e))
             raise
         except SlurmError as e:
-            self.journal.record(cmd.tag, cmd.job_id, cmd.attempt, "refused")
-            bound.warning("submit_refused", error=str(e))
-            res.error = str(e)
-            res.permanent = True
-            return res
-        self.journal.record(cmd.tag, cmd.job_id, cmd.attempt, "submitted", sid)
+            return self._refused(res, bound, cmd, str(e), anywhere=isinstance(e, JobRefused))
+        self.journal.record(cmd.tag, cmd.job_id, cmd.attempt, "submitted", sid, local)
         bound.info(
             "job_submitted_to_slurm", slurm_job_id=sid, partition=cmd.partition, local_user=local
         )
         res.slurm_job_id = sid
         return res
 
+    def _refused(
+        self,
+        res: pb.SubmitResult,
+        bound: Any,
+        cmd: pb.SubmitCommand,
+        error: str,
+        anywhere: bool,
+    ) -> pb.SubmitResult:
+        """Answer a refusal: wrong for this site (the daemon tries another), or, anywhere,
+        wrong in itself (the daemon fails it at once)."""
+        self.journal.record(cmd.tag, cmd.job_id, cmd.attempt, "refused")
+        bound.warning("submit_refused", error=error, job_invalid=anywhere)
+        res.error = error
+        res.permanent = True
+        res.invalid_anywhere = anywhere
+        return res
+
     def cancel(self, cmd: pb.CancelCommand) -> pb.CancelResult:
         res = pb.CancelResult(job_id=cmd.job_id, attempt=cmd.attempt)
-        known = self.journal.get(cmd.tag)
-        sid = cmd.slurm_job_id or (known[1] if known else "")
         # Remember the cancel first, so a re-sent submit of this tag can never start it.
-        self.journal.record(cmd.tag, cmd.job_id, cmd.attempt, "cancelled", sid)
+        self.journal.record(cmd.tag, cmd.job_id, cmd.attempt, "cancelled")
+        # Only a job shown to be this tag's is cancelled (the agent is root: an id alone,
+        # even the daemon's, could name another user's job). Not in the queue: nothing to do.
         found = self._find_tag(cmd.tag, fresh=True)
-        if found is not None:
-            sid = sid or found.job_id
+        sid = found.job_id if found is not None else ""
+        if cmd.slurm_job_id and sid and cmd.slurm_job_id != sid:
+            self.log.warning(
+                "cancel_id_mismatch", job_id=cmd.job_id, slurm_job_id=cmd.slurm_job_id, found=sid
+            )
         if sid:
             self.backend.cancel(sid, only_pending=cmd.only_if_pending)
             self.log.info(
@@ -296,7 +402,7 @@ class SiteAgent:
         again. Final is not enough: a short job can start and complete between the recall
         decision and the scancel, and placing it again would run it twice."""
         if after is None:  # left the queue already: its final record says how it ended
-            records = self.backend.finished([sid], [tag])
+            records = self._verified(self.backend.finished([sid], [tag]), tag)
             after = records[0] if records else None
             if after is None:
                 return False, "it left the queue without a record; not known whether it ran"
@@ -308,9 +414,12 @@ class SiteAgent:
         upd = pb.JobUpdate(job_id=cmd.job_id, attempt=cmd.attempt, final=True)
         if self._find_tag(cmd.tag, fresh=True) is not None:
             return None  # still in the queue: the next report carries it
-        records = self.backend.finished([cmd.slurm_job_id] if cmd.slurm_job_id else [], [cmd.tag])
+        records = self._verified(
+            self.backend.finished([cmd.slurm_job_id] if cmd.slurm_job_id else [], [cmd.tag]),
+            cmd.tag,
+        )
         if records:
-            upd.job.CopyFrom(job_report(records[0]))
+            upd.job.CopyFrom(job_report(records[0], tags.parse(cmd.tag)))
             upd.resolved_from = "accounting"
             self.log.info(
                 "job_resolved",

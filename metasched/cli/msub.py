@@ -381,7 +381,10 @@ def cmd_watch(c: Client, opts: argparse.Namespace, out: Callable[[str], None]) -
                 + (f"  {j.reason}" if j.reason and not j.started_at else "")
             )
     if final.id and JobState.from_pb(final.state).is_final and not opts.json:
-        out(f"job {final.id} ended {state_name(final.state)}, exit code {final.exit_code}")
+        if JobState.from_pb(final.state) == JobState.LOST:  # no exit code is known
+            out(f"job {final.id} ended {state_name(final.state)}: {final.reason}")
+        else:
+            out(f"job {final.id} ended {state_name(final.state)}, exit code {final.exit_code}")
     return 0 if final.id and JobState.from_pb(final.state) == JobState.COMPLETED else 1
 
 

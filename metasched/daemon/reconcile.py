@@ -1,7 +1,13 @@
 """What the agents tell us, brought into the store: site reports, answers to our submit and
 cancel commands, and jobs resolved from accounting. Runs per message, on the agent's
 stream. Every change to a job is one transaction; a Slurm job of ours that is not the job's
-current site and attempt is a stray and is cancelled."""
+current site and attempt is a stray and is cancelled.
+
+What the daemon does not know it does not state as a fact: a job that left its site's
+queue with no record anywhere (a slurmctld that lost its state, seen in the lab after a
+SIGKILL: jobs that ran and exited 0 were never written to the completion log) is LOST, not
+FAILED, and a record that turns up later still settles it. The site is asked again for a
+while (LOST_RECHECK_S), as each of its reports arrives."""
 
 from __future__ import annotations
 
@@ -21,6 +27,7 @@ from metasched.store import Batch, JobRow, NoSuchJob
 from metasched.v1 import metasched_pb2 as pb
 
 S = JobState
+LOST_RECHECK_S = 24 * 3600.0  # how long a LOST job's site is asked again for its record
 
 
 class Reconciler(Activity):
@@ -29,6 +36,8 @@ class Reconciler(Activity):
         self.learning = learning
         self.placement = placement
         self.log = log.get(component="reconcile")
+        # site -> {job id: (the job, until when)}: LOST jobs whose record may still turn up
+        self._lost: dict[str, dict[int, tuple[JobRow, float]]] = {}
 
     def on_report(self, site_name: str, report: pb.SiteReport) -> None:
         now = time.time()
@@ -56,7 +65,18 @@ class Reconciler(Activity):
                     and now - job.updated_at > self.settings.resolve_after / 2
                 ):
                     self.dispatch.resolve(job)
+            self._recheck_lost(site_name, now)
         self.placement.wake.set()
+
+    def _recheck_lost(self, site_name: str, now: float) -> None:
+        lost = self._lost.get(site_name)
+        if not lost:
+            return
+        for job_id, (job, until) in list(lost.items()):
+            if now > until:
+                del lost[job_id]
+            else:
+                self.dispatch.resolve(job)
 
     def on_submit_result(self, site_name: str, res: pb.SubmitResult) -> None:
         def op(b: Batch) -> tuple[str, JobRow | None]:
@@ -76,6 +96,11 @@ class Reconciler(Activity):
                 return ("ok", job)
             if job.state != S.FORWARDING:
                 return ("ignored", job)
+            if res.invalid_anywhere:
+                # wrong in itself (its environment, a script sbatch refuses): every other
+                # site would say the same, so it fails now with the site's reason
+                why = f"{site_name} refused it: {res.error}"
+                return ("failed", b.move(job.id, S.FAILED, why, reason=why))
             avoid = (*job.avoid_sites, site_name) if res.permanent else job.avoid_sites
             moved = b.move(
                 job.id,
@@ -150,6 +175,8 @@ class Reconciler(Activity):
         """Bring our records in line with what a site shows of our jobs, in one transaction."""
         strays: list[tuple[JobRow, int, str]] = []
         cancels: list[JobRow] = []
+        lost: list[JobRow] = []
+        found: list[int] = []
 
         def op(b: Batch) -> None:
             for job_id, attempt, sj, source in observations:
@@ -158,7 +185,10 @@ class Reconciler(Activity):
                 except Exception:
                     continue
                 ours = from_slurm(sj.state) if sj.state else None
-                if job.state.is_final and job.site == site_name and job.attempt == attempt:
+                here = job.site == site_name and job.attempt == attempt
+                if here and job.state == S.LOST and ours is not None and ours.is_final:
+                    found.append(job.id)  # a record after all: it settles what was unknown
+                elif job.state.is_final and here:
                     continue  # already settled; squeue keeps showing it for a while
                 if job.site != site_name or job.attempt != attempt:
                     if ours is not None and not ours.is_final and sj.slurm_job_id:
@@ -171,22 +201,23 @@ class Reconciler(Activity):
                     if job.state == S.CANCELLING and not job.started_at:
                         self._finish_cancel(b, job, site_name)
                     elif job.state != S.FORWARDING:
-                        b.move(
-                            job.id,
-                            S.FAILED,
-                            f"vanished from {site_name} without a record",
-                            reason="no accounting record",
-                        )
+                        why = _lost_evidence(job, site_name)
+                        lost.append(b.move(job.id, S.LOST, why, reason=why))
                     continue
                 if ours is None:
                     continue
-                self._observe(b, job, ours, sj, source, cancels)
+                self._observe(b, job, ours, sj, source, cancels, lost)
 
         self.store.run(op)
         for job, attempt, sid in strays:
             self._cancel_stray(site_name, job, attempt, sid)
         for job in cancels:
             self.dispatch.cancel(job)
+        if lost:
+            until = time.time() + LOST_RECHECK_S
+            self._lost.setdefault(site_name, {}).update((j.id, (j, until)) for j in lost)
+        for job_id in found:
+            self._lost.get(site_name, {}).pop(job_id, None)
 
     def _finish_cancel(self, b: Batch, job: JobRow, site_name: str, **fields: Any) -> None:
         if job.state == S.RECALLING:
@@ -202,6 +233,7 @@ class Reconciler(Activity):
         sj: pb.SlurmJobReport,
         source: str,
         cancels: list[JobRow],
+        lost: list[JobRow],
     ) -> None:
         fields: dict[str, Any] = {}
         if sj.slurm_job_id and sj.slurm_job_id != job.slurm_job_id:
@@ -218,7 +250,21 @@ class Reconciler(Activity):
         if ours == S.PENDING and reason != job.reason:
             fields["reason"] = reason
         detail = f"seen in {source}" if source != "squeue" else ""
+        if job.state == S.LOST:
+            detail = f"its record turned up ({source}) after it was lost"
 
+        if ours == S.PENDING and job.started_at and _held_after_start(reason):
+            # Seen after a slurmctld SIGKILL: the restarted controller had the job as pending
+            # in its saved state, launched it again onto the node it had run on, and held it
+            # ("launch failed requeued held"). It may have run to the end: not re-run, not
+            # stated as failed.
+            why = (
+                f"{job.site} requeued and held it after it had started ({sj.reason}; "
+                f"{_last_seen(job)}); whether it ran to the end is unknown"
+            )
+            fields["reason"] = why
+            lost.append(b.move(job.id, S.LOST, why, **fields))
+            return
         if ours in (S.PENDING, S.RUNNING):
             target: JobState
             if job.state == S.CANCELLING:
@@ -239,7 +285,11 @@ class Reconciler(Activity):
         if ours == S.CANCELLED and job.state in (S.CANCELLING, S.RECALLING):
             self._finish_cancel(b, job, job.site, **fields)
             return
-        if ours in INFRASTRUCTURE_FAILURES and job.infra_retries < self.settings.max_infra_retries:
+        if (
+            ours in INFRASTRUCTURE_FAILURES
+            and job.state != S.LOST  # it ended long ago: settled as it ended, never re-run
+            and job.infra_retries < self.settings.max_infra_retries
+        ):
             retry_elsewhere(
                 b,
                 job,
@@ -264,3 +314,24 @@ class Reconciler(Activity):
             current_site=job.site or None,
         )
         self.dispatch.cancel_at(site_name, job.id, attempt, slurm_job_id)
+
+
+def _held_after_start(reason: str) -> bool:
+    """A pending job's reason says Slurm holds it (squeue's JobHeldUser / JobHeldAdmin, or
+    the text 'launch failed requeued held'): for a job that had started, Slurm requeued it."""
+    return "held" in reason.lower()
+
+
+def _last_seen(job: JobRow) -> str:
+    seen = f"last seen {job.state.lower()}"
+    if job.started_at:
+        seen += f", started {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(job.started_at))}"
+    return seen
+
+
+def _lost_evidence(job: JobRow, site_name: str) -> str:
+    """What is known of a job that left its site with no record anywhere."""
+    return (
+        f"no record at {site_name}: not in its queue, its accounting or its completion log "
+        f"({_last_seen(job)}); whether it ran to the end is unknown"
+    )

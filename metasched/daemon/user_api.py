@@ -19,7 +19,7 @@ from metasched.daemon.scheduler import Scheduler
 from metasched.daemon.settings import Refused
 from metasched.placement.estimate import Estimate
 from metasched.placement.policy import Request
-from metasched.states import JobState
+from metasched.states import JobState, node_usable
 from metasched.store import JobRow, NoSuchJob
 from metasched.v1 import metasched_pb2 as pb
 from metasched.v1 import metasched_pb2_grpc as pb_grpc
@@ -237,9 +237,13 @@ def site_summaries(s: Scheduler, now: float) -> list[pb.SiteSummary]:
             summary.slurm_version = rep.slurm_version
             for n in rep.nodes:
                 summary.total_cpus += n.cpus
-                summary.free_cpus += max(0, n.cpus - n.alloc_cpus)
                 total_g = sum(g.count for g in n.gpus)
                 summary.total_gpus += total_g
+                if site.state != "online" or not node_usable(n.state):
+                    # drained, down, not responding..., or a site that is not taking
+                    # jobs (its last picture may be old): nothing there is free
+                    continue
+                summary.free_cpus += max(0, n.cpus - n.alloc_cpus)
                 summary.free_gpus += max(0, total_g - sum(g.count for g in n.alloc_gpus))
             summary.running_jobs = sum(1 for j in rep.jobs if j.state == "RUNNING")
             summary.pending_jobs = sum(1 for j in rep.jobs if j.state == "PENDING")

@@ -28,6 +28,7 @@ import grpc
 
 from metasched import auth
 from metasched.lab.harness import SlurmLab
+from metasched.states import JobState
 from metasched.v1 import metasched_pb2 as pb
 from metasched.v1 import metasched_pb2_grpc as pb_grpc
 
@@ -237,6 +238,19 @@ log_level = "debug"
     def job(self, job_id: int, user: str = "root") -> pb.Job:
         job: pb.Job = self.call("GetJob", pb.GetJobRequest(job_id=job_id), user=user)
         return job
+
+    def wait_job(self, job_id: int, states: set[JobState], timeout: float = 30) -> pb.Job:
+        """The job, once it has reached one of states (TimeoutError naming the daemon's log)."""
+        box: list[pb.Job] = []
+
+        def reached() -> bool:
+            box[:] = [self.job(job_id)]
+            return JobState.from_pb(box[0].state) in states
+
+        wait_for(
+            reached, timeout, f"job {job_id} to reach {sorted(states)}", self.log("metaschedd")
+        )
+        return box[0]
 
     def msub(
         self, *args: str, check: bool = True, user: str | None = None

@@ -74,6 +74,11 @@ class _JobStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_JobState.Val
     """final"""
     JOB_STATE_NODE_FAIL: _JobState.ValueType  # 15
     """final once retries are used up"""
+    JOB_STATE_LOST: _JobState.ValueType  # 16
+    """ended as far as metasched can tell, outcome unknown: the site has neither the job nor a
+    record of it (e.g. its slurmctld lost state). The events say what was last seen; a
+    record that turns up later still settles it (LOST -> the real final state).
+    """
 
 class JobState(_JobState, metaclass=_JobStateEnumTypeWrapper): ...
 
@@ -101,6 +106,11 @@ JOB_STATE_OUT_OF_MEMORY: JobState.ValueType  # 14
 """final"""
 JOB_STATE_NODE_FAIL: JobState.ValueType  # 15
 """final once retries are used up"""
+JOB_STATE_LOST: JobState.ValueType  # 16
+"""ended as far as metasched can tell, outcome unknown: the site has neither the job nor a
+record of it (e.g. its slurmctld lost state). The events say what was last seen; a
+record that turns up later still settles it (LOST -> the real final state).
+"""
 Global___JobState: _TypeAlias = JobState  # noqa: Y015
 
 @_typing.final
@@ -1010,12 +1020,17 @@ class SubmitResult(_message.Message):
     SLURM_JOB_ID_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
     PERMANENT_FIELD_NUMBER: _builtins.int
+    INVALID_ANYWHERE_FIELD_NUMBER: _builtins.int
     job_id: _builtins.int
     attempt: _builtins.int
     slurm_job_id: _builtins.str
     error: _builtins.str
     permanent: _builtins.bool
     """the job itself is wrong for this site (do not retry here)"""
+    invalid_anywhere: _builtins.bool
+    """the job is wrong wherever it goes (its environment, a script sbatch refuses): it fails
+    at once instead of trying every site in turn. Implies permanent.
+    """
     def __init__(
         self,
         *,
@@ -1024,10 +1039,11 @@ class SubmitResult(_message.Message):
         slurm_job_id: _builtins.str = ...,
         error: _builtins.str = ...,
         permanent: _builtins.bool = ...,
+        invalid_anywhere: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "error", b"error", "job_id", b"job_id", "permanent", b"permanent", "slurm_job_id", b"slurm_job_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "error", b"error", "invalid_anywhere", b"invalid_anywhere", "job_id", b"job_id", "permanent", b"permanent", "slurm_job_id", b"slurm_job_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -9,6 +9,8 @@ A backend is a Parsl-style provider: submit / jobs / cancel, plus what the site 
 from __future__ import annotations
 
 import abc
+import os
+import pwd
 from dataclasses import dataclass, field
 
 from metasched.states import node_usable
@@ -20,6 +22,31 @@ class SlurmError(Exception):
 
 class SlurmUnavailable(SlurmError):
     """slurmctld cannot be reached (down, network, munge): try again later."""
+
+
+class JobRefused(SlurmError):
+    """The job itself is wrong, wherever it goes (a bad environment, a script sbatch cannot
+    take): no site will run it, so it fails at once instead of trying the next site."""
+
+
+@dataclass(frozen=True)
+class LocalAccount:
+    """A local user to submit as: who the job runs as, and who sbatch runs as."""
+
+    name: str
+    uid: int
+    gid: int
+    groups: tuple[int, ...]  # supplementary groups, as login gives them
+    home: str
+
+    @classmethod
+    def of(cls, name: str) -> LocalAccount:
+        try:
+            pw = pwd.getpwnam(name)
+        except KeyError:
+            raise SlurmError(f"no such local user {name!r} at this site") from None
+        groups = tuple(g for g in os.getgrouplist(name, pw.pw_gid) if g != pw.pw_gid)
+        return cls(pw.pw_name, pw.pw_uid, pw.pw_gid, groups, pw.pw_dir)
 
 
 @dataclass(frozen=True)
@@ -41,8 +68,21 @@ class SubmitRequest:
     output: str = ""
     error: str = ""
     account: str = ""
+    # the job's own variables, already checked by metasched.jobenv (the agent builds every
+    # SubmitRequest through SiteAgent.submit): they go to the job only, never into the
+    # environment of a process the agent runs
     environment: dict[str, str] = field(default_factory=dict)
     local_user: str = ""  # run as this account (agent runs as root); "" = the agent's own
+
+
+def submitter(req: SubmitRequest) -> LocalAccount | None:
+    """The local account req is submitted as (None: the agent's own, when it names none).
+    An agent that is not root may only submit as itself."""
+    if not req.local_user:
+        return None
+    if os.geteuid() != 0 and req.local_user != pwd.getpwuid(os.geteuid()).pw_name:
+        raise SlurmError(f"cannot submit as {req.local_user!r}: the agent is not root")
+    return LocalAccount.of(req.local_user)
 
 
 @dataclass(frozen=True)

@@ -1,25 +1,35 @@
 """The command-line backend: sbatch, squeue, sinfo, scancel, scontrol and sacct.
 
 Works with any Slurm from 21.08 on; the version differences live in parse.py. Every command
-runs with a fixed, small environment (see _base_env) plus SLURM_CONF, under a timeout, so
-a hung slurmctld costs at most `timeout` seconds and an agent's own environment never leaks
-into sbatch options (SBATCH_*) or into jobs.
+runs with a fixed, small environment (see _base_env), in "/", under a timeout, so a hung
+slurmctld costs at most `timeout` seconds and neither the agent's environment nor a job's
+ever reaches a command.
+
+sbatch runs as the job's local user, never as root (see docs/security.md): the agent drops
+to that account (uid, gid, supplementary groups, umask) in the child before exec, without a
+shell. Whatever sbatch reads (the script's #SBATCH lines, files they name, plugins' options)
+is read with the user's own rights. The job's variables reach the job only, through
+--export-file on an anonymous file (memfd): NUL-separated, so values keep commas, '=' and
+newlines, and never part of any process's environment.
 """
 
 from __future__ import annotations
 
-import grp
+import errno
 import os
 import pwd
-import re
 import shutil
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
+from metasched import jobenv
 from metasched.agent.slurm import parse
 from metasched.agent.slurm.base import (
+    JobRefused,
+    LocalAccount,
     Node,
     PartitionInfo,
     SlurmBackend,
@@ -27,6 +37,7 @@ from metasched.agent.slurm.base import (
     SlurmJob,
     SlurmUnavailable,
     SubmitRequest,
+    submitter,
 )
 
 # scancel of a job that is gone is success: cancel() is idempotent
@@ -73,25 +84,39 @@ class CliBackend(SlurmBackend):
         args: Sequence[str],
         *,
         stdin: str | None = None,
-        extra_env: Mapping[str, str] | None = None,
         check: bool = True,
+        as_user: LocalAccount | None = None,
+        pass_fds: Sequence[int] = (),
     ) -> subprocess.CompletedProcess[str]:
+        """Run a Slurm command with the fixed environment; as_user: drop to that account in the
+        child (uid, gid, groups, umask 022) before exec, as login would."""
         argv = [self._exe(cmd), *args]
-        env = self._base_env() | dict(extra_env or {})
+        drop: dict[str, Any] = {}
+        if as_user is not None and as_user.uid != os.geteuid():
+            drop = {
+                "user": as_user.uid,
+                "group": as_user.gid,
+                "extra_groups": list(as_user.groups),
+                "umask": 0o022,
+            }
         try:
             proc = subprocess.run(
                 argv,
                 input=stdin,
-                env=env,
+                env=self._base_env(),
                 capture_output=True,
                 text=True,
                 timeout=self.timeout,
                 check=False,
                 cwd="/",  # never depend on (or leak) the agent's working directory
+                pass_fds=tuple(pass_fds),
+                **drop,
             )
         except subprocess.TimeoutExpired:
             raise SlurmUnavailable(f"{cmd} did not answer within {self.timeout:g}s") from None
         except OSError as e:
+            if e.errno == errno.E2BIG:  # only our own bounded arguments reach exec
+                raise JobRefused(f"cannot run {cmd}: {e.strerror}") from None
             raise SlurmUnavailable(f"cannot run {argv[0]}: {e}") from None
         if check and proc.returncode != 0:
             message = _one_line(proc.stderr) or f"{cmd} exited {proc.returncode}"
@@ -117,8 +142,10 @@ class CliBackend(SlurmBackend):
         return self._version
 
     # ------------------------------------------------------------ submit / cancel
-    def sbatch_args(self, req: SubmitRequest) -> list[str]:
-        """The sbatch options for req (the script goes on stdin)."""
+    def sbatch_args(self, req: SubmitRequest, env_fd: int) -> list[str]:
+        """The sbatch options for req (the script goes on stdin, the job's variables in the
+        file env_fd). Every value is one `--option=value` element: a value that starts with
+        '-' or holds commas or spaces stays that option's value."""
         args = [
             "--parsable",
             f"--nodes={req.nodes}",
@@ -140,58 +167,77 @@ class CliBackend(SlurmBackend):
         if req.gpus_per_node:
             gtype = f"{req.gpu_type}:" if req.gpu_type else ""
             args.append(f"--gres=gpu:{gtype}{req.gpus_per_node}")
+        account = submitter(req)
+        home = account.home if account else pwd.getpwuid(os.geteuid()).pw_dir
         for flag, value in (
             # sbatch runs in "/" (see _run): without a workdir the job starts in its
             # user's home, as a login shell would, never in the agent's directory
-            ("--chdir", req.workdir or _home(req.local_user or pwd.getpwuid(os.geteuid()).pw_name)),
+            ("--chdir", req.workdir or home),
             ("--output", req.output),
             ("--error", req.error),
             ("--account", req.account),
         ):
             if value:
+                if "\n" in value or "\x00" in value:
+                    raise JobRefused(f"bad {flag[2:]} {value[:40]!r}")
                 args.append(f"{flag}={value}")
-        # Environment: names only. `--export=A,B` takes the values from sbatch's own
-        # environment, which we build (see submit), so values may hold commas, '=' or
-        # newlines; `--export=A=v,B=w` would split on them. NONE / names-only both make
-        # Slurm start from the user's login environment (--get-user-env), never the agent's.
-        args.append("--export=" + (",".join(sorted(req.environment)) or "NONE"))
-        if req.local_user and os.geteuid() == 0:
-            pw = _user(req.local_user)
-            args += [f"--uid={pw.pw_name}", f"--gid={pw.pw_gid}"]
+        # The job's environment: the user's login environment at this site (as a batch job
+        # started by hand there gets), then the job's own variables from the export file on
+        # top. Checked on Slurm 22.05 and in 25.11's sbatch.c: with --export-file, sbatch
+        # clears its own environment first, so nothing of the agent's reaches the job;
+        # --export=<names> keeps the file and makes slurmd load the login environment (the
+        # names are looked up in sbatch's own, empty, environment: they add nothing).
+        # It is the path Slurm took before (the job's names, values from sbatch's own
+        # environment); --export=NONE would drop the file, ALL the login environment.
+        first = min(req.environment, default="")
+        args += [f"--export-file={env_fd}", f"--export={first or 'NONE'}"]
         return args
 
+    def _sbatch(
+        self, req: SubmitRequest, test_only: bool = False
+    ) -> subprocess.CompletedProcess[str]:
+        """sbatch for req, as its user, with the job's variables in an anonymous file."""
+        try:
+            data = jobenv.export_file(req.environment)
+        except ValueError as e:
+            raise JobRefused(str(e)) from None
+        fd = os.memfd_create("metasched-job-env", 0)
+        try:
+            _write_all(fd, data)
+            os.lseek(fd, 0, os.SEEK_SET)
+            args = self.sbatch_args(req, fd)
+            if test_only:
+                args = ["--test-only", *(a for a in args if a != "--parsable")]
+            return self._run(
+                "sbatch",
+                args,
+                stdin=req.script,
+                check=False,
+                as_user=submitter(req),
+                pass_fds=(fd,),
+            )
+        finally:
+            os.close(fd)
+
     def submit(self, req: SubmitRequest) -> str:
-        if (
-            req.local_user
-            and os.geteuid() != 0
-            and req.local_user != pwd.getpwuid(os.geteuid()).pw_name
-        ):
-            raise SlurmError(f"cannot submit as {req.local_user!r}: the agent is not root")
-        proc = self._run(
-            "sbatch",
-            self.sbatch_args(req),
-            stdin=req.script,
-            extra_env=_job_env(req),
-            check=False,
-        )
+        proc = self._sbatch(req)
+        if proc.returncode < 0:
+            # killed, not refused: whether the job reached Slurm is unknown (the journal's
+            # intent makes the agent look before it submits again)
+            raise SlurmUnavailable(f"sbatch was killed by signal {-proc.returncode}")
         if proc.returncode != 0:
             message = parse.sbatch_error(proc.stderr) or f"sbatch exited {proc.returncode}"
             if parse.is_unavailable(proc.stderr):
                 raise SlurmUnavailable(message)
+            if parse.is_job_invalid(proc.stderr):
+                raise JobRefused(message)
             raise SlurmError(message)
         return parse.parse_sbatch_parsable(proc.stdout)
 
     def test_only(self, req: SubmitRequest) -> parse.TestOnly:
         """Slurm's will-run estimate for req. It takes slurmctld's job write lock and uses up
         a job id: call it per placement decision, not per job per poll."""
-        args = [a for a in self.sbatch_args(req) if a != "--parsable"]
-        proc = self._run(
-            "sbatch",
-            ["--test-only", *args],
-            stdin=req.script,
-            extra_env=_job_env(req),
-            check=False,
-        )
+        proc = self._sbatch(req, test_only=True)
         if proc.returncode != 0 and parse.is_unavailable(proc.stderr):
             raise SlurmUnavailable(parse.sbatch_error(proc.stderr))
         return parse.parse_test_only(proc.stderr, proc.returncode)
@@ -281,36 +327,12 @@ class CliBackend(SlurmBackend):
         return parse.parse_sacct_json(proc.stdout)
 
 
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-
-
-def _job_env(req: SubmitRequest) -> dict[str, str]:
-    """The job's variables, to be put in sbatch's own environment (see sbatch_args). SBATCH_*
-    would silently change sbatch's options and SLURM_* are Slurm's: both are refused."""
-    for key in req.environment:
-        if not _ENV_NAME.match(key):
-            raise SlurmError(f"bad environment variable name {key[:40]!r}")
-        if key.startswith(("SBATCH_", "SLURM_")):
-            raise SlurmError(f"environment variable {key} is reserved for Slurm")
-    return dict(req.environment)
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def _one_line(stderr: str) -> str:
     lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
     return lines[-1] if lines else ""
-
-
-def _user(name: str) -> pwd.struct_passwd:
-    try:
-        return pwd.getpwnam(name)
-    except KeyError:
-        raise SlurmError(f"no such local user {name!r}") from None
-
-
-def _home(name: str) -> str:
-    return _user(name).pw_dir
-
-
-def primary_group(name: str) -> str:
-    """The name of a user's primary group (for messages and tests)."""
-    return grp.getgrgid(_user(name).pw_gid).gr_name

@@ -576,10 +576,33 @@ def sbatch_error(stderr: str) -> str:
         for ln in reversed(lines):
             if ln.startswith(prefix):
                 return ln[len(prefix) :]
-    for ln in reversed(lines):
-        if ln.startswith("sbatch: error: "):
-            return ln[len("sbatch: error: ") :]
-    return lines[-1] if lines else ""
+    # one error may span lines ("... DOS line breaks (\\r\\n)" / "instead of expected ...")
+    errors = [ln[len("sbatch: error: ") :] for ln in lines if ln.startswith("sbatch: error: ")]
+    if errors:
+        return " ".join(errors)
+    said = [ln[len("sbatch: ") :] for ln in lines if ln.startswith("sbatch: ")]
+    return said[-1] if said else (lines[-1] if lines else "")
+
+
+# sbatch refusals that say the job itself is wrong, wherever it is sent (its script or its
+# options), as opposed to wrong for this site (partition, account, node shapes, limits)
+JOB_INVALID_MESSAGES = (
+    "dos line breaks",
+    "does not look like a batch script",
+    "batch script is empty",
+    "contains null character",
+    "unrecognized option",
+    "invalid option",
+    "option requires an argument",
+    "invalid job array specification",
+    "argument list too long",
+)
+_INVALID_SPEC = re.compile(r"invalid --[a-z-]+ specification")
+
+
+def is_job_invalid(stderr: str) -> bool:
+    low = stderr.lower()
+    return any(s in low for s in JOB_INVALID_MESSAGES) or bool(_INVALID_SPEC.search(low))
 
 
 def parse_sbatch_parsable(stdout: str) -> str:

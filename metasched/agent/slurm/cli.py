@@ -154,7 +154,8 @@ class CliBackend(SlurmBackend):
         # environment, which we build (see submit), so values may hold commas, '=' or
         # newlines; `--export=A=v,B=w` would split on them. NONE / names-only both make
         # Slurm start from the user's login environment (--get-user-env), never the agent's.
-        args.append("--export=" + (",".join(sorted(req.environment)) or "NONE"))
+        names = sorted({*req.environment, *req.slurm_environment})
+        args.append("--export=" + (",".join(names) or "NONE"))
         if req.local_user and os.geteuid() == 0:
             pw = _user(req.local_user)
             args += [f"--uid={pw.pw_name}", f"--gid={pw.pw_gid}"]
@@ -197,11 +198,18 @@ class CliBackend(SlurmBackend):
         return parse.parse_test_only(proc.stderr, proc.returncode)
 
     def cancel(self, job_id: str, only_pending: bool = False) -> None:
-        if not job_id.isdigit():
-            raise SlurmError(f"bad job id {job_id!r}")
         # --state=PENDING: slurmctld itself skips the job if it has started meanwhile
-        args = ["--state=PENDING", job_id] if only_pending else [job_id]
-        proc = self._run("scancel", args, check=False)
+        self._scancel([job_id], ["--state=PENDING"] if only_pending else [])
+
+    def cancel_many(self, job_ids: list[str]) -> None:
+        for at in range(0, len(job_ids), 1000):  # one scancel per thousand: argv stays short
+            self._scancel(job_ids[at : at + 1000], [])
+
+    def _scancel(self, job_ids: list[str], options: list[str]) -> None:
+        for job_id in job_ids:
+            if not job_id.isdigit():
+                raise SlurmError(f"bad job id {job_id!r}")
+        proc = self._run("scancel", [*options, *job_ids], check=False)
         # 22.05 exits 0 for unknown ids; older or other setups say so on stderr
         if proc.returncode != 0 and not any(s in proc.stderr.lower() for s in _ALREADY_GONE):
             message = _one_line(proc.stderr) or f"scancel exited {proc.returncode}"
@@ -292,7 +300,7 @@ def _job_env(req: SubmitRequest) -> dict[str, str]:
             raise SlurmError(f"bad environment variable name {key[:40]!r}")
         if key.startswith(("SBATCH_", "SLURM_")):
             raise SlurmError(f"environment variable {key} is reserved for Slurm")
-    return dict(req.environment)
+    return {**req.environment, **req.slurm_environment}
 
 
 def _one_line(stderr: str) -> str:

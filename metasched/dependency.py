@@ -69,7 +69,9 @@ def parse_dependency(text: str) -> Dependency:
         if kind and kind[0].isdigit():  # a bare id list: afterany
             kind, ids = "afterany", item.strip()
         if kind == "afterburstbuffer":
-            raise DependencyError("afterburstbuffer: burst buffers are a site's own; not across sites")
+            raise DependencyError(
+                "afterburstbuffer: burst buffers are a site's own; not across sites"
+            )
         if kind not in KINDS or kind == "singleton" or not ids:
             raise DependencyError(
                 f"bad --dependency {item[:60]!r}: use after, afterany, afterok, afternotok, "
@@ -97,10 +99,10 @@ def parse_dependency(text: str) -> Dependency:
 
 # ---------------------------------------------------------------- --begin
 
-_NAMED_TIMES = {"midnight": (0, 0), "noon": (12, 0), "elevenses": (11, 0), "fika": (15, 0),
-                "teatime": (16, 0)}  # fmt: skip
-_UNITS = {"": 1, "s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60,
-          "h": 3600, "hour": 3600, "d": 86400, "day": 86400, "w": 604800, "week": 604800}  # fmt: skip
+_NAMED_TIMES = {"midnight": (0, 0), "noon": (12, 0), "elevenses": (11, 0), "fika": (15, 0)}
+_NAMED_TIMES["teatime"] = (16, 0)
+_UNITS = {"": 1, "s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60}
+_UNITS |= {"h": 3600, "hour": 3600, "d": 86400, "day": 86400, "w": 604800, "week": 604800}
 _NOW = re.compile(r"now(?:\s*\+\s*(\d+)\s*([a-z]*?)s?)?")
 _CLOCK = re.compile(r"(\d{1,2})(?::(\d{2})(?::(\d{2}))?)?\s*(am|pm)?")
 
@@ -117,14 +119,18 @@ def parse_begin(text: str, now: float | None = None) -> float:
         if count is None:
             return now
         if unit not in _UNITS:
-            raise DependencyError(f"bad --begin {text!r}: units are seconds, minutes, hours, days, weeks")
+            raise DependencyError(
+                f"bad --begin {text!r}: units are seconds, minutes, hours, days, weeks"
+            )
         return now + int(count) * _UNITS[unit]
     day = time.localtime(now)
     if s in ("today", "tomorrow"):
         t = _local(day.tm_year, day.tm_mon, day.tm_mday, 0, 0, 0)
         return t + (86400 if s == "tomorrow" else 0)
     clock_match = _CLOCK.fullmatch(s)
-    if s in _NAMED_TIMES or (clock_match and (clock_match[2] or clock_match[4])):  # a time of day: today, or tomorrow if past
+    if s in _NAMED_TIMES or (
+        clock_match and (clock_match[2] or clock_match[4])
+    ):  # a time of day: today, or tomorrow if past
         h, mi, sec = _clock(s, text)
         t = _local(day.tm_year, day.tm_mon, day.tm_mday, h, mi, sec)
         return t if t > now else t + 86400

@@ -402,8 +402,17 @@ class Batch:
                     v
                     for r in part
                     for v in (
-                        r.id, r.user, r.spec.name, blob, str(r.state), now, now,
-                        r.reason, int(r.held), r.array_id, r.array_task,
+                        r.id,
+                        r.user,
+                        r.spec.name,
+                        blob,
+                        str(r.state),
+                        now,
+                        now,
+                        r.reason,
+                        int(r.held),
+                        r.array_id,
+                        r.array_task,
                     )
                 ],
             )

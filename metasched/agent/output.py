@@ -50,11 +50,8 @@ def read_as(user: str, path: str, offset: int, max_bytes: int) -> tuple[bytes, i
         pw = pwd.getpwnam(user)
     except KeyError:
         raise OutputError(f"no such local user {user!r}") from None
-    kw: dict[str, object] = {}
-    if os.geteuid() == 0:
-        groups = os.getgrouplist(user, pw.pw_gid)
-        kw = {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": groups}
-    elif pw.pw_uid != os.geteuid():
+    root = os.geteuid() == 0
+    if not root and pw.pw_uid != os.geteuid():
         raise OutputError(f"cannot read as {user!r}: the agent is not root")
     try:
         proc = subprocess.run(
@@ -64,7 +61,9 @@ def read_as(user: str, path: str, offset: int, max_bytes: int) -> tuple[bytes, i
             env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
             cwd="/",
             check=False,
-            **kw,  # type: ignore[arg-type]
+            user=pw.pw_uid if root else None,
+            group=pw.pw_gid if root else None,
+            extra_groups=os.getgrouplist(user, pw.pw_gid) if root else None,
         )
     except subprocess.TimeoutExpired:
         raise OutputError(f"reading {path} took over {TIMEOUT_S:g}s") from None

@@ -228,12 +228,12 @@ class WaitingJobs:
         assert c.job is not None
         ref = c.job
         kind = c.kind
-        if ref.tasks is None and kind == "aftercorr" and job.array_id:
-            if self.store.array_info(ref.job_id) is not None:
-                parent = _task(b, ref.job_id, job.array_task)
-                if parent is None:  # the other array has no such task: nothing to wait for
-                    return "ready", "", 0.0
-                return _one(parent, "afterok", 0, now, f"{c}")
+        corresponding = ref.tasks is None and kind == "aftercorr" and job.array_id
+        if corresponding and self.store.array_info(ref.job_id) is not None:
+            parent = _task(b, ref.job_id, job.array_task)
+            if parent is None:  # the other array has no such task: nothing to wait for
+                return "ready", "", 0.0
+            return _one(parent, "afterok", 0, now, f"{c}")
         if kind == "aftercorr":
             kind = "afterok"
         if ref.tasks is None:
@@ -272,7 +272,9 @@ def _task(b: Batch, array_id: int, task: int) -> JobRow | None:
     return b.job(r[0]) if r else None
 
 
-def _one(parent: JobRow, kind: str, minutes: int, now: float, what: str) -> tuple[Verdict, str, float]:
+def _one(
+    parent: JobRow, kind: str, minutes: int, now: float, what: str
+) -> tuple[Verdict, str, float]:
     st = parent.state
     if kind == "after":
         began = parent.started_at or (parent.ended_at if st.is_final else 0.0)

@@ -278,6 +278,7 @@ _LOG_EVENT = {
     JobState.RUNNING: "job_running",
     JobState.CANCELLING: "job_cancelling",
     JobState.RECALLING: "job_recalling",
+    JobState.WAITING: "job_waiting",
     JobState.COMPLETED: "job_completed",
     JobState.FAILED: "job_failed",
     JobState.CANCELLED: "job_cancelled",

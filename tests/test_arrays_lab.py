@@ -139,8 +139,14 @@ def test_an_array_spreads_over_sites_and_each_task_ends_on_its_own(
 
 def test_one_call_cancels_a_whole_array_at_every_site(fed: Federation, shared_dir: Path) -> None:
     array_id = submit(fed, spec("#!/bin/bash\nsleep 600\n", array="1-120", workdir=str(shared_dir)))
-    # 8 CPUs a task's worth of spread: wait until every task is at a site
-    wait_tasks(fed, array_id, {S.PENDING, S.RUNNING}, 180)
+
+    # until every task is at a site or held in the global queue (late binding), some at sites
+    def settled() -> bool:
+        tasks = tasks_of(fed, array_id)
+        states = [JobState.from_pb(t.state) for t in tasks]
+        return set(states) <= {S.PENDING, S.RUNNING, S.QUEUED} and S.RUNNING in states
+
+    wait_for(settled, 180, f"array {array_id} to settle", fed.log("metaschedd"))
     out = fed.msub("cancel", str(array_id))
     assert "120 jobs" in out.stdout
     done = wait_tasks(fed, array_id, {S.CANCELLED}, 120)

@@ -190,14 +190,17 @@ class SiteAgent:
         rep.mapped_users.extend(sorted(self.cfg.users.accounts))
         return rep
 
-    def _find_tag(self, tag: str, fresh: bool) -> SlurmJob | None:
+    def _queue(self, fresh: bool) -> list[SlurmJob]:
+        """The site's jobs: asked of Slurm now (fresh), else as last polled."""
         if fresh:
             jobs = self.backend.jobs()
             with self._jobs_lock:
                 self._jobs = jobs
         with self._jobs_lock:
-            jobs = list(self._jobs)
-        for j in jobs:
+            return list(self._jobs)
+
+    def _find_tag(self, tag: str, fresh: bool) -> SlurmJob | None:
+        for j in self._queue(fresh):
             if tag in j.comment and tags.parse(j.comment) == tags.parse(tag):
                 return j
         return None
@@ -349,14 +352,8 @@ class SiteAgent:
         return out
 
     def _by_tag(self, fresh: bool) -> dict[str, SlurmJob]:
-        if fresh:
-            jobs = self.backend.jobs()
-            with self._jobs_lock:
-                self._jobs = jobs
-        with self._jobs_lock:
-            jobs = list(self._jobs)
         out = {}
-        for j in jobs:
+        for j in self._queue(fresh):
             t = tags.parse(j.comment)
             if t is not None:
                 out[str(t)] = j

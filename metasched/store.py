@@ -957,6 +957,10 @@ class Store:
         """The live jobs last sent to `site` (any state; callers filter), oldest first."""
         return sorted(self._live_at_site.get(site, {}).values(), key=lambda j: j.id)
 
+    def live_of(self, user: str) -> dict[int, JobRow]:
+        """A user's live jobs by id (the store's own index: do not change it)."""
+        return self._live_of_user.get(user, {})
+
     def count_live(self, user: str) -> int:
         return len(self._live_of_user.get(user, {}))
 

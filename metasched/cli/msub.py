@@ -406,7 +406,8 @@ def cmd_list(c: Client, opts: argparse.Namespace, out: Callable[[str], None]) ->
 
 def show_text(j: pb.Job) -> list[str]:
     lines = [
-        f"Job {j.id} ({j.spec.name}) of {j.user}: {state_name(j.state)}",
+        f"Job {job_name(j)} ({j.spec.name}) of {j.user}: {state_name(j.state)}"
+        + ("  (held)" if j.held else ""),
         f"  site {j.site or '-'}  partition {j.partition or '-'}  slurm job {j.slurm_job_id or '-'}"
         f"  attempt {j.attempt}",
         f"  submitted {stamp(j.submitted_at)}  started {stamp(j.started_at)}"
@@ -418,6 +419,11 @@ def show_text(j: pb.Job) -> list[str]:
         lines.append(f"  {estimate_text(j.estimate)} at {j.estimate.site}")
     if j.reason:
         lines.append(f"  reason: {j.reason}")
+    if j.spec.dependency:
+        lines.append(f"  dependency: {j.spec.dependency}")
+    lines.append(f"  output {j.stdout_path}")
+    if j.stderr_path != j.stdout_path:
+        lines.append(f"  error  {j.stderr_path}")
     lines.append("  history:")
     for ev in j.events:
         where = f" {ev.site}" if ev.site else ""

@@ -252,7 +252,7 @@ class WaitingJobs:
 
     def _singleton(self, b: Batch, job: JobRow) -> tuple[Verdict, str, float]:
         name = job.spec.name
-        mine = dict(self.store._live_of_user.get(job.user, {}))
+        mine = dict(self.store.live_of(job.user))
         mine.update((k, r) for k, r in b.changed.items() if r.user == job.user)
         for other in mine.values():
             if (

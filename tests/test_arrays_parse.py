@@ -4,12 +4,17 @@ it (sbatch(1), Slurm 22.05-25.11), and refused with a one-line reason when sbatc
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 
 from metasched import jobspec, output_names
 from metasched.arrays import fold, parse_job_ref
+from metasched.cli import msub
+from metasched.cli.errors import UsageError
 from metasched.output_names import Ids
+from metasched.states import JobState
+from metasched.v1 import metasched_pb2 as pb
 
 
 @pytest.mark.parametrize(
@@ -145,3 +150,40 @@ def test_validate_checks_the_new_fields() -> None:
     ):
         with pytest.raises(jobspec.SpecError):
             jobspec.validate(bad)
+
+
+def test_msub_takes_them_from_sbatch_lines_and_the_command_line(tmp_path: Path) -> None:
+    script = tmp_path / "sweep.sh"
+    script.write_text(
+        "#!/bin/bash\n#SBATCH --array=1-10%2\n#SBATCH -d afterok:5\n#SBATCH -H\necho $X\n"
+    )
+    warned: list[str] = []
+    opts = msub.parser_for("submit").parse_args(["--begin", "now+1hour", str(script)])
+    spec = msub.build_spec(opts, str(script), warned.append)
+    assert (spec.array, spec.dependency, spec.hold) == ("1-10%2", "afterok:5", True)
+    assert time.time() + 3500 < spec.begin_time < time.time() + 3700
+    assert not spec.keep_invalid_dependency and warned == []
+    opts = msub.parser_for("submit").parse_args(
+        ["-a", "3", "--kill-on-invalid-dep=no", str(script)]
+    )
+    spec = msub.build_spec(opts, str(script), warned.append)
+    assert spec.array == "3" and spec.keep_invalid_dependency  # the command line wins
+    with pytest.raises(UsageError, match="bad --array"):
+        msub.parser_for("submit").parse_args(["--array", "9-1", str(script)])
+
+
+def test_msub_status_folds_arrays_as_squeue() -> None:
+    def job(i: int, task: int, state: JobState, array: str = "1-6%2") -> pb.Job:
+        return pb.Job(
+            id=i, array_id=10, array_task=task, state=state.to_pb(), spec=pb.JobSpec(array=array)
+        )
+
+    jobs = [
+        job(10, 1, JobState.RUNNING),
+        job(11, 2, JobState.PENDING),
+        job(12, 3, JobState.QUEUED),
+        job(13, 4, JobState.QUEUED),
+        job(14, 6, JobState.QUEUED),
+        pb.Job(id=20, state=JobState.QUEUED.to_pb()),
+    ]
+    assert [name for name, _ in msub.fold_arrays(jobs)] == ["10_1", "10_2", "10_[3-4,6%2]", "20"]

@@ -266,9 +266,12 @@ def test_a_dependency_that_can_never_be_met_is_refused_at_submit(env: Env) -> No
     with pytest.raises(Refused) as e:
         env.s.intake.submit("alice", spec(dependency="afterok:999999"))
     assert "no job 999999" in str(e.value)
-    # a satisfied dependency: queued at once
+    # a satisfied dependency: queued at once; an array's tasks at the next pass
     ok = env.s.intake.submit("alice", spec(dependency=f"afternotok:{a.id}"))
     assert env.state(ok.id) == S.QUEUED
+    arr = env.s.intake.submit("alice", spec(array="1-2", dependency=f"afterany:{a.id}"))
+    env.cycle()
+    assert {t.state for t in env.store.array_tasks(arr.id)} == {S.FORWARDING}
 
 
 def test_dependencies_on_arrays_whole_and_by_task(env: Env) -> None:

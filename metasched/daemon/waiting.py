@@ -112,10 +112,11 @@ class WaitingJobs:
             for row, old, _ in changes:
                 if row.state == S.WAITING:
                     if row.id not in self._keys_of_waiter:
+                        # new, or held: settled once (an array's tasks are each evaluated
+                        # there, and settle says why it waits)
                         self._register(row)
-                        if old != S.WAITING:  # held, or a hold changed: settle says why
-                            self._due.add(row.id)
-                            woke = True
+                        self._due.add(row.id)
+                        woke = True
                     continue
                 if old == S.WAITING:
                     self._unregister(row)

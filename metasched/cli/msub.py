@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
+import grpc
 from google.protobuf import json_format
 
 from metasched import arrays, auth, jobspec
@@ -537,10 +538,20 @@ def cmd_output(c: Client, opts: argparse.Namespace, out: Callable[[str], None]) 
     offset = 0
     stream = sys.stdout.buffer
     while True:
-        resp = c.call(
-            "ReadOutput",
-            pb.ReadOutputRequest(job=opts.job_id, stderr=opts.error, offset=offset),
-        )
+        try:
+            resp = c.call(
+                "ReadOutput",
+                pb.ReadOutputRequest(job=opts.job_id, stderr=opts.error, offset=offset),
+            )
+        except grpc.RpcError as e:
+            # following a job that has not started (or written) yet: wait for its file
+            if not opts.follow or e.code() != grpc.StatusCode.FAILED_PRECONDITION:
+                raise
+            jobs = _resolve(c, opts.job_id)
+            if len(jobs) != 1 or JobState.from_pb(jobs[0].state).is_final:
+                raise
+            time.sleep(FOLLOW_POLL_S)
+            continue
         if resp.data:
             stream.write(resp.data)
             stream.flush()

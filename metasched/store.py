@@ -822,7 +822,9 @@ class Store:
 
     def _log_events(self, events: list[tuple[JobRow, JobState, str]]) -> None:
         for row, old, detail in events:
-            name = "job_submitted" if detail == "submitted" else _LOG_EVENT[row.state]
+            name = (
+                "job_submitted" if detail == "submitted" else _LOG_EVENT.get(row.state, "job_moved")
+            )
             self.log.info(
                 name,
                 job_id=row.id,

@@ -894,6 +894,10 @@ class Store:
         live = self.live
         return [live.get(r["id"]) or self._job_of_row(conn, r) for r in rows]
 
+    def live_arrays(self) -> list[int]:
+        """The ids of arrays with live tasks."""
+        return list(self._live_of_array)
+
     def live_tasks(self, array_id: int) -> dict[int, JobRow]:
         """An array's live tasks by job id (the store's own index: do not change it)."""
         return self._live_of_array.get(array_id, {})

@@ -76,7 +76,10 @@ class Throttle:
 
     def admit(self, queued: list[JobRow]) -> tuple[list[JobRow], dict[int, str]]:
         """The queued jobs placement may place now (in order), and why each other waits.
-        Costs one attribute test per job that is not a task."""
+        Free while no live array has a limit; else one attribute test a job (~12 ms a pass
+        at 100,000 queued jobs)."""
+        if not any(self.limit(a) for a in self.store.live_arrays()):
+            return queued, {}
         budget: dict[int, int] = {}
         out: list[JobRow] = []
         deferred: dict[int, str] = {}

@@ -51,8 +51,12 @@ def user() -> Iterator[str]:
         subprocess.run(["useradd", "-M", "-s", "/bin/sh", USER], check=True)
         made = True
     yield USER
-    if made:
-        subprocess.run(["userdel", USER], check=False)
+    if made:  # once the user's last job processes are gone
+        wait_for(
+            lambda: subprocess.run(["userdel", USER], capture_output=True).returncode in (0, 6),
+            60,
+            f"userdel {USER}",
+        )
 
 
 def spec(script: str, **kw: object) -> pb.JobSpec:

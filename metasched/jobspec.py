@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from metasched import jobenv, precision
+from metasched import arrays, dependency, jobenv, precision
 from metasched.v1 import metasched_pb2 as pb
 
 
@@ -61,6 +61,30 @@ def parse_time(text: str) -> int:
     if minutes_total > MAX_TIME_MINUTES:
         raise SpecError(f"time limit {text!r} is over a year")
     return minutes_total
+
+
+def parse_array(text: str) -> arrays.ArraySpec:
+    """sbatch --array ('1-1000%50', '0,6,16-32', '0-15:4'); the spec keeps the text."""
+    try:
+        return arrays.parse_array(text)
+    except arrays.ArrayError as e:
+        raise SpecError(str(e)) from None
+
+
+def parse_dependency(text: str) -> dependency.Dependency:
+    """sbatch --dependency; the spec keeps str() of the result (the same text, normalised)."""
+    try:
+        return dependency.parse_dependency(text)
+    except dependency.DependencyError as e:
+        raise SpecError(str(e)) from None
+
+
+def parse_begin(text: str, now: float | None = None) -> float:
+    """sbatch --begin -> seconds since the epoch (read in the submitter's time zone)."""
+    try:
+        return dependency.parse_begin(text, now)
+    except dependency.DependencyError as e:
+        raise SpecError(str(e)) from None
 
 
 def format_minutes(minutes: int) -> str:
@@ -206,4 +230,10 @@ def validate(spec: pb.JobSpec, max_script_bytes: int = MAX_SCRIPT_BYTES) -> pb.J
     ):
         if len(value) > 4096 or "\x00" in value or "\n" in value:
             raise SpecError(f"bad {label} {value[:40]!r}")
+    if spec.array:
+        parse_array(spec.array)
+    if spec.dependency:
+        out.dependency = str(parse_dependency(spec.dependency))
+    if not (0 <= spec.begin_time < 1e11):  # also refuses NaN
+        raise SpecError(f"bad begin time {spec.begin_time}")
     return out

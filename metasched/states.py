@@ -20,6 +20,7 @@ class JobState(enum.StrEnum):
     RUNNING = "RUNNING"
     CANCELLING = "CANCELLING"
     RECALLING = "RECALLING"
+    WAITING = "WAITING"  # in the global queue, not placeable yet (dependency, begin, hold)
     COMPLETED = "COMPLETED"
     FAILED = "FAILED"
     CANCELLED = "CANCELLED"
@@ -69,7 +70,10 @@ AT_SITE_STATES = frozenset(
 _S = JobState
 # from-state -> the states it may move to. A final state moves nowhere.
 TRANSITIONS: dict[JobState, frozenset[JobState]] = {
-    _S.QUEUED: frozenset({_S.FORWARDING, _S.CANCELLED, _S.FAILED}),
+    # WAITING: held by the user (msub hold) while still in the global queue
+    _S.QUEUED: frozenset({_S.FORWARDING, _S.CANCELLED, _S.FAILED, _S.WAITING}),
+    # QUEUED: its dependencies, begin time and hold all allow it now
+    _S.WAITING: frozenset({_S.QUEUED, _S.CANCELLED, _S.FAILED}),
     _S.FORWARDING: frozenset(
         # QUEUED: the site refused it or was lost before the Slurm id was confirmed
         {_S.QUEUED, _S.PENDING, _S.RUNNING, _S.CANCELLING, _S.FAILED, *FINAL_STATES}

@@ -34,7 +34,10 @@ from metasched.states import FINAL_STATES, JobState, can_move
 from metasched.v1 import metasched_pb2 as pb
 
 T = TypeVar("T")
-SCHEMA_VERSION = 1
+# 2: array tasks (jobs.array_id/array_task, their shared spec in `arrays`) and holds
+# (jobs.held). A version-1 file is upgraded in place; a version-1 daemon refuses a version-2
+# file (its task rows keep their spec in `arrays`, which it would not know to read).
+SCHEMA_VERSION = 2
 MAX_BATCH = 2000
 # Rows per multi-row INSERT of new jobs: 7 parameters a row stays under SQLite's oldest
 # default limit of 999 parameters a statement.
@@ -88,6 +91,10 @@ class JobRow:
     cancel_requested: bool = False
     # sites this job may no longer go to (a site refused it, or failed it for infra reasons)
     avoid_sites: tuple[str, ...] = field(default=())
+    # an array task (users see "<array_id>_<array_task>"); array_id 0: not a task
+    array_id: int = 0
+    array_task: int = 0
+    held: bool = False  # held by its user (msub hold / --hold) until released
 
 
 @dataclass(frozen=True)
@@ -130,12 +137,17 @@ _JOB_COLUMNS = {
     "recalls": int,
     "cancel_requested": int,
     "avoid_sites": str,
+    "array_id": int,
+    "array_task": int,
+    "held": int,
 }
 
 
-def _row_to_job(r: sqlite3.Row) -> JobRow:
-    spec = pb.JobSpec()
-    spec.ParseFromString(r["spec"])
+def _row_to_job(r: sqlite3.Row, spec: pb.JobSpec | None = None) -> JobRow:
+    """A job from its row; an array task's spec (kept once, in `arrays`) is given."""
+    if spec is None:
+        spec = pb.JobSpec()
+        spec.ParseFromString(r["spec"] or b"")
     return JobRow(
         id=r["id"],
         user=r["user"],
@@ -164,6 +176,9 @@ def _row_to_job(r: sqlite3.Row) -> JobRow:
         recalls=r["recalls"] or 0,
         cancel_requested=bool(r["cancel_requested"]),
         avoid_sites=tuple(s for s in (r["avoid_sites"] or "").split(",") if s),
+        array_id=r["array_id"] or 0,
+        array_task=r["array_task"] or 0,
+        held=bool(r["held"]),
     )
 
 
@@ -191,6 +206,7 @@ _UPDATABLE = (
     "recalls",
     "cancel_requested",
     "avoid_sites",
+    "held",
 )
 
 
@@ -222,7 +238,7 @@ def _keep_first_estimate(old: JobRow, fields: dict[str, Any]) -> dict[str, Any]:
 def _db_value(name: str, value: Any) -> Any:
     if name == "state":
         return str(value)
-    if name == "cancel_requested":
+    if name in ("cancel_requested", "held"):
         return int(bool(value))
     if name == "avoid_sites":
         return ",".join(value)
@@ -242,6 +258,9 @@ _HELD_COLUMNS = (
 )
 _FIRST_COLUMNS = ("first_est_point", "first_est_at", "first_est_site")
 _NEW_JOB_COLUMNS = ("id", "user", "name", "spec", "state", "submitted_at", "updated_at")
+# A job that does not start QUEUED or is an array task says more (insert_held / insert_array).
+_NEW_FULL_COLUMNS = (*_NEW_JOB_COLUMNS, "reason", "held", "array_id", "array_task")
+FULL_ROWS = 64  # 11 parameters a row
 _EVENT_COLUMNS = ("job_id", "at", "state", "site", "slurm_job_id", "attempt", "detail")
 
 
@@ -259,6 +278,7 @@ _LOG_EVENT = {
     JobState.RUNNING: "job_running",
     JobState.CANCELLING: "job_cancelling",
     JobState.RECALLING: "job_recalling",
+    JobState.WAITING: "job_waiting",
     JobState.COMPLETED: "job_completed",
     JobState.FAILED: "job_failed",
     JobState.CANCELLED: "job_cancelled",
@@ -296,9 +316,7 @@ class Batch:
         order given)."""
         # The ids SQLite would choose (the largest so far plus one), chosen here so a
         # multi-row INSERT can say which row is which job.
-        top = self.conn.execute("SELECT max(id) FROM jobs").fetchone()[0] or 0
-        if top + len(new) > MAX_JOB_ID:
-            raise StoreError("job ids exhausted")
+        top = self._top_id(len(new))
         now, queued = self.now, str(JobState.QUEUED)
         rows = [
             JobRow(top + 1 + k, nj.user, nj.spec, JobState.QUEUED, now, now)
@@ -322,6 +340,91 @@ class Batch:
             self.changed[row.id] = row
             self.events.append((row, JobState.QUEUED, "submitted"))
         return rows
+
+    def _top_id(self, more: int) -> int:
+        top: int = self.conn.execute("SELECT max(id) FROM jobs").fetchone()[0] or 0
+        if top + more > MAX_JOB_ID:
+            raise StoreError("job ids exhausted")
+        return top
+
+    def insert_held(
+        self, user: str, spec: pb.JobSpec, state: JobState, reason: str, held: bool
+    ) -> JobRow:
+        """A new job that starts WAITING (a dependency, a begin time, a hold) or QUEUED."""
+        row = JobRow(
+            self._top_id(1) + 1, user, spec, state, self.now, self.now, reason=reason, held=held
+        )
+        self._insert_full([row], spec.SerializeToString())
+        return row
+
+    def insert_array(
+        self,
+        user: str,
+        spec: pb.JobSpec,
+        tasks: tuple[int, ...],
+        max_running: int,
+        state: JobState,
+        reason: str,
+        held: bool,
+    ) -> list[JobRow]:
+        """An array: one row per task, ids in a block whose first is the array's id, the spec
+        kept once in `arrays` (a 1,000-task array of a 1 MiB script is 1 MiB, not 1 GiB)."""
+        array_id = self._top_id(len(tasks)) + 1
+        self.conn.execute(
+            "INSERT INTO arrays (id, user, spec, tasks, max_running, submitted_at)"
+            " VALUES (?,?,?,?,?,?)",
+            (array_id, user, spec.SerializeToString(), len(tasks), max_running, self.now),
+        )
+        self.store._array_specs[array_id] = spec
+        rows = [
+            JobRow(
+                array_id + k,
+                user,
+                spec,
+                state,
+                self.now,
+                self.now,
+                reason=reason,
+                held=held,
+                array_id=array_id,
+                array_task=task,
+            )
+            for k, task in enumerate(tasks)
+        ]
+        self._insert_full(rows, None)
+        return rows
+
+    def _insert_full(self, rows: list[JobRow], blob: bytes | None) -> None:
+        now = self.now
+        for at in range(0, len(rows), FULL_ROWS):
+            part = rows[at : at + FULL_ROWS]
+            self.conn.execute(
+                _insert_sql("jobs", _NEW_FULL_COLUMNS, len(part)),
+                [
+                    v
+                    for r in part
+                    for v in (
+                        r.id,
+                        r.user,
+                        r.spec.name,
+                        blob,
+                        str(r.state),
+                        now,
+                        now,
+                        r.reason,
+                        int(r.held),
+                        r.array_id,
+                        r.array_task,
+                    )
+                ],
+            )
+            self.conn.execute(
+                _insert_sql("job_events", _EVENT_COLUMNS, len(part)),
+                [v for r in part for v in (r.id, now, str(r.state), "", "", 0, "submitted")],
+            )
+        for row in rows:
+            self.changed[row.id] = row
+            self.events.append((row, row.state, "submitted"))
 
     def note_waiting(self, reasons: dict[int, str], est_at: float) -> None:
         """Record why queued jobs wait (reason, est_at), as move(id, QUEUED, reason=...) would
@@ -449,6 +552,8 @@ class Store:
         self.on_commit: Callable[[float], None] | None = None
         self.live: dict[int, JobRow] = {}
         self.log = log.get(component="store")
+        # Array specs by array id: every live array's, and those read back lately.
+        self._array_specs: dict[int, pb.JobSpec] = {}
         conn = self._connect()
         self._create_schema(conn)
         self._check_integrity(conn)
@@ -456,7 +561,7 @@ class Store:
             "SELECT * FROM jobs WHERE state NOT IN ({})".format(",".join("?" * len(FINAL_STATES))),
             tuple(str(s) for s in FINAL_STATES),
         ):
-            job = _row_to_job(r)
+            job = self._job_of_row(conn, r)
             self.live[job.id] = job
         # Live jobs by user (the queue limit checked on every submission, a user's listing)
         # and by the site they were sent to (every site report looks up its own): a scan of
@@ -464,10 +569,14 @@ class Store:
         # (bench/daemon_cycle.py).
         self._live_of_user: dict[str, dict[int, JobRow]] = {}
         self._live_at_site: dict[str, dict[int, JobRow]] = {}
+        # Live tasks by array: an array's throttle, dependencies on it and its cancel.
+        self._live_of_array: dict[int, dict[int, JobRow]] = {}
         for job in self.live.values():
             self._live_of_user.setdefault(job.user, {})[job.id] = job
             if job.site:
                 self._live_at_site.setdefault(job.site, {})[job.id] = job
+            if job.array_id:
+                self._live_of_array.setdefault(job.array_id, {})[job.id] = job
         self.federation = self._federation_id(conn)
         self._wconn = conn
         self._changed = threading.Condition()
@@ -522,19 +631,34 @@ class Store:
             if_not_exists=True,
         )
         db.table("meta").create({"key": str, "value": str}, pk="key", if_not_exists=True)
+        db.table("arrays").create(
+            {
+                "id": int,
+                "user": str,
+                "spec": bytes,
+                "tasks": int,
+                "max_running": int,
+                "submitted_at": float,
+            },
+            pk="id",
+            if_not_exists=True,
+        )
         db.table("job_events").create_index(["job_id"], if_not_exists=True)
         db.table("jobs").create_index(["state"], if_not_exists=True)
         db.table("jobs").create_index(["user", "state"], if_not_exists=True)
+        db.table("jobs").create_index(["array_id", "array_task"], if_not_exists=True)
         version = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-        if version is None:
-            conn.execute(
-                "INSERT INTO meta (key, value) VALUES ('schema_version', ?)", (SCHEMA_VERSION,)
-            )
-        elif int(version[0]) > SCHEMA_VERSION:
+        if version is not None and int(version[0]) > SCHEMA_VERSION:
             raise StoreError(
                 f"{self.path} has schema version {version[0]}, newer than this metaschedd "
                 f"({SCHEMA_VERSION}): upgrade metaschedd"
             )
+        # new, or upgraded above (columns and tables added)
+        conn.execute(
+            "INSERT INTO meta (key, value) VALUES ('schema_version', ?)"
+            " ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+            (str(SCHEMA_VERSION),),
+        )
 
     def _check_integrity(self, conn: sqlite3.Connection) -> None:
         result = conn.execute("PRAGMA quick_check").fetchone()[0]
@@ -615,7 +739,7 @@ class Store:
             return
         if self.on_commit is not None:
             self.on_commit(time.perf_counter() - t0)
-        at_site, of_user = self._live_at_site, self._live_of_user
+        at_site, of_user, of_array = self._live_at_site, self._live_of_user, self._live_of_array
         for job_id, row in batch.changed.items():
             was = self.live.get(job_id)
             if was is not None and was.site and (was.site != row.site or row.state in FINAL_STATES):
@@ -623,11 +747,19 @@ class Store:
             if row.state in FINAL_STATES:
                 self.live.pop(job_id, None)
                 of_user.get(row.user, {}).pop(job_id, None)
+                if row.array_id:
+                    tasks = of_array.get(row.array_id)
+                    if tasks is not None:
+                        tasks.pop(job_id, None)
+                        if not tasks:
+                            del of_array[row.array_id]
             else:
                 self.live[job_id] = row
                 of_user.setdefault(row.user, {})[job_id] = row
                 if row.site:
                     at_site.setdefault(row.site, {})[job_id] = row
+                if row.array_id:
+                    of_array.setdefault(row.array_id, {})[job_id] = row
         # Listeners before answers: whoever waits on a commit finds the listeners told of it
         # (the scheduler learns of a requeued job before the caller that requeued it goes on).
         for fn in self._listeners if batch.events else ():
@@ -696,7 +828,9 @@ class Store:
 
     def _log_events(self, events: list[tuple[JobRow, JobState, str]]) -> None:
         for row, old, detail in events:
-            name = "job_submitted" if detail == "submitted" else _LOG_EVENT[row.state]
+            name = (
+                "job_submitted" if detail == "submitted" else _LOG_EVENT.get(row.state, "job_moved")
+            )
             self.log.info(
                 name,
                 job_id=row.id,
@@ -733,7 +867,55 @@ class Store:
         if not 0 < job_id <= MAX_JOB_ID:  # SQLite's INTEGER is 64-bit signed; ids start at 1
             return None
         r = conn.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
-        return _row_to_job(r) if r else None
+        return self._job_of_row(conn, r) if r else None
+
+    def _job_of_row(self, conn: sqlite3.Connection, r: sqlite3.Row) -> JobRow:
+        array_id = r["array_id"]
+        if not array_id:
+            return _row_to_job(r)
+        return _row_to_job(r, self.array_spec(array_id, conn))
+
+    def array_spec(self, array_id: int, conn: sqlite3.Connection | None = None) -> pb.JobSpec:
+        """The spec every task of an array shares."""
+        spec = self._array_specs.get(array_id)
+        if spec is None:
+            conn = conn or self._reader()
+            r = conn.execute("SELECT spec FROM arrays WHERE id=?", (array_id,)).fetchone()
+            if r is None:
+                raise NoSuchJob(f"no array {array_id}")
+            spec = pb.JobSpec()
+            spec.ParseFromString(r[0])
+            if len(self._array_specs) > 10_000:  # those of ended arrays, read back: let go
+                live = self._live_of_array
+                self._array_specs = {k: v for k, v in self._array_specs.items() if k in live}
+            self._array_specs[array_id] = spec
+        return spec
+
+    def array_tasks(self, array_id: int, include_final: bool = True) -> list[JobRow]:
+        """An array's tasks in task order ([] if array_id is not an array)."""
+        if not include_final:
+            return sorted(self._live_of_array.get(array_id, {}).values(), key=lambda j: j.id)
+        conn = self._reader()
+        rows = conn.execute("SELECT * FROM jobs WHERE array_id=? ORDER BY id", (array_id,))
+        live = self.live
+        return [live.get(r["id"]) or self._job_of_row(conn, r) for r in rows]
+
+    def live_arrays(self) -> list[int]:
+        """The ids of arrays with live tasks."""
+        return list(self._live_of_array)
+
+    def live_tasks(self, array_id: int) -> dict[int, JobRow]:
+        """An array's live tasks by job id (the store's own index: do not change it)."""
+        return self._live_of_array.get(array_id, {})
+
+    def array_info(self, array_id: int) -> tuple[int, int] | None:
+        """(tasks, max_running) of an array, None if array_id is not one."""
+        r = (
+            self._reader()
+            .execute("SELECT tasks, max_running FROM arrays WHERE id=?", (array_id,))
+            .fetchone()
+        )
+        return (int(r[0]), int(r[1] or 0)) if r else None
 
     def job(self, job_id: int) -> JobRow | None:
         row = self.live.get(job_id)
@@ -779,7 +961,8 @@ class Store:
         sql = "SELECT * FROM jobs" + (" WHERE " + " AND ".join(where) if where else "")
         sql += " ORDER BY id DESC LIMIT ?"
         args.append(str(limit))
-        rows = [_row_to_job(r) for r in self._reader().execute(sql, args)]
+        conn = self._reader()
+        rows = [self._job_of_row(conn, r) for r in conn.execute(sql, args)]
         return sorted(rows, key=lambda j: j.id)
 
     def history(self, since: float, until: float) -> list[tuple[str, str, float, float, bytes]]:
@@ -797,6 +980,10 @@ class Store:
     def live_at(self, site: str) -> list[JobRow]:
         """The live jobs last sent to `site` (any state; callers filter), oldest first."""
         return sorted(self._live_at_site.get(site, {}).values(), key=lambda j: j.id)
+
+    def live_of(self, user: str) -> dict[int, JobRow]:
+        """A user's live jobs by id (the store's own index: do not change it)."""
+        return self._live_of_user.get(user, {})
 
     def count_live(self, user: str) -> int:
         return len(self._live_of_user.get(user, {}))

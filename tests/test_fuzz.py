@@ -66,6 +66,9 @@ SCHEDULER = {
     "CancelJob": (pb.CancelJobRequest, "uu"),
     "WatchJob": (pb.WatchJobRequest, "us"),
     "ListSites": (pb.ListSitesRequest, "uu"),
+    "CancelJobs": (pb.CancelJobsRequest, "uu"),
+    "HoldJobs": (pb.HoldJobsRequest, "uu"),
+    "ReadOutput": (pb.ReadOutputRequest, "uu"),
 }
 ADMIN = {
     "CreateToken": (pb.CreateTokenRequest, "uu"),
@@ -240,6 +243,19 @@ scripts = st.one_of(
 )
 
 
+array_texts = st.sampled_from(
+    ["1-3", "0-4000000", "1-100000%0", "5-1", "1-10:0", "1,1,1", "0-15:4%2", "1-2%99999999999"]
+)
+dependency_texts = st.sampled_from(
+    ["afterok:1", "afterok:1:2?afterany:3", "singleton", "after:1+5", "aftercorr:1",
+     "afterok:1_[1-3]", "afterok:99999999999999999999", "afterok:1,afterany:2?x", "1:2"]
+)  # fmt: skip
+job_names = st.one_of(
+    weird_text,
+    st.sampled_from(["1", "1_1", "1_[1-3]", "1_[0-4000000]", "0", "18446744073709551615"]),
+)
+
+
 @st.composite
 def job_specs(draw: st.DrawFn) -> pb.JobSpec:
     s = pb.JobSpec()
@@ -260,6 +276,14 @@ def job_specs(draw: st.DrawFn) -> pb.JobSpec:
         s.exclude_sites.extend(draw(st.lists(weird_text, max_size=3)))
     if draw(st.booleans()):
         s.environment.update(draw(st.dictionaries(weird_text, weird_text, max_size=3)))
+    if draw(st.booleans()):
+        s.array = draw(st.one_of(weird_text, array_texts))
+    if draw(st.booleans()):
+        s.dependency = draw(st.one_of(weird_text, dependency_texts))
+    if draw(st.booleans()):
+        s.begin_time = draw(st.floats(allow_nan=True, allow_infinity=True))
+    s.hold = draw(st.booleans())
+    s.keep_invalid_dependency = draw(st.booleans())
     return s
 
 
@@ -287,6 +311,11 @@ def test_the_spec_strategy_covers_every_field() -> None:
         "sites",
         "exclude_sites",
         "environment",
+        "array",
+        "dependency",
+        "begin_time",
+        "hold",
+        "keep_invalid_dependency",
     }
     assert _spec_fields() <= covered, _spec_fields() - covered
 
@@ -397,6 +426,20 @@ def test_job_rpcs_with_fuzzed_ids_and_filters(
     req.states.extend(states)
     call(daemon, stub.ListJobs, req, md, f"ListJobs({req})")
     call(daemon, stub.ListSites, pb.ListSitesRequest(), md, "ListSites")
+
+
+@FUZZ
+@given(names=st.lists(job_names, max_size=4), as_user=st.booleans(), flags=st.booleans())
+def test_array_and_output_rpcs_with_fuzzed_names(
+    daemon: Daemon, names: list[str], as_user: bool, flags: bool
+) -> None:
+    stub = pb_grpc.SchedulerStub(daemon.channel)
+    md = daemon.user_md if as_user else daemon.root_md
+    call(daemon, stub.HoldJobs, pb.HoldJobsRequest(jobs=names, release=flags), md, f"Hold({names})")
+    call(daemon, stub.CancelJobs, pb.CancelJobsRequest(jobs=names), md, f"CancelJobs({names})")
+    for name in names[:1]:
+        req = pb.ReadOutputRequest(job=name, stderr=flags, offset=2**64 - 1, max_bytes=2**32 - 1)
+        call(daemon, stub.ReadOutput, req, md, f"ReadOutput({name})")
 
 
 @FUZZ

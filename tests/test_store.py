@@ -9,7 +9,15 @@ from pathlib import Path
 import pytest
 
 from metasched.states import JobState
-from metasched.store import Batch, HeldEstimate, IllegalTransition, JobRow, NewJob, Store
+from metasched.store import (
+    Batch,
+    HeldEstimate,
+    IllegalTransition,
+    JobRow,
+    NewJob,
+    Store,
+    StoreError,
+)
 from metasched.v1 import metasched_pb2 as pb
 
 SPEC = pb.JobSpec(script="#!/bin/sh\ntrue\n", name="t", precision="fp64")
@@ -220,3 +228,45 @@ def test_a_users_live_jobs_and_count_follow_every_move_and_a_reopen(tmp_path: Pa
     again = Store(db)
     assert seen(again) == {"alice": ([a1.id], 1), "bob": ([b1.id], 1)}
     again.close()
+
+
+def test_a_version_1_queue_is_upgraded_for_arrays_and_keeps_its_jobs(tmp_path: Path) -> None:
+    """Schema 2 (array tasks, holds) on a file written by a version-1 metaschedd: the columns
+    and the arrays table are added, its jobs are untouched, arrays work, and the file then
+    says version 2 (so a version-1 metaschedd refuses it rather than misread task rows)."""
+    db = tmp_path / "q.db"
+    store = Store(db)
+    job = store.run(lambda b: b.insert_job("alice", SPEC))
+    store.close()
+    conn = sqlite3.connect(db)
+    conn.execute("DROP INDEX IF EXISTS idx_jobs_array_id_array_task")
+    for column in ("array_id", "array_task", "held"):
+        conn.execute(f"ALTER TABLE jobs DROP COLUMN {column}")  # as version 1 made it
+    conn.execute("DROP TABLE arrays")
+    conn.execute("UPDATE meta SET value='1' WHERE key='schema_version'")
+    conn.commit()
+    conn.close()
+
+    again = Store(db)
+    row = again.job(job.id)
+    assert row is not None and (row.state, row.spec, row.array_id, row.held) == (
+        S.QUEUED,
+        SPEC,
+        0,
+        False,
+    )
+    tasks = again.run(lambda b: b.insert_array("alice", SPEC, (1, 2), 0, S.QUEUED, "", held=False))
+    again.close()
+    reopened = Store(db)
+    assert [(t.array_id, t.array_task, t.spec) for t in reopened.array_tasks(tasks[0].id)] == [
+        (tasks[0].id, 1, SPEC),
+        (tasks[0].id, 2, SPEC),
+    ]
+    reopened.close()
+    conn = sqlite3.connect(db)
+    assert conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == "2"
+    conn.execute("UPDATE meta SET value='3' WHERE key='schema_version'")
+    conn.commit()
+    conn.close()
+    with pytest.raises(StoreError, match="newer than this metaschedd"):
+        Store(db)

@@ -74,6 +74,25 @@ class Journal:
                 (tag, job_id, attempt, slurm_job_id, state, time.time(), local_user),
             )
 
+    def record_many(self, records: list[tuple[str, int, int, str, str]]) -> None:
+        """record() for each (tag, job_id, attempt, state, slurm_job_id), in one transaction
+        (one fsync for a whole array's cancels, not one per task)."""
+        now = time.time()
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._conn.executemany(
+                    "INSERT INTO submissions (tag, job_id, attempt, slurm_job_id, state, at)"
+                    " VALUES (?,?,?,?,?,?) ON CONFLICT(tag) DO UPDATE SET state=excluded.state,"
+                    " slurm_job_id=COALESCE(NULLIF(excluded.slurm_job_id, ''), slurm_job_id),"
+                    " at=excluded.at",
+                    [(t, j, a, sid, st, now) for t, j, a, st, sid in records],
+                )
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+
     def forget_older_than(self, seconds: float) -> None:
         with self._lock:
             self._conn.execute("DELETE FROM submissions WHERE at < ?", (time.time() - seconds,))

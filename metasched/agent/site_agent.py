@@ -15,6 +15,8 @@ ours, so the daemon neither adopts nor cancels them.
 
 from __future__ import annotations
 
+import os
+import pwd
 import queue
 import threading
 import time
@@ -24,7 +26,8 @@ from typing import Any
 
 import grpc
 
-from metasched import catalog, jobenv, log, tags
+from metasched import arrays, catalog, jobenv, log, output_names, tags
+from metasched.agent import output
 from metasched.agent.config import AgentConfig
 from metasched.agent.journal import Journal
 from metasched.agent.slurm.base import (
@@ -116,6 +119,14 @@ def partition_reports(
             )
         )
     return out, sorted(set(unknown))
+
+
+def job_ids(
+    job_id: int, array_id: int, array_task: int, spec: pb.JobSpec, local_user: str
+) -> output_names.Ids:
+    """The ids a job's file names are made of (the same at submit and when read back)."""
+    name = spec.name or f"metasched-{job_id}"
+    return output_names.Ids(job_id, name, local_user, array_id, array_task)
 
 
 class SiteAgent:
@@ -264,13 +275,17 @@ class SiteAgent:
         ours = self._ours(jobs)
         return [j for j in jobs if want is not None and ours.get(j.job_id) == want]
 
-    def _find_tag(self, tag: str, fresh: bool) -> SlurmJob | None:
+    def _queue(self, fresh: bool) -> list[SlurmJob]:
+        """The site's jobs: asked of Slurm now (fresh), else as last polled."""
         if fresh:
             jobs = self.backend.jobs()
             with self._jobs_lock:
                 self._jobs = jobs
         with self._jobs_lock:
-            jobs = list(self._jobs)
+            return list(self._jobs)
+
+    def _find_tag(self, tag: str, fresh: bool) -> SlurmJob | None:
+        jobs = self._queue(fresh)
         found = self._verified([j for j in jobs if tag in j.comment], tag)
         return found[0] if found else None
 
@@ -317,10 +332,14 @@ class SiteAgent:
         env_problem = jobenv.problem(spec.environment)
         if env_problem is not None:
             return self._refused(res, bound, cmd, env_problem, anywhere=True)
+        ids = job_ids(cmd.job_id, cmd.array_id, cmd.array_task, spec, local)
+        slurm_env: dict[str, str] = {}
+        if cmd.array_id and spec.array:
+            slurm_env = arrays.parse_array(spec.array).environment(cmd.array_id, cmd.array_task)
         req = SubmitRequest(
             script=spec.script,
             tag=self.keys.sign(cmd.tag, local),
-            name=spec.name or f"metasched-{cmd.job_id}",
+            name=ids.name,
             partition=cmd.partition,
             nodes=spec.nodes or 1,
             ntasks=spec.ntasks or spec.nodes or 1,
@@ -330,11 +349,13 @@ class SiteAgent:
             gpu_type=spec.gpu_type,
             time_limit_minutes=spec.time_limit_minutes or 60,
             workdir=spec.workdir,
-            output=spec.output,
-            error=spec.error,
+            # the federation's ids in the file names (the site's own would collide)
+            output=output_names.for_slurm(spec.output, ids),
+            error=output_names.for_slurm(spec.error, ids) if spec.error else "",
             account=spec.account,
             environment={**dict(spec.environment), "METASCHED_JOB_ID": str(cmd.job_id)},
             local_user=local,
+            slurm_environment=slurm_env,
         )
         self.journal.record(cmd.tag, cmd.job_id, cmd.attempt, "intent", local_user=local)
         try:
@@ -410,6 +431,60 @@ class SiteAgent:
             return True, ""
         return False, f"it has started ({after.state}); a recall never stops running work"
 
+    def cancel_jobs(self, cmd: pb.CancelJobsCommand) -> pb.CancelResults:
+        """cancel() for many jobs (an array): one look at the queue before and after, one
+        journal transaction and one scancel for all of them."""
+        records = []
+        sids: dict[str, str] = {}
+        for c in cmd.jobs:
+            known = self.journal.get(c.tag)
+            sids[c.tag] = c.slurm_job_id or (known[1] if known else "")
+            records.append((c.tag, c.job_id, c.attempt, "cancelled", sids[c.tag]))
+        self.journal.record_many(records)  # first: a re-sent submit can never start them
+        queued = self._by_tag(fresh=True)
+        for tag, found in queued.items():
+            if tag in sids and not sids[tag]:
+                sids[tag] = found.job_id
+        todo = sorted({sid for sid in sids.values() if sid}, key=int)
+        if todo:
+            self.backend.cancel_many(todo)
+            self.log.info("jobs_cancel_sent", count=len(todo))
+        after = self._by_tag(fresh=True) if todo else {}
+        out = pb.CancelResults()
+        for c in cmd.jobs:
+            left = after.get(c.tag)
+            state = from_slurm(left.state) if left else None
+            done = left is None or (state is not None and state.is_final)
+            out.results.append(pb.CancelResult(job_id=c.job_id, attempt=c.attempt, done=done))
+        return out
+
+    def _by_tag(self, fresh: bool) -> dict[str, SlurmJob]:
+        """Our jobs in the site's queue by tag (only those whose tag verifies)."""
+        jobs = self._queue(fresh)
+        ours = self._ours(jobs)
+        return {str(ours[j.job_id]): j for j in jobs if j.job_id in ours}
+
+    def read_output(self, cmd: pb.ReadOutputCommand) -> pb.OutputData:
+        res = pb.OutputData(request_id=cmd.request_id, offset=cmd.offset)
+        local = self.cfg.users.local(cmd.user)
+        if local is None:
+            res.error = f"user {cmd.user} has no account mapping at site {self.cfg.site}"
+            return res
+        try:
+            home = pwd.getpwnam(local).pw_dir
+        except KeyError:
+            res.error = f"no such local user {local!r} at site {self.cfg.site}"
+            return res
+        spec = cmd.spec
+        ids = job_ids(cmd.job_id, cmd.array_id, cmd.array_task, spec, local)
+        pattern = spec.error if cmd.stderr and spec.error else spec.output
+        res.path = output_names.resolve(pattern, ids, os.path.join(home, spec.workdir))
+        try:
+            res.data, res.size = output.read_as(local, res.path, cmd.offset, cmd.max_bytes)
+        except output.OutputError as e:
+            res.error = str(e)
+        return res
+
     def resolve(self, cmd: pb.ResolveCommand) -> pb.JobUpdate | None:
         upd = pb.JobUpdate(job_id=cmd.job_id, attempt=cmd.attempt, final=True)
         if self._find_tag(cmd.tag, fresh=True) is not None:
@@ -444,6 +519,10 @@ class SiteAgent:
             if kind == "resolve":
                 upd = self.resolve(msg.resolve)
                 return pb.AgentMessage(job_update=upd) if upd else None
+            if kind == "cancel_jobs":
+                return pb.AgentMessage(cancel_results=self.cancel_jobs(msg.cancel_jobs))
+            if kind == "read_output":
+                return pb.AgentMessage(output=self.read_output(msg.read_output))
         except SlurmUnavailable as e:
             self.log.warning("command_deferred", kind=kind, error=str(e))
         except SlurmError as e:

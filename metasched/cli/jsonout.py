@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from google.protobuf.descriptor import FieldDescriptor
@@ -65,10 +66,10 @@ def message(msg: Message) -> dict[str, Any]:
     return out
 
 
-def dumps(value: Message | list[Message] | dict[str, Any] | list[dict[str, Any]]) -> str:
+def dumps(value: Message | Sequence[Message] | dict[str, Any] | list[dict[str, Any]]) -> str:
     """One line of JSON for a message, a list of messages, or plain data already shaped."""
     if isinstance(value, Message):
         return json.dumps(message(value))
-    if isinstance(value, list):
+    if isinstance(value, list | tuple):
         return json.dumps([message(v) if isinstance(v, Message) else v for v in value])
     return json.dumps(value)

@@ -2,8 +2,10 @@
 
   msub [sbatch options] [--precision P] [--site S] [--exclude-site S] script.sh
   msub plan [same options] script.sh    where it would go, and why not elsewhere
-  msub status | list [--all] [--finished]
-  msub show ID      msub watch ID      msub cancel ID      msub sites
+  msub status | list [--all] [--finished] [-r]    arrays folded (17_[3-999%50]); -r: one line a task
+  msub show ID      msub watch ID      msub cancel ID...   msub sites
+  msub hold ID...   msub release ID...               ID: 17, 17_5 or 17_[1-100]
+  msub output ID [--follow] [--error]                the job's output, read at its site
 Every command takes --json for scripts. The daemon is METASCHED_DAEMON (default: the local
 socket unix:/run/metasched/metaschedd.sock), where you are known by your Unix account. From
 elsewhere, use a token an admin created for you: METASCHED_TOKEN (or METASCHED_TOKEN_FILE),
@@ -21,7 +23,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
-from metasched import auth, jobspec
+import grpc
+
+from metasched import arrays, auth, jobspec
 from metasched.cli import errors, jsonout
 from metasched.cli.errors import UsageError
 from metasched.states import JobState
@@ -29,7 +33,19 @@ from metasched.v1 import metasched_pb2 as pb
 from metasched.v1 import metasched_pb2_grpc as pb_grpc
 
 DEFAULT_DAEMON = "unix:/run/metasched/metaschedd.sock"
-COMMANDS = ("submit", "plan", "status", "list", "show", "watch", "cancel", "sites")
+COMMANDS = (
+    "submit",
+    "plan",
+    "status",
+    "list",
+    "show",
+    "watch",
+    "cancel",
+    "hold",
+    "release",
+    "output",
+    "sites",
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -56,6 +72,20 @@ def _sbatch_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", help="fp64 fp32 tf32 bf16 fp16 fp8 int8")
     p.add_argument("--site", action="append", default=None, help="only this site (repeatable)")
     p.add_argument("--exclude-site", action="append", default=None, help="never this site")
+    p.add_argument("-a", "--array", type=_checked(_array_text))
+    p.add_argument("-d", "--dependency", type=_checked(_dependency_text))
+    p.add_argument("-b", "--begin", type=_checked(jobspec.parse_begin))
+    p.add_argument("-H", "--hold", action="store_const", const=True)
+    p.add_argument("--kill-on-invalid-dep", choices=("yes", "no"))
+
+
+def _array_text(text: str) -> str:
+    jobspec.parse_array(text)
+    return text.strip()
+
+
+def _dependency_text(text: str) -> str:
+    return str(jobspec.parse_dependency(text))
 
 
 def _positive(name: str, limit: int = 2**31 - 1) -> Callable[[str], int]:
@@ -169,6 +199,14 @@ def _spec_of(o: argparse.Namespace, script: str, path: Path) -> pb.JobSpec:
     ):
         if value:
             setattr(spec, field, value)
+    if o.array:
+        spec.array = o.array
+    if o.dependency:
+        spec.dependency = o.dependency
+    if o.begin:
+        spec.begin_time = o.begin
+    spec.hold = bool(o.hold)
+    spec.keep_invalid_dependency = o.kill_on_invalid_dep == "no"
     spec.sites.extend(o.site or [])
     spec.exclude_sites.extend(o.exclude_site or [])
     if o.export:
@@ -254,6 +292,13 @@ def cmd_submit(c: Client, opts: argparse.Namespace, out: Callable[[str], None]) 
         out(jsonout.dumps(resp))
         return 0
     e = resp.estimate
+    if spec.array:
+        tasks = arrays.parse_array(spec.array)
+        out(
+            f"Submitted array job {resp.job_id}: {tasks.count} tasks "
+            f"{resp.job_id}_[{arrays.fold(tasks.tasks, tasks.max_running)}]"
+        )
+        return 0
     held = JobState.from_pb(resp.state) == JobState.QUEUED if resp.state else not e.site
     if e.site and not held:
         out(
@@ -290,17 +335,55 @@ def cmd_plan(c: Client, opts: argparse.Namespace, out: Callable[[str], None]) ->
     return 0
 
 
+def job_name(j: pb.Job) -> str:
+    """17, or 17_5 for an array task."""
+    return f"{j.array_id}_{j.array_task}" if j.array_id else str(j.id)
+
+
+def fold_arrays(jobs: list[pb.Job]) -> list[tuple[str, pb.Job]]:
+    """(shown id, job) per line as squeue shows arrays: the tasks still in the global queue
+    (not yet placed) of one array and state on one line, 17_[3-999%50]; the rest one a line."""
+    lines: list[tuple[str, pb.Job]] = []
+    groups: dict[tuple[int, int], list[pb.Job]] = {}
+    for j in jobs:
+        state = JobState.from_pb(j.state)
+        if j.array_id and state in (JobState.QUEUED, JobState.WAITING):
+            key = (j.array_id, j.state)
+            if key not in groups:
+                groups[key] = []
+                lines.append(("", j))  # placeholder, in the order of its first task
+            groups[key].append(j)
+        else:
+            lines.append((job_name(j), j))
+    out = []
+    for shown, j in lines:
+        if shown:
+            out.append((shown, j))
+            continue
+        group = groups[(j.array_id, j.state)]
+        limit = arrays.parse_array(j.spec.array).max_running if j.spec.array else 0
+        if len(group) == 1:
+            out.append((job_name(j), j))
+        else:
+            folded = arrays.fold([t.array_task for t in group], limit)
+            out.append((f"{j.array_id}_[{folded}]", j))
+    return out
+
+
 def cmd_list(c: Client, opts: argparse.Namespace, out: Callable[[str], None]) -> int:
     resp = c.call("ListJobs", pb.ListJobsRequest(all_users=opts.all, include_final=opts.finished))
     if opts.json:
         out(jsonout.dumps(list(resp.jobs)))
         return 0
     out(
-        f"{'JOBID':>8} {'USER':<10} {'NAME':<18} {'STATE':<12} {'SITE':<10} {'SLURMID':>8} "
+        f"{'JOBID':>12} {'USER':<10} {'NAME':<18} {'STATE':<12} {'SITE':<10} {'SLURMID':>8} "
         f"{'START (90% BY)':<26} REASON"
     )
     now = time.time()
-    for j in resp.jobs:
+    shown = (
+        [(job_name(j), j) for j in resp.jobs] if opts.array_tasks else fold_arrays(list(resp.jobs))
+    )
+    for name, j in shown:
         if j.started_at:
             start = stamp(j.started_at)
         elif j.estimate.start and not JobState.from_pb(j.state).is_final:
@@ -309,7 +392,7 @@ def cmd_list(c: Client, opts: argparse.Namespace, out: Callable[[str], None]) ->
         else:
             start = "-"
         out(
-            f"{j.id:>8} {j.user[:10]:<10} {j.spec.name[:18]:<18} {state_name(j.state):<12} "
+            f"{name:>12} {j.user[:10]:<10} {j.spec.name[:18]:<18} {state_name(j.state):<12} "
             f"{j.site or '-':<10} {j.slurm_job_id or '-':>8} {start:<26} "
             f"{j.reason[:60]}"
         )
@@ -318,7 +401,8 @@ def cmd_list(c: Client, opts: argparse.Namespace, out: Callable[[str], None]) ->
 
 def show_text(j: pb.Job) -> list[str]:
     lines = [
-        f"Job {j.id} ({j.spec.name}) of {j.user}: {state_name(j.state)}",
+        f"Job {job_name(j)} ({j.spec.name}) of {j.user}: {state_name(j.state)}"
+        + ("  (held)" if j.held else ""),
         f"  site {j.site or '-'}  partition {j.partition or '-'}  slurm job {j.slurm_job_id or '-'}"
         f"  attempt {j.attempt}",
         f"  submitted {stamp(j.submitted_at)}  started {stamp(j.started_at)}"
@@ -330,6 +414,11 @@ def show_text(j: pb.Job) -> list[str]:
         lines.append(f"  {estimate_text(j.estimate)} at {j.estimate.site}")
     if j.reason:
         lines.append(f"  reason: {j.reason}")
+    if j.spec.dependency:
+        lines.append(f"  dependency: {j.spec.dependency}")
+    lines.append(f"  output {j.stdout_path}")
+    if j.stderr_path != j.stdout_path:
+        lines.append(f"  error  {j.stderr_path}")
     lines.append("  history:")
     for ev in j.events:
         where = f" {ev.site}" if ev.site else ""
@@ -341,23 +430,132 @@ def show_text(j: pb.Job) -> list[str]:
     return lines
 
 
+def _resolve(c: Client, text: str) -> list[pb.Job]:
+    """The jobs a user's name stands for: 17 (a job, or all of array 17), 17_5, 17_[1-3]."""
+    try:
+        ref = arrays.parse_job_ref(text)
+    except arrays.ArrayError as e:
+        raise UsageError(str(e)) from None
+    j = c.call("GetJob", pb.GetJobRequest(job_id=ref.job_id))
+    if j.array_id != ref.job_id and ref.tasks is None:
+        return [j]  # a plain job (or a task asked for by its own job id)
+    if j.array_id != ref.job_id:
+        raise UsageError(f"job {ref.job_id} is not an array")
+    resp = c.call(
+        "ListJobs",
+        pb.ListJobsRequest(array_id=ref.job_id, include_final=True, limit=100_000),
+    )
+    wanted = set(ref.tasks) if ref.tasks is not None else None
+    tasks = [t for t in resp.jobs if wanted is None or t.array_task in wanted]
+    if not tasks:
+        raise UsageError(f"array {ref.job_id} has no task {ref}")
+    return tasks
+
+
 def cmd_show(c: Client, opts: argparse.Namespace, out: Callable[[str], None]) -> int:
-    j = c.call("GetJob", pb.GetJobRequest(job_id=opts.job_id))
+    jobs = _resolve(c, opts.job_id)
+    if len(jobs) == 1 and jobs[0].array_id:
+        jobs = [c.call("GetJob", pb.GetJobRequest(job_id=jobs[0].id))]  # with its history
     if opts.json:
-        out(jsonout.dumps(j))
-    else:
-        for line in show_text(j):
+        out(jsonout.dumps(jobs[0] if len(jobs) == 1 else jobs))
+        return 0
+    if len(jobs) == 1:
+        for line in show_text(jobs[0]):
             out(line)
+        return 0
+    first = jobs[0]
+    counts: dict[str, int] = {}
+    for t in jobs:
+        counts[state_name(t.state).lower()] = counts.get(state_name(t.state).lower(), 0) + 1
+    out(
+        f"Array job {first.array_id} ({first.spec.name}) of {first.user}: {len(jobs)} tasks, "
+        + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    )
+    out(
+        f"  output {first.stdout_path}"
+        + ("" if first.stderr_path == first.stdout_path else f"  error {first.stderr_path}")
+    )
+    out(f"  {'TASK':>12} {'STATE':<12} {'SITE':<10} {'SLURMID':>8} EXIT")
+    for name, t in fold_arrays(jobs):
+        final = JobState.from_pb(t.state).is_final
+        out(
+            f"  {name:>12} {state_name(t.state):<12} {t.site or '-':<10} "
+            f"{t.slurm_job_id or '-':>8} {t.exit_code if final else '-'}"
+        )
     return 0
+
+
+def _names(opts: argparse.Namespace) -> list[str]:
+    for name in opts.jobs:
+        try:
+            arrays.parse_job_ref(name)
+        except arrays.ArrayError as e:
+            raise UsageError(str(e)) from None
+    return list(opts.jobs)
 
 
 def cmd_cancel(c: Client, opts: argparse.Namespace, out: Callable[[str], None]) -> int:
-    j = c.call("CancelJob", pb.CancelJobRequest(job_id=opts.job_id))
+    resp = c.call("CancelJobs", pb.CancelJobsRequest(jobs=_names(opts)))
     if opts.json:
-        out(jsonout.dumps(j))
+        out(jsonout.dumps(list(resp.jobs)))
+        return 0
+    counts: dict[str, int] = {}
+    for j in resp.jobs:
+        counts[state_name(j.state).lower()] = counts.get(state_name(j.state).lower(), 0) + 1
+    if len(resp.jobs) == 1:
+        out(f"Job {job_name(resp.jobs[0])}: {state_name(resp.jobs[0].state).lower()}")
     else:
-        out(f"Job {j.id}: {state_name(j.state).lower()}")
+        out(f"{len(resp.jobs)} jobs: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
     return 0
+
+
+def cmd_hold(c: Client, opts: argparse.Namespace, out: Callable[[str], None]) -> int:
+    release = opts.command == "release"
+    resp = c.call("HoldJobs", pb.HoldJobsRequest(jobs=_names(opts), release=release))
+    if opts.json:
+        out(jsonout.dumps(list(resp.jobs)))
+        return 0
+    for j in resp.jobs:
+        out(
+            f"Job {job_name(j)}: {state_name(j.state).lower()}"
+            + (f" ({j.reason})" if j.reason else "")
+        )
+    return 0
+
+
+FOLLOW_POLL_S = 1.0
+
+
+def cmd_output(c: Client, opts: argparse.Namespace, out: Callable[[str], None]) -> int:
+    """The job's output (or --error) as it is at its site; --follow: keep printing what is
+    appended until the job has ended and everything is read."""
+    offset = 0
+    stream = sys.stdout.buffer
+    while True:
+        try:
+            resp = c.call(
+                "ReadOutput",
+                pb.ReadOutputRequest(job=opts.job_id, stderr=opts.error, offset=offset),
+            )
+        except grpc.RpcError as e:
+            # following a job that has not started (or written) yet: wait for its file
+            if not opts.follow or e.code() != grpc.StatusCode.FAILED_PRECONDITION:
+                raise
+            jobs = _resolve(c, opts.job_id)
+            if len(jobs) != 1 or JobState.from_pb(jobs[0].state).is_final:
+                raise
+            time.sleep(FOLLOW_POLL_S)
+            continue
+        if resp.data:
+            stream.write(resp.data)
+            stream.flush()
+            offset = resp.offset + len(resp.data)
+        more = offset < resp.size
+        if more:
+            continue
+        if not opts.follow or JobState.from_pb(resp.state).is_final:
+            return 0
+        time.sleep(FOLLOW_POLL_S)
 
 
 def cmd_watch(c: Client, opts: argparse.Namespace, out: Callable[[str], None]) -> int:
@@ -433,7 +631,18 @@ def parser_for(command: str) -> argparse.ArgumentParser:
     elif command in ("status", "list"):
         p.add_argument("--all", action="store_true", help="every user's jobs (admins)")
         p.add_argument("--finished", action="store_true", help="include ended jobs")
-    elif command in ("show", "watch", "cancel"):
+        p.add_argument(
+            "-r", "--array", dest="array_tasks", action="store_true", help="one line a task"
+        )
+    elif command in ("cancel", "hold", "release"):
+        p.add_argument("jobs", nargs="+", metavar="ID", help="17, 17_5 or 17_[1-100]")
+        p.set_defaults(command=command)
+    elif command in ("show", "output"):
+        p.add_argument("job_id", metavar="ID", help="17 or 17_5")
+        if command == "output":
+            p.add_argument("-f", "--follow", action="store_true", help="until the job ends")
+            p.add_argument("--error", action="store_true", help="the --error file")
+    elif command == "watch":
         p.add_argument("job_id", type=_positive("job id", 2**63 - 1))
     return p
 
@@ -446,6 +655,9 @@ HANDLERS = {
     "show": cmd_show,
     "watch": cmd_watch,
     "cancel": cmd_cancel,
+    "hold": cmd_hold,
+    "release": cmd_hold,
+    "output": cmd_output,
     "sites": cmd_sites,
 }
 

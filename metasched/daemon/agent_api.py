@@ -154,6 +154,10 @@ class AgentService(pb_grpc.AgentServiceServicer):
                         self.s.reconcile.on_cancel_result(site, msg.cancel_result)
                     elif kind == "job_update":
                         self.s.reconcile.on_job_update(site, msg.job_update)
+                    elif kind == "cancel_results":
+                        self.s.reconcile.on_cancel_results(site, list(msg.cancel_results.results))
+                    elif kind == "output":
+                        self.s.outputs.on_output(site, msg.output)
                 except Exception:
                     self.log.exception("agent_message_failed", site=site, kind=kind)
         except grpc.RpcError:

@@ -35,6 +35,8 @@ class Dispatcher:
                 partition=job.partition,
                 user=job.user,
                 tag=self.tag(job.id, job.attempt),
+                array_id=job.array_id,
+                array_task=job.array_task,
             )
         )
         self._last_sent[(job.id, job.attempt, "submit")] = time.time()
@@ -55,6 +57,26 @@ class Dispatcher:
         )
         self._last_sent[(job.id, attempt, "cancel")] = time.time()
         self.sites.send(job.site, msg)
+
+    def cancel_many(self, jobs: list[JobRow]) -> None:
+        """cancel() for many jobs (an array, a task range): one command per site (per
+        thousand jobs), which the agent carries out with one scancel."""
+        by_site: dict[str, list[pb.CancelCommand]] = {}
+        now = time.time()
+        for job in jobs:
+            by_site.setdefault(job.site, []).append(
+                pb.CancelCommand(
+                    job_id=job.id,
+                    attempt=job.attempt,
+                    slurm_job_id=job.slurm_job_id,
+                    tag=self.tag(job.id, job.attempt),
+                )
+            )
+            self._last_sent[(job.id, job.attempt, "cancel")] = now
+        for site, commands in by_site.items():
+            for at in range(0, len(commands), 1000):
+                part = commands[at : at + 1000]
+                self.sites.send(site, pb.DaemonMessage(cancel_jobs=pb.CancelJobsCommand(jobs=part)))
 
     def cancel_at(self, site: str, job_id: int, attempt: int, slurm_job_id: str) -> None:
         """Cancel one Slurm job of ours at a site, whatever the job's current attempt (a stray)."""

@@ -10,14 +10,17 @@ from __future__ import annotations
 import time
 
 from metasched import jobspec
+from metasched.arrays import ArraySpec
+from metasched.daemon import tasks
 from metasched.daemon.core import Activity, Core
 from metasched.daemon.placing import PlacementPass
 from metasched.daemon.settings import Refused
 from metasched.daemon.sites import SiteRegistry
 from metasched.daemon.views import request_of_spec, site_views
+from metasched.daemon.waiting import WaitingJobs
 from metasched.placement.policy import Choice, Request, site_refusal
 from metasched.states import JobState
-from metasched.store import Batch, JobRow
+from metasched.store import Batch, IllegalTransition, JobRow
 from metasched.v1 import metasched_pb2 as pb
 
 S = JobState
@@ -65,9 +68,10 @@ def no_account(sites: SiteRegistry, req: Request) -> str | None:
 
 
 class Intake(Activity):
-    def __init__(self, core: Core, placement: PlacementPass) -> None:
+    def __init__(self, core: Core, placement: PlacementPass, waiting: WaitingJobs) -> None:
         super().__init__(core)
         self.placement = placement
+        self.waiting = waiting
 
     def _valid(self, spec: pb.JobSpec) -> pb.JobSpec:
         try:
@@ -84,16 +88,136 @@ class Intake(Activity):
         reasons = never_runnable(self.sites, req) or no_account(self.sites, req)
         if reasons is not None:
             raise Refused("FAILED_PRECONDITION", reasons)
-        if self.store.count_live(user) >= self.settings.max_queued_per_user:
+        array = jobspec.parse_array(spec.array) if spec.array else None
+        count = array.count if array else 1
+        if self.store.count_live(user) + count > self.settings.max_queued_per_user:
             raise Refused(
                 "RESOURCE_EXHAUSTED",
-                f"user {user} already has {self.settings.max_queued_per_user} jobs queued",
+                f"user {user} already has {self.store.count_live(user)} jobs queued"
+                + (f" and this array has {count} tasks" if array else "")
+                + f" (the limit is {self.settings.max_queued_per_user})",
             )
-        job = self.store.insert(user, spec).result(60)
+        if array or spec.dependency or spec.begin_time or spec.hold:
+            # one transaction for the whole array, its dependencies checked in it
+            job = self.store.run(lambda b: self._insert(b, user, spec, array))
+        else:
+            job = self.store.insert(user, spec).result(60)
         self.placement.wake.set()
         if wait_placement > 0:
             job = self.placement.wait_placed(job.id, wait_placement)
         return job
+
+    def _insert(self, b: Batch, user: str, spec: pb.JobSpec, array: ArraySpec | None) -> JobRow:
+        """A job (or an array's tasks) that may wait: QUEUED if nothing holds it now, else
+        WAITING with the reason; refused if its dependency can never be satisfied."""
+        now = b.now
+        first = array.tasks[0] if array else 0
+        probe = JobRow(0, user, spec, S.WAITING, now, now, held=spec.hold, array_task=first)
+        verdict, reason, _ = self.waiting.evaluate(b, probe, now)
+        if verdict == "never" and not spec.keep_invalid_dependency:
+            raise Refused(
+                "FAILED_PRECONDITION",
+                reason.replace("DependencyNeverSatisfied: ", "the dependency can never be met: "),
+            )
+        # An array whose tasks wait on tasks of another (aftercorr) is settled task by task.
+        state = S.QUEUED if verdict == "ready" and not (array and spec.dependency) else S.WAITING
+        reason = reason or ("Dependency: checking each task" if state == S.WAITING else "")
+        if array is None:
+            return b.insert_held(user, spec, state, reason, spec.hold)
+        rows = b.insert_array(user, spec, array.tasks, array.max_running, state, reason, spec.hold)
+        return rows[0]
+
+    def cancel_named(self, user: str, admin: bool, names: list[str]) -> list[JobRow]:
+        """Cancel every job the names stand for ("17", "17_5", "17_[1-100]") in one
+        transaction; a task or job already ended is left as it is (a single named job that
+        has ended is refused, as cancel does)."""
+        jobs = self.named(user, admin, names)
+        if len(jobs) == 1 and jobs[0].state.is_final and not jobs[0].array_id:
+            raise Refused(
+                "FAILED_PRECONDITION", f"job {jobs[0].id} has already ended ({jobs[0].state})"
+            )
+
+        def op(b: Batch) -> list[JobRow]:
+            out = []
+            for named in jobs:
+                job = b.job(named.id)
+                if job.state in (S.QUEUED, S.WAITING):
+                    job = b.move(job.id, S.CANCELLED, "cancelled by the user before placement")
+                elif not job.state.is_final and job.state != S.CANCELLING:
+                    job = b.move(job.id, S.CANCELLING, "cancel requested", cancel_requested=True)
+                out.append(job)
+            return out
+
+        out = self.store.run(op)
+        self.dispatch.cancel_many([j for j in out if j.state == S.CANCELLING])
+        return out
+
+    def hold_named(self, user: str, admin: bool, names: list[str], release: bool) -> list[JobRow]:
+        """Hold (release=False) or release the named jobs still in the global queue; a held job
+        is WAITING until released. Tasks already at a site are left alone; naming only jobs
+        that are not in the global queue is refused."""
+        jobs = self.named(user, admin, names)
+        now_states = (S.WAITING,) if release else (S.QUEUED, S.WAITING)
+
+        def op(b: Batch) -> list[JobRow]:
+            out = []
+            for named in jobs:
+                job = b.job(named.id)
+                if job.state not in now_states or job.held == (not release):
+                    continue
+                try:
+                    if release:
+                        job = self._release(b, job)
+                    else:
+                        reason = "JobHeldUser: held by its user (msub release)"
+                        job = b.move(
+                            job.id, S.WAITING, "held by the user", held=True, reason=reason
+                        )
+                except IllegalTransition:
+                    continue
+                out.append(job)
+            if not out:
+                j = jobs[0]
+                what = "released" if release else "held"
+                if release:
+                    why = f"job {tasks.display_id(j)} is not held"
+                elif j.state.is_final:
+                    why = f"job {tasks.display_id(j)} has already ended ({j.state})"
+                elif j.held:
+                    why = f"job {tasks.display_id(j)} is already held"
+                else:
+                    why = (
+                        f"job {tasks.display_id(j)} is already at site {j.site} ({j.state}); "
+                        "only jobs still in the global queue can be held"
+                    )
+                raise Refused("FAILED_PRECONDITION", f"nothing {what}: {why}")
+            return out
+
+        return self.store.run(op)
+
+    def _release(self, b: Batch, job: JobRow) -> JobRow:
+        unheld = b.move(job.id, S.WAITING, "released by the user", held=False)
+        verdict, reason, _ = self.waiting.evaluate(b, unheld, b.now)
+        if verdict == "ready":
+            return b.move(job.id, S.QUEUED, "released: nothing holds it now", reason="")
+        if reason != unheld.reason:
+            return b.move(job.id, S.WAITING, "", reason=reason)
+        return unheld
+
+    def named(self, user: str, admin: bool, names: list[str]) -> list[JobRow]:
+        try:
+            refs = tasks.parse_refs(names)
+            found: dict[int, JobRow] = {}
+            for ref in refs:
+                for job in tasks.jobs_named(self.store, ref):
+                    found[job.id] = job
+        except tasks.BadRef as e:
+            code = "INVALID_ARGUMENT" if str(e).startswith("bad") else "NOT_FOUND"
+            raise Refused(code, str(e)) from None
+        for job in found.values():
+            if job.user != user and not admin:
+                raise Refused("PERMISSION_DENIED", f"job {tasks.display_id(job)} is not yours")
+        return sorted(found.values(), key=lambda j: j.id)
 
     def plan(self, user: str, spec: pb.JobSpec) -> list[Choice]:
         req = request_of_spec(user, self._valid(spec))
@@ -107,7 +231,7 @@ class Intake(Activity):
                 raise Refused(
                     "FAILED_PRECONDITION", f"job {job_id} has already ended ({job.state})"
                 )
-            if job.state == S.QUEUED:
+            if job.state in (S.QUEUED, S.WAITING):
                 return b.move(job_id, S.CANCELLED, "cancelled by the user before placement")
             if job.state == S.CANCELLING:
                 return job

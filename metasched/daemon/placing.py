@@ -14,7 +14,9 @@ import time
 from collections import deque
 
 from metasched.daemon.core import Activity, Core
+from metasched.daemon.tasks import Throttle
 from metasched.daemon.views import request_of, site_views
+from metasched.daemon.waiting import WaitingJobs
 from metasched.placement.model import SiteView
 from metasched.placement.policy import Decision, Request, site_refusal
 from metasched.states import JobState
@@ -27,6 +29,9 @@ class PlacementPass(Activity):
     def __init__(self, core: Core) -> None:
         super().__init__(core)
         self.wake = threading.Event()  # set by anything that may let a job be placed
+        # Jobs not placeable yet (dependencies, begin times, holds): settled before each pass.
+        self.waiting = WaitingJobs(self.store, self.wake.set)
+        self.throttle = Throttle(self.store)
         self._placed = threading.Condition()
         self._requests: dict[int, tuple[tuple[str, ...], Request]] = {}
         # What the last full pass planned from: a pass in between only places jobs
@@ -78,6 +83,7 @@ class PlacementPass(Activity):
         behind re-plans of a long queue (bench/submit_throughput.py).
         """
         now = time.time()
+        self.waiting.settle(now)  # released jobs make this pass a full one (_on_changes)
         version = self.sites.version
         since = now - self._full_end
         took = self._full_end - self._full_at
@@ -98,10 +104,11 @@ class PlacementPass(Activity):
             )
             if not new:
                 return 0
-            decisions = self.placer.place_more([self._request(j) for j in new])
+            admitted, deferred = self.throttle.admit(new)
+            decisions = self.placer.place_more([self._request(j) for j in admitted])
             if decisions is not None:
                 self._placed_upto = new[-1].id
-                return self._commit(decisions, new, self._full_views, self._full_at)
+                return self._commit(decisions, new, self._full_views, self._full_at, deferred)
         # Cleared before the views are taken: a change from here on makes a later pass full.
         self._replan_due = self._requeued = False
         self._full_sites_version = version
@@ -124,14 +131,21 @@ class PlacementPass(Activity):
         views = site_views(self.sites, self.store, now)
         self._full_views = views
         self._placed_upto = queued[-1].id if queued else self._placed_upto
-        decisions = self.placer.place([self._request(j) for j in queued], views, now)
-        return self._commit(decisions, queued, views, now)
+        admitted, deferred = self.throttle.admit(queued)
+        decisions = self.placer.place([self._request(j) for j in admitted], views, now)
+        return self._commit(decisions, queued, views, now, deferred)
 
     def _commit(
-        self, decisions: list[Decision], queued: list[JobRow], views: list[SiteView], now: float
+        self,
+        decisions: list[Decision],
+        queued: list[JobRow],
+        views: list[SiteView],
+        now: float,
+        deferred: dict[int, str],
     ) -> int:
         """Record a pass's decisions over these queued jobs (estimates as of now) in one
-        transaction, then send the forwarded jobs to their sites; return how many were sent."""
+        transaction, then send the forwarded jobs to their sites; return how many were sent.
+        deferred: array tasks held back by their array's % limit, and why."""
         if not queued:
             return 0
         placed = {d.job_id for d in decisions}
@@ -140,8 +154,9 @@ class PlacementPass(Activity):
         waiting = {
             j.id: self._why_waiting(j, views)
             for j in queued
-            if j.id not in placed and j.est_at == 0
+            if j.id not in placed and j.est_at == 0 and j.id not in deferred
         }
+        waiting.update(deferred)
         by_id = {j.id: j for j in queued}
 
         def op(b: Batch) -> list[JobRow]:

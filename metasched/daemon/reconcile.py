@@ -133,29 +133,38 @@ class Reconciler(Activity):
         self.placement.replan()
 
     def on_cancel_result(self, site_name: str, res: pb.CancelResult) -> None:
-        if not res.done:
-            self.log.warning(
-                "cancel_not_done",
-                site=site_name,
-                job_id=res.job_id,
-                attempt=res.attempt,
-                error=res.error,
-            )
+        self.on_cancel_results(site_name, [res])
+
+    def on_cancel_results(self, site_name: str, results: list[pb.CancelResult]) -> None:
+        """The agent's answers to cancels (one, or a whole array's), in one transaction."""
+        done = []
+        for res in results:
+            if res.done:
+                done.append(res)
+            else:
+                self.log.warning(
+                    "cancel_not_done",
+                    site=site_name,
+                    job_id=res.job_id,
+                    attempt=res.attempt,
+                    error=res.error,
+                )
+        if not done:
             return
 
-        def op(b: Batch) -> JobRow | None:
-            try:
-                job = b.job(res.job_id)
-            except NoSuchJob:
-                self.log.warning("cancel_result_ignored", site=site_name, job_id=res.job_id)
-                return None
-            if job.site != site_name or job.attempt != res.attempt:
-                return None
-            if job.state == S.CANCELLING:
-                return b.move(job.id, S.CANCELLED, f"cancel confirmed by {site_name}")
-            if job.state == S.RECALLING:
-                return requeue(b, job, f"recalled from {site_name}")
-            return None
+        def op(b: Batch) -> None:
+            for res in done:
+                try:
+                    job = b.job(res.job_id)
+                except NoSuchJob:
+                    self.log.warning("cancel_result_ignored", site=site_name, job_id=res.job_id)
+                    continue
+                if job.site != site_name or job.attempt != res.attempt:
+                    continue
+                if job.state == S.CANCELLING:
+                    b.move(job.id, S.CANCELLED, f"cancel confirmed by {site_name}")
+                elif job.state == S.RECALLING:
+                    requeue(b, job, f"recalled from {site_name}")
 
         self.store.run(op)
         self.placement.replan()

@@ -10,6 +10,8 @@ Each activity is a module of its own, with its own loop shape (Balsam's site ser
     dispatch.py    commands to agents; re-send what is unanswered  every second (upkeep)
     site_admin.py  drain / resume / retire                         per call
     learning.py    run times and start calibration                 per report / per start
+    waiting.py     dependencies, begin times, holds (WAITING jobs)  settled before each pass
+    outputs.py     a job's output, read at its site (msub output)   per call
 
 The rules that make forwarding exactly-once hold across all of them:
   - a job is sent to a site only as FORWARDING(site, attempt), durably, first;
@@ -30,6 +32,7 @@ from metasched.daemon.core import Core
 from metasched.daemon.dispatch import Dispatcher
 from metasched.daemon.intake import Intake
 from metasched.daemon.learning import Learning
+from metasched.daemon.outputs import OutputRelay
 from metasched.daemon.placing import PlacementPass
 from metasched.daemon.recall import Recall
 from metasched.daemon.reconcile import Reconciler
@@ -61,7 +64,8 @@ class Scheduler:
         self.learning = Learning(store, self.placer)
         core = Core(store, sites, settings, self.placer, self.dispatch)
         self.placement = PlacementPass(core)
-        self.intake = Intake(core, self.placement)
+        self.intake = Intake(core, self.placement, self.placement.waiting)
+        self.outputs = OutputRelay(sites)
         self.reconcile = Reconciler(core, self.learning, self.placement)
         self.recall = Recall(core)
         self.site_admin = SiteAdmin(core, self.placement)

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from metasched import auth, jobspec
+from metasched import auth, jobspec, output_names
 from metasched.daemon.identity import Identity
 from metasched.daemon.scheduler import Scheduler
 from metasched.daemon.settings import Refused
@@ -52,11 +52,16 @@ def job_estimate_pb(job: JobRow) -> pb.Estimate:
     )
 
 
-def job_pb(job: JobRow, events: list[Any] | None = None) -> pb.Job:
+def job_pb(job: JobRow, events: list[Any] | None = None, with_spec: bool = True) -> pb.Job:
+    spec = job.spec
+    ids = output_names.Ids(
+        job.id, spec.name or f"metasched-{job.id}", job.user, job.array_id, job.array_task
+    )
+    stdout = output_names.resolve(spec.output, ids, spec.workdir)
     out = pb.Job(
         id=job.id,
         user=job.user,
-        spec=job.spec,
+        spec=spec if with_spec else None,
         state=job.state.to_pb(),
         site=job.site,
         partition=job.partition,
@@ -67,6 +72,11 @@ def job_pb(job: JobRow, events: list[Any] | None = None) -> pb.Job:
         ended_at=job.ended_at,
         exit_code=job.exit_code,
         reason=job.reason,
+        array_id=job.array_id,
+        array_task=job.array_task,
+        held=job.held,
+        stdout_path=stdout,
+        stderr_path=output_names.resolve(spec.error, ids, spec.workdir) if spec.error else stdout,
     )
     if job.est_start and job.est_site:
         out.estimate.CopyFrom(job_estimate_pb(job))
@@ -186,13 +196,74 @@ class UserService(pb_grpc.SchedulerServicer):
         except ValueError:
             bad = next(s for s in request.states if s not in _KNOWN_STATES)
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unknown job state {bad}")
-        jobs = self.s.store.jobs(
-            user=None if request.all_users else user,
-            states=states,
-            include_final=request.include_final,
-            limit=min(request.limit or 1000, 100_000),
-        )
+        limit = min(request.limit or 1000, 100_000)
+        if request.array_id:
+            tasks = self.s.store.array_tasks(request.array_id, include_final=request.include_final)
+            wanted = set(states) if states else None
+            jobs = [
+                t
+                for t in tasks
+                if (request.all_users or t.user == user)
+                and (wanted is None or t.state in wanted)
+                and (request.include_final or wanted is not None or not t.state.is_final)
+            ][:limit]
+        else:
+            jobs = self.s.store.jobs(
+                user=None if request.all_users else user,
+                states=states,
+                include_final=request.include_final,
+                limit=limit,
+            )
         return pb.ListJobsResponse(jobs=[job_pb(j) for j in jobs])
+
+    def CancelJobs(
+        self, request: pb.CancelJobsRequest, context: grpc.ServicerContext
+    ) -> pb.CancelJobsResponse:
+        user = self._user(context)
+        admin = self._is_admin(user)
+        jobs = self._guard(
+            context, lambda: self.s.intake.cancel_named(user, admin, list(request.jobs))
+        )
+        return pb.CancelJobsResponse(jobs=[job_pb(j, with_spec=False) for j in jobs])
+
+    def HoldJobs(
+        self, request: pb.HoldJobsRequest, context: grpc.ServicerContext
+    ) -> pb.HoldJobsResponse:
+        user = self._user(context)
+        admin = self._is_admin(user)
+        jobs = self._guard(
+            context,
+            lambda: self.s.intake.hold_named(user, admin, list(request.jobs), request.release),
+        )
+        return pb.HoldJobsResponse(jobs=[job_pb(j, with_spec=False) for j in jobs])
+
+    def ReadOutput(
+        self, request: pb.ReadOutputRequest, context: grpc.ServicerContext
+    ) -> pb.ReadOutputResponse:
+        user = self._user(context)
+        # Output is its owner's alone (not even an admin's to read through metasched).
+        jobs = self._guard(context, lambda: self.s.intake.named(user, False, [request.job]))
+        if len(jobs) != 1:
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"{request.job} is an array of {len(jobs)} tasks: name one (e.g. {request.job}_1)",
+            )
+        job = jobs[0]
+        data = self._guard(
+            context,
+            lambda: self.s.outputs.read(job, request.stderr, request.offset, request.max_bytes),
+        )
+        if data.error:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, data.error)
+        now = self.s.store.job(job.id) or job
+        return pb.ReadOutputResponse(
+            data=data.data,
+            offset=data.offset,
+            size=data.size,
+            path=data.path,
+            state=now.state.to_pb(),
+            site=job.site,
+        )
 
     def CancelJob(self, request: pb.CancelJobRequest, context: grpc.ServicerContext) -> pb.Job:
         self._own_job(context, request.job_id)

@@ -62,6 +62,10 @@ class _JobStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_JobState.Val
     """cancel asked; waiting for the site to confirm"""
     JOB_STATE_RECALLING: _JobState.ValueType  # 6
     """being pulled back from a site (rebalancing); back to QUEUED when confirmed"""
+    JOB_STATE_WAITING: _JobState.ValueType  # 17
+    """in the global queue, not placeable yet: a dependency, a begin time or a user's hold
+    (reason says which); QUEUED once nothing holds it
+    """
     JOB_STATE_COMPLETED: _JobState.ValueType  # 10
     """final: exit code 0"""
     JOB_STATE_FAILED: _JobState.ValueType  # 11
@@ -94,6 +98,10 @@ JOB_STATE_CANCELLING: JobState.ValueType  # 5
 """cancel asked; waiting for the site to confirm"""
 JOB_STATE_RECALLING: JobState.ValueType  # 6
 """being pulled back from a site (rebalancing); back to QUEUED when confirmed"""
+JOB_STATE_WAITING: JobState.ValueType  # 17
+"""in the global queue, not placeable yet: a dependency, a begin time or a user's hold
+(reason says which); QUEUED once nothing holds it
+"""
 JOB_STATE_COMPLETED: JobState.ValueType  # 10
 """final: exit code 0"""
 JOB_STATE_FAILED: JobState.ValueType  # 11
@@ -160,6 +168,11 @@ class JobSpec(_message.Message):
     ERROR_FIELD_NUMBER: _builtins.int
     ENVIRONMENT_FIELD_NUMBER: _builtins.int
     ACCOUNT_FIELD_NUMBER: _builtins.int
+    ARRAY_FIELD_NUMBER: _builtins.int
+    DEPENDENCY_FIELD_NUMBER: _builtins.int
+    BEGIN_TIME_FIELD_NUMBER: _builtins.int
+    HOLD_FIELD_NUMBER: _builtins.int
+    KEEP_INVALID_DEPENDENCY_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     script: _builtins.str
     """the batch script, text, at most the daemon's max_script_bytes"""
@@ -189,6 +202,21 @@ class JobSpec(_message.Message):
     """-e"""
     account: _builtins.str
     """-A, passed through to the site"""
+    array: _builtins.str
+    """Arrays and dependencies (docs/arrays.md). Text in sbatch's own syntax, parsed by
+    metasched.jobspec (parse_array, parse_dependency) in msub and again in the daemon.
+    --array: "1-1000%50", "1,3,5-11:2"; each task is a job
+    """
+    dependency: _builtins.str
+    """--dependency: "afterok:17:18_3,singleton", "afterany:17?after:19" """
+    begin_time: _builtins.float
+    """--begin, seconds since the epoch; 0 = at once"""
+    hold: _builtins.bool
+    """-H/--hold: submitted held until `msub release`"""
+    keep_invalid_dependency: _builtins.bool
+    """--kill-on-invalid-dep=no: a dependency that can never be satisfied leaves the job waiting
+    (reason DependencyNeverSatisfied) instead of cancelling it.
+    """
     @_builtins.property
     def sites(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """--site: only these sites (empty = any)"""
@@ -222,10 +250,15 @@ class JobSpec(_message.Message):
         error: _builtins.str = ...,
         environment: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         account: _builtins.str = ...,
+        array: _builtins.str = ...,
+        dependency: _builtins.str = ...,
+        begin_time: _builtins.float = ...,
+        hold: _builtins.bool = ...,
+        keep_invalid_dependency: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "cpus_per_task", b"cpus_per_task", "environment", b"environment", "error", b"error", "exclude_sites", b"exclude_sites", "gpu_type", b"gpu_type", "gpus_per_node", b"gpus_per_node", "mem_per_node_mb", b"mem_per_node_mb", "name", b"name", "nodes", b"nodes", "ntasks", b"ntasks", "output", b"output", "partition", b"partition", "precision", b"precision", "script", b"script", "sites", b"sites", "time_limit_minutes", b"time_limit_minutes", "workdir", b"workdir"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "array", b"array", "begin_time", b"begin_time", "cpus_per_task", b"cpus_per_task", "dependency", b"dependency", "environment", b"environment", "error", b"error", "exclude_sites", b"exclude_sites", "gpu_type", b"gpu_type", "gpus_per_node", b"gpus_per_node", "hold", b"hold", "keep_invalid_dependency", b"keep_invalid_dependency", "mem_per_node_mb", b"mem_per_node_mb", "name", b"name", "nodes", b"nodes", "ntasks", b"ntasks", "output", b"output", "partition", b"partition", "precision", b"precision", "script", b"script", "sites", b"sites", "time_limit_minutes", b"time_limit_minutes", "workdir", b"workdir"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -321,6 +354,11 @@ class Job(_message.Message):
     REASON_FIELD_NUMBER: _builtins.int
     ESTIMATE_FIELD_NUMBER: _builtins.int
     EVENTS_FIELD_NUMBER: _builtins.int
+    ARRAY_ID_FIELD_NUMBER: _builtins.int
+    ARRAY_TASK_FIELD_NUMBER: _builtins.int
+    HELD_FIELD_NUMBER: _builtins.int
+    STDOUT_PATH_FIELD_NUMBER: _builtins.int
+    STDERR_PATH_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     user: _builtins.str
     state: Global___JobState.ValueType
@@ -336,6 +374,17 @@ class Job(_message.Message):
     exit_code: _builtins.int
     reason: _builtins.str
     """why it is in this state (Slurm's reason, or ours)"""
+    array_id: _builtins.int
+    """An array task: users know it as "<array_id>_<array_task>" (the array's id is its first
+    task's job id, as Slurm's ArrayJobId). array_id 0: not an array task.
+    """
+    array_task: _builtins.int
+    held: _builtins.bool
+    """held by the user (msub hold / --hold) until released"""
+    stdout_path: _builtins.str
+    """where its output goes, patterns resolved (%j %A %a %x %u)"""
+    stderr_path: _builtins.str
+    """same file as stdout_path unless --error was given"""
     @_builtins.property
     def spec(self) -> Global___JobSpec: ...
     @_builtins.property
@@ -362,10 +411,15 @@ class Job(_message.Message):
         reason: _builtins.str = ...,
         estimate: Global___Estimate | None = ...,
         events: _abc.Iterable[Global___JobEvent] | None = ...,
+        array_id: _builtins.int = ...,
+        array_task: _builtins.int = ...,
+        held: _builtins.bool = ...,
+        stdout_path: _builtins.str = ...,
+        stderr_path: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["estimate", b"estimate", "spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "ended_at", b"ended_at", "estimate", b"estimate", "events", b"events", "exit_code", b"exit_code", "id", b"id", "partition", b"partition", "reason", b"reason", "site", b"site", "slurm_job_id", b"slurm_job_id", "spec", b"spec", "started_at", b"started_at", "state", b"state", "submitted_at", b"submitted_at", "user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["array_id", b"array_id", "array_task", b"array_task", "attempt", b"attempt", "ended_at", b"ended_at", "estimate", b"estimate", "events", b"events", "exit_code", b"exit_code", "held", b"held", "id", b"id", "partition", b"partition", "reason", b"reason", "site", b"site", "slurm_job_id", b"slurm_job_id", "spec", b"spec", "started_at", b"started_at", "state", b"state", "stderr_path", b"stderr_path", "stdout_path", b"stdout_path", "submitted_at", b"submitted_at", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -525,10 +579,13 @@ class ListJobsRequest(_message.Message):
     STATES_FIELD_NUMBER: _builtins.int
     INCLUDE_FINAL_FIELD_NUMBER: _builtins.int
     LIMIT_FIELD_NUMBER: _builtins.int
+    ARRAY_ID_FIELD_NUMBER: _builtins.int
     all_users: _builtins.bool
     """admins only; others see their own jobs"""
     include_final: _builtins.bool
     limit: _builtins.int
+    array_id: _builtins.int
+    """only this array's tasks (0 = any job)"""
     @_builtins.property
     def states(self) -> _containers.RepeatedScalarFieldContainer[Global___JobState.ValueType]:
         """empty = not final"""
@@ -540,10 +597,11 @@ class ListJobsRequest(_message.Message):
         states: _abc.Iterable[Global___JobState.ValueType] | None = ...,
         include_final: _builtins.bool = ...,
         limit: _builtins.int = ...,
+        array_id: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["all_users", b"all_users", "include_final", b"include_final", "limit", b"limit", "states", b"states"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["all_users", b"all_users", "array_id", b"array_id", "include_final", b"include_final", "limit", b"limit", "states", b"states"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -587,6 +645,170 @@ class CancelJobRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CancelJobRequest: _TypeAlias = CancelJobRequest  # noqa: Y015
+
+@_typing.final
+class CancelJobsRequest(_message.Message):
+    """Jobs as users write them: "17" (a job, or every task of array 17), "17_5" (one task),
+    "17_[1-100,200]" (tasks of an array). All or nothing: one bad id refuses the request.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOBS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def jobs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        jobs: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["jobs", b"jobs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelJobsRequest: _TypeAlias = CancelJobsRequest  # noqa: Y015
+
+@_typing.final
+class CancelJobsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOBS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def jobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___Job]:
+        """each job the request named, as it is now (spec left out)"""
+
+    def __init__(
+        self,
+        *,
+        jobs: _abc.Iterable[Global___Job] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["jobs", b"jobs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelJobsResponse: _TypeAlias = CancelJobsResponse  # noqa: Y015
+
+@_typing.final
+class HoldJobsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOBS_FIELD_NUMBER: _builtins.int
+    RELEASE_FIELD_NUMBER: _builtins.int
+    release: _builtins.bool
+    """false: hold (msub hold), true: release (msub release)"""
+    @_builtins.property
+    def jobs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """as in CancelJobsRequest"""
+
+    def __init__(
+        self,
+        *,
+        jobs: _abc.Iterable[_builtins.str] | None = ...,
+        release: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["jobs", b"jobs", "release", b"release"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HoldJobsRequest: _TypeAlias = HoldJobsRequest  # noqa: Y015
+
+@_typing.final
+class HoldJobsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOBS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def jobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___Job]: ...
+    def __init__(
+        self,
+        *,
+        jobs: _abc.Iterable[Global___Job] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["jobs", b"jobs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HoldJobsResponse: _TypeAlias = HoldJobsResponse  # noqa: Y015
+
+@_typing.final
+class ReadOutputRequest(_message.Message):
+    """A job's output file, read at its site by the agent as the job's own user."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_FIELD_NUMBER: _builtins.int
+    STDERR_FIELD_NUMBER: _builtins.int
+    OFFSET_FIELD_NUMBER: _builtins.int
+    MAX_BYTES_FIELD_NUMBER: _builtins.int
+    job: _builtins.str
+    """"17" or "17_5" """
+    stderr: _builtins.bool
+    """the --error file (the output file when the job has none)"""
+    offset: _builtins.int
+    """from this byte"""
+    max_bytes: _builtins.int
+    """at most this many (0 = 64 KiB; capped at 1 MiB)"""
+    def __init__(
+        self,
+        *,
+        job: _builtins.str = ...,
+        stderr: _builtins.bool = ...,
+        offset: _builtins.int = ...,
+        max_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job", b"job", "max_bytes", b"max_bytes", "offset", b"offset", "stderr", b"stderr"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReadOutputRequest: _TypeAlias = ReadOutputRequest  # noqa: Y015
+
+@_typing.final
+class ReadOutputResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATA_FIELD_NUMBER: _builtins.int
+    OFFSET_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    PATH_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    SITE_FIELD_NUMBER: _builtins.int
+    data: _builtins.bytes
+    offset: _builtins.int
+    """where data starts in the file"""
+    size: _builtins.int
+    """the file's size when read"""
+    path: _builtins.str
+    """the file, as the site sees it"""
+    state: Global___JobState.ValueType
+    """the job's state (a follower stops once it is final and read up)"""
+    site: _builtins.str
+    def __init__(
+        self,
+        *,
+        data: _builtins.bytes = ...,
+        offset: _builtins.int = ...,
+        size: _builtins.int = ...,
+        path: _builtins.str = ...,
+        state: Global___JobState.ValueType = ...,
+        site: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "offset", b"offset", "path", b"path", "site", b"site", "size", b"size", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReadOutputResponse: _TypeAlias = ReadOutputResponse  # noqa: Y015
 
 @_typing.final
 class WatchJobRequest(_message.Message):
@@ -1114,6 +1336,65 @@ class JobUpdate(_message.Message):
 Global___JobUpdate: _TypeAlias = JobUpdate  # noqa: Y015
 
 @_typing.final
+class CancelResults(_message.Message):
+    """Answers to a CancelJobsCommand, one per job, in one message."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___CancelResult]: ...
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___CancelResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelResults: _TypeAlias = CancelResults  # noqa: Y015
+
+@_typing.final
+class OutputData(_message.Message):
+    """The answer to a ReadOutputCommand."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    OFFSET_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    PATH_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.int
+    data: _builtins.bytes
+    offset: _builtins.int
+    size: _builtins.int
+    path: _builtins.str
+    error: _builtins.str
+    """why nothing could be read (no such file, permission, ...)"""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.int = ...,
+        data: _builtins.bytes = ...,
+        offset: _builtins.int = ...,
+        size: _builtins.int = ...,
+        path: _builtins.str = ...,
+        error: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "error", b"error", "offset", b"offset", "path", b"path", "request_id", b"request_id", "size", b"size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OutputData: _TypeAlias = OutputData  # noqa: Y015
+
+@_typing.final
 class AgentMessage(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -1122,6 +1403,8 @@ class AgentMessage(_message.Message):
     SUBMIT_RESULT_FIELD_NUMBER: _builtins.int
     CANCEL_RESULT_FIELD_NUMBER: _builtins.int
     JOB_UPDATE_FIELD_NUMBER: _builtins.int
+    CANCEL_RESULTS_FIELD_NUMBER: _builtins.int
+    OUTPUT_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def hello(self) -> Global___Hello: ...
     @_builtins.property
@@ -1132,6 +1415,10 @@ class AgentMessage(_message.Message):
     def cancel_result(self) -> Global___CancelResult: ...
     @_builtins.property
     def job_update(self) -> Global___JobUpdate: ...
+    @_builtins.property
+    def cancel_results(self) -> Global___CancelResults: ...
+    @_builtins.property
+    def output(self) -> Global___OutputData: ...
     def __init__(
         self,
         *,
@@ -1140,12 +1427,14 @@ class AgentMessage(_message.Message):
         submit_result: Global___SubmitResult | None = ...,
         cancel_result: Global___CancelResult | None = ...,
         job_update: Global___JobUpdate | None = ...,
+        cancel_results: Global___CancelResults | None = ...,
+        output: Global___OutputData | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "cancel_result", b"cancel_result", "hello", b"hello", "job_update", b"job_update", "report", b"report", "submit_result", b"submit_result"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "cancel_result", b"cancel_result", "cancel_results", b"cancel_results", "hello", b"hello", "job_update", b"job_update", "output", b"output", "report", b"report", "submit_result", b"submit_result"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "cancel_result", b"cancel_result", "hello", b"hello", "job_update", b"job_update", "report", b"report", "submit_result", b"submit_result"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "cancel_result", b"cancel_result", "cancel_results", b"cancel_results", "hello", b"hello", "job_update", b"job_update", "output", b"output", "report", b"report", "submit_result", b"submit_result"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["hello", "report", "submit_result", "cancel_result", "job_update"]  # noqa: Y015
+    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["hello", "report", "submit_result", "cancel_result", "job_update", "cancel_results", "output"]  # noqa: Y015
     _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_body) -> _WhichOneofReturnType_body | None: ...
 
@@ -1161,6 +1450,8 @@ class SubmitCommand(_message.Message):
     PARTITION_FIELD_NUMBER: _builtins.int
     USER_FIELD_NUMBER: _builtins.int
     TAG_FIELD_NUMBER: _builtins.int
+    ARRAY_ID_FIELD_NUMBER: _builtins.int
+    ARRAY_TASK_FIELD_NUMBER: _builtins.int
     job_id: _builtins.int
     attempt: _builtins.int
     partition: _builtins.str
@@ -1169,6 +1460,11 @@ class SubmitCommand(_message.Message):
     """the global user; the agent maps it to a local account"""
     tag: _builtins.str
     """put into the Slurm job's comment, e.g. metasched:<fed>:<id>:<attempt>"""
+    array_id: _builtins.int
+    """An array task: the agent sets SLURM_ARRAY_* in its environment and %A/%a in its output
+    names, with the federation's array id (each task is one plain Slurm job at its site).
+    """
+    array_task: _builtins.int
     @_builtins.property
     def spec(self) -> Global___JobSpec: ...
     def __init__(
@@ -1180,10 +1476,12 @@ class SubmitCommand(_message.Message):
         partition: _builtins.str = ...,
         user: _builtins.str = ...,
         tag: _builtins.str = ...,
+        array_id: _builtins.int = ...,
+        array_task: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "job_id", b"job_id", "partition", b"partition", "spec", b"spec", "tag", b"tag", "user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["array_id", b"array_id", "array_task", b"array_task", "attempt", b"attempt", "job_id", b"job_id", "partition", b"partition", "spec", b"spec", "tag", b"tag", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1278,6 +1576,82 @@ class Welcome(_message.Message):
 Global___Welcome: _TypeAlias = Welcome  # noqa: Y015
 
 @_typing.final
+class CancelJobsCommand(_message.Message):
+    """Several cancels at once (an array, a task range): the agent looks at its queue once and
+    runs one scancel for all, and answers with one CancelResults.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOBS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def jobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___CancelCommand]: ...
+    def __init__(
+        self,
+        *,
+        jobs: _abc.Iterable[Global___CancelCommand] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["jobs", b"jobs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelJobsCommand: _TypeAlias = CancelJobsCommand  # noqa: Y015
+
+@_typing.final
+class ReadOutputCommand(_message.Message):
+    """Read part of a job's output file as the job's own user (never as root)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    USER_FIELD_NUMBER: _builtins.int
+    SPEC_FIELD_NUMBER: _builtins.int
+    ARRAY_ID_FIELD_NUMBER: _builtins.int
+    ARRAY_TASK_FIELD_NUMBER: _builtins.int
+    STDERR_FIELD_NUMBER: _builtins.int
+    OFFSET_FIELD_NUMBER: _builtins.int
+    MAX_BYTES_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.int
+    job_id: _builtins.int
+    attempt: _builtins.int
+    user: _builtins.str
+    """the global user; the agent maps it to the local account"""
+    array_id: _builtins.int
+    array_task: _builtins.int
+    stderr: _builtins.bool
+    offset: _builtins.int
+    max_bytes: _builtins.int
+    @_builtins.property
+    def spec(self) -> Global___JobSpec:
+        """name, workdir, output, error only (no script)"""
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.int = ...,
+        job_id: _builtins.int = ...,
+        attempt: _builtins.int = ...,
+        user: _builtins.str = ...,
+        spec: Global___JobSpec | None = ...,
+        array_id: _builtins.int = ...,
+        array_task: _builtins.int = ...,
+        stderr: _builtins.bool = ...,
+        offset: _builtins.int = ...,
+        max_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["array_id", b"array_id", "array_task", b"array_task", "attempt", b"attempt", "job_id", b"job_id", "max_bytes", b"max_bytes", "offset", b"offset", "request_id", b"request_id", "spec", b"spec", "stderr", b"stderr", "user", b"user"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReadOutputCommand: _TypeAlias = ReadOutputCommand  # noqa: Y015
+
+@_typing.final
 class DaemonMessage(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -1285,6 +1659,8 @@ class DaemonMessage(_message.Message):
     SUBMIT_FIELD_NUMBER: _builtins.int
     CANCEL_FIELD_NUMBER: _builtins.int
     RESOLVE_FIELD_NUMBER: _builtins.int
+    CANCEL_JOBS_FIELD_NUMBER: _builtins.int
+    READ_OUTPUT_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def welcome(self) -> Global___Welcome: ...
     @_builtins.property
@@ -1293,6 +1669,10 @@ class DaemonMessage(_message.Message):
     def cancel(self) -> Global___CancelCommand: ...
     @_builtins.property
     def resolve(self) -> Global___ResolveCommand: ...
+    @_builtins.property
+    def cancel_jobs(self) -> Global___CancelJobsCommand: ...
+    @_builtins.property
+    def read_output(self) -> Global___ReadOutputCommand: ...
     def __init__(
         self,
         *,
@@ -1300,12 +1680,14 @@ class DaemonMessage(_message.Message):
         submit: Global___SubmitCommand | None = ...,
         cancel: Global___CancelCommand | None = ...,
         resolve: Global___ResolveCommand | None = ...,
+        cancel_jobs: Global___CancelJobsCommand | None = ...,
+        read_output: Global___ReadOutputCommand | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "cancel", b"cancel", "resolve", b"resolve", "submit", b"submit", "welcome", b"welcome"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "cancel", b"cancel", "cancel_jobs", b"cancel_jobs", "read_output", b"read_output", "resolve", b"resolve", "submit", b"submit", "welcome", b"welcome"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "cancel", b"cancel", "resolve", b"resolve", "submit", b"submit", "welcome", b"welcome"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "cancel", b"cancel", "cancel_jobs", b"cancel_jobs", "read_output", b"read_output", "resolve", b"resolve", "submit", b"submit", "welcome", b"welcome"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["welcome", "submit", "cancel", "resolve"]  # noqa: Y015
+    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["welcome", "submit", "cancel", "resolve", "cancel_jobs", "read_output"]  # noqa: Y015
     _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_body) -> _WhichOneofReturnType_body | None: ...
 

@@ -69,6 +69,21 @@ class SchedulerStub:
                 request_serializer=metasched_dot_v1_dot_metasched__pb2.ListSitesRequest.SerializeToString,
                 response_deserializer=metasched_dot_v1_dot_metasched__pb2.ListSitesResponse.FromString,
                 _registered_method=True)
+        self.CancelJobs = channel.unary_unary(
+                '/metasched.v1.Scheduler/CancelJobs',
+                request_serializer=metasched_dot_v1_dot_metasched__pb2.CancelJobsRequest.SerializeToString,
+                response_deserializer=metasched_dot_v1_dot_metasched__pb2.CancelJobsResponse.FromString,
+                _registered_method=True)
+        self.HoldJobs = channel.unary_unary(
+                '/metasched.v1.Scheduler/HoldJobs',
+                request_serializer=metasched_dot_v1_dot_metasched__pb2.HoldJobsRequest.SerializeToString,
+                response_deserializer=metasched_dot_v1_dot_metasched__pb2.HoldJobsResponse.FromString,
+                _registered_method=True)
+        self.ReadOutput = channel.unary_unary(
+                '/metasched.v1.Scheduler/ReadOutput',
+                request_serializer=metasched_dot_v1_dot_metasched__pb2.ReadOutputRequest.SerializeToString,
+                response_deserializer=metasched_dot_v1_dot_metasched__pb2.ReadOutputResponse.FromString,
+                _registered_method=True)
 
 
 class SchedulerServicer:
@@ -117,6 +132,27 @@ class SchedulerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CancelJobs(self, request, context):
+        """arrays and task ranges
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def HoldJobs(self, request, context):
+        """hold / release
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReadOutput(self, request, context):
+        """msub output
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SchedulerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -154,6 +190,21 @@ def add_SchedulerServicer_to_server(servicer, server):
                     servicer.ListSites,
                     request_deserializer=metasched_dot_v1_dot_metasched__pb2.ListSitesRequest.FromString,
                     response_serializer=metasched_dot_v1_dot_metasched__pb2.ListSitesResponse.SerializeToString,
+            ),
+            'CancelJobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelJobs,
+                    request_deserializer=metasched_dot_v1_dot_metasched__pb2.CancelJobsRequest.FromString,
+                    response_serializer=metasched_dot_v1_dot_metasched__pb2.CancelJobsResponse.SerializeToString,
+            ),
+            'HoldJobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.HoldJobs,
+                    request_deserializer=metasched_dot_v1_dot_metasched__pb2.HoldJobsRequest.FromString,
+                    response_serializer=metasched_dot_v1_dot_metasched__pb2.HoldJobsResponse.SerializeToString,
+            ),
+            'ReadOutput': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReadOutput,
+                    request_deserializer=metasched_dot_v1_dot_metasched__pb2.ReadOutputRequest.FromString,
+                    response_serializer=metasched_dot_v1_dot_metasched__pb2.ReadOutputResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -345,6 +396,87 @@ class Scheduler:
             '/metasched.v1.Scheduler/ListSites',
             metasched_dot_v1_dot_metasched__pb2.ListSitesRequest.SerializeToString,
             metasched_dot_v1_dot_metasched__pb2.ListSitesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/metasched.v1.Scheduler/CancelJobs',
+            metasched_dot_v1_dot_metasched__pb2.CancelJobsRequest.SerializeToString,
+            metasched_dot_v1_dot_metasched__pb2.CancelJobsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def HoldJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/metasched.v1.Scheduler/HoldJobs',
+            metasched_dot_v1_dot_metasched__pb2.HoldJobsRequest.SerializeToString,
+            metasched_dot_v1_dot_metasched__pb2.HoldJobsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReadOutput(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/metasched.v1.Scheduler/ReadOutput',
+            metasched_dot_v1_dot_metasched__pb2.ReadOutputRequest.SerializeToString,
+            metasched_dot_v1_dot_metasched__pb2.ReadOutputResponse.FromString,
             options,
             channel_credentials,
             insecure,

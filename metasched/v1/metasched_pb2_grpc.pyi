@@ -64,6 +64,12 @@ class SchedulerStub:
     WatchJob: _grpc.UnaryStreamMultiCallable[_metasched_pb2.WatchJobRequest, _metasched_pb2.Job]
     """sends on every change, ends when final"""
     ListSites: _grpc.UnaryUnaryMultiCallable[_metasched_pb2.ListSitesRequest, _metasched_pb2.ListSitesResponse]
+    CancelJobs: _grpc.UnaryUnaryMultiCallable[_metasched_pb2.CancelJobsRequest, _metasched_pb2.CancelJobsResponse]
+    """arrays and task ranges"""
+    HoldJobs: _grpc.UnaryUnaryMultiCallable[_metasched_pb2.HoldJobsRequest, _metasched_pb2.HoldJobsResponse]
+    """hold / release"""
+    ReadOutput: _grpc.UnaryUnaryMultiCallable[_metasched_pb2.ReadOutputRequest, _metasched_pb2.ReadOutputResponse]
+    """msub output"""
 
 @_typing.type_check_only
 class SchedulerAsyncStub(SchedulerStub):
@@ -76,6 +82,12 @@ class SchedulerAsyncStub(SchedulerStub):
     WatchJob: _aio.UnaryStreamMultiCallable[_metasched_pb2.WatchJobRequest, _metasched_pb2.Job]  # type: ignore[assignment]
     """sends on every change, ends when final"""
     ListSites: _aio.UnaryUnaryMultiCallable[_metasched_pb2.ListSitesRequest, _metasched_pb2.ListSitesResponse]  # type: ignore[assignment]
+    CancelJobs: _aio.UnaryUnaryMultiCallable[_metasched_pb2.CancelJobsRequest, _metasched_pb2.CancelJobsResponse]  # type: ignore[assignment]
+    """arrays and task ranges"""
+    HoldJobs: _aio.UnaryUnaryMultiCallable[_metasched_pb2.HoldJobsRequest, _metasched_pb2.HoldJobsResponse]  # type: ignore[assignment]
+    """hold / release"""
+    ReadOutput: _aio.UnaryUnaryMultiCallable[_metasched_pb2.ReadOutputRequest, _metasched_pb2.ReadOutputResponse]  # type: ignore[assignment]
+    """msub output"""
 
 class SchedulerServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -127,6 +139,30 @@ class SchedulerServicer(metaclass=_abc_1.ABCMeta):
         request: _metasched_pb2.ListSitesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_metasched_pb2.ListSitesResponse, _abc.Awaitable[_metasched_pb2.ListSitesResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def CancelJobs(
+        self,
+        request: _metasched_pb2.CancelJobsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_metasched_pb2.CancelJobsResponse, _abc.Awaitable[_metasched_pb2.CancelJobsResponse]]:
+        """arrays and task ranges"""
+
+    @_abc_1.abstractmethod
+    def HoldJobs(
+        self,
+        request: _metasched_pb2.HoldJobsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_metasched_pb2.HoldJobsResponse, _abc.Awaitable[_metasched_pb2.HoldJobsResponse]]:
+        """hold / release"""
+
+    @_abc_1.abstractmethod
+    def ReadOutput(
+        self,
+        request: _metasched_pb2.ReadOutputRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_metasched_pb2.ReadOutputResponse, _abc.Awaitable[_metasched_pb2.ReadOutputResponse]]:
+        """msub output"""
 
 def add_SchedulerServicer_to_server(servicer: SchedulerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 

@@ -73,6 +73,9 @@ class SubmitRequest:
     # environment of a process the agent runs
     environment: dict[str, str] = field(default_factory=dict)
     local_user: str = ""  # run as this account (agent runs as root); "" = the agent's own
+    # Slurm's own variables the agent sets for the job (an array task's SLURM_ARRAY_*: each
+    # task runs as a plain Slurm job). Never the user's: their SLURM_* names are refused.
+    slurm_environment: dict[str, str] = field(default_factory=dict)
 
 
 def submitter(req: SubmitRequest) -> LocalAccount | None:
@@ -154,6 +157,11 @@ class SlurmBackend(abc.ABC):
     @abc.abstractmethod
     def jobs(self) -> list[SlurmJob]:
         """Every job Slurm currently shows (all users, all states it still keeps)."""
+
+    def cancel_many(self, job_ids: list[str]) -> None:
+        """Cancel several jobs at once (an array); like cancel() for each."""
+        for job_id in job_ids:
+            self.cancel(job_id)
 
     @abc.abstractmethod
     def cancel(self, job_id: str, only_pending: bool = False) -> None:

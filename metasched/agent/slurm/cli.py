@@ -189,7 +189,7 @@ class CliBackend(SlurmBackend):
         # names are looked up in sbatch's own, empty, environment: they add nothing).
         # It is the path Slurm took before (the job's names, values from sbatch's own
         # environment); --export=NONE would drop the file, ALL the login environment.
-        first = min(req.environment, default="")
+        first = min({*req.environment, *req.slurm_environment}, default="")
         args += [f"--export-file={env_fd}", f"--export={first or 'NONE'}"]
         return args
 
@@ -198,7 +198,8 @@ class CliBackend(SlurmBackend):
     ) -> subprocess.CompletedProcess[str]:
         """sbatch for req, as its user, with the job's variables in an anonymous file."""
         try:
-            data = jobenv.export_file(req.environment)
+            # the agent's own SLURM_ARRAY_* next to the job's checked variables
+            data = jobenv.export_file({**req.environment, **req.slurm_environment})
         except ValueError as e:
             raise JobRefused(str(e)) from None
         fd = os.memfd_create("metasched-job-env", 0)
@@ -243,11 +244,18 @@ class CliBackend(SlurmBackend):
         return parse.parse_test_only(proc.stderr, proc.returncode)
 
     def cancel(self, job_id: str, only_pending: bool = False) -> None:
-        if not job_id.isdigit():
-            raise SlurmError(f"bad job id {job_id!r}")
         # --state=PENDING: slurmctld itself skips the job if it has started meanwhile
-        args = ["--state=PENDING", job_id] if only_pending else [job_id]
-        proc = self._run("scancel", args, check=False)
+        self._scancel([job_id], ["--state=PENDING"] if only_pending else [])
+
+    def cancel_many(self, job_ids: list[str]) -> None:
+        for at in range(0, len(job_ids), 1000):  # one scancel per thousand: argv stays short
+            self._scancel(job_ids[at : at + 1000], [])
+
+    def _scancel(self, job_ids: list[str], options: list[str]) -> None:
+        for job_id in job_ids:
+            if not job_id.isdigit():
+                raise SlurmError(f"bad job id {job_id!r}")
+        proc = self._run("scancel", [*options, *job_ids], check=False)
         # 22.05 exits 0 for unknown ids; older or other setups say so on stderr
         if proc.returncode != 0 and not any(s in proc.stderr.lower() for s in _ALREADY_GONE):
             message = _one_line(proc.stderr) or f"scancel exited {proc.returncode}"

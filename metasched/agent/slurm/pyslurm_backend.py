@@ -120,7 +120,7 @@ def submit_kwargs(req: SubmitRequest, uid: int | None, gid: int | None) -> dict[
         "cpus_per_task": req.cpus_per_task,
         "time_limit": max(1, req.time_limit_minutes),  # an int: "10" raises TypeError
         "comment": req.tag,
-        "environment": dict(req.environment),
+        "environment": {**req.environment, **req.slurm_environment},
         # as sbatch --export=NONE/names: start from the user's login environment
         "get_user_environment": True,
     }

@@ -139,6 +139,9 @@ def test_parsl_runs_apps_on_blocks_at_two_sites(
         max_blocks=2,
         walltime="00:10:00",
         cores_per_node=1,
+        # Parsl's default of 10 s per sbatch/squeue call is shorter than a Python front-end's
+        # start on a loaded 2-core test machine; users on a quiet login node need no change
+        cmd_timeout=60,
         # the workers import this module to run the app (Parsl pickles it by reference)
         worker_init=f"export PATH={Path(sys.executable).parent}:$PATH "
         f"PYTHONPATH={Path(__file__).parent}",

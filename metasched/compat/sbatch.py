@@ -22,6 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from metasched import jobenv
 from metasched.cli import msub
 from metasched.cli.errors import UsageError
 from metasched.compat import common
@@ -31,7 +32,6 @@ PROLOGUE_MARK = "# metasched: this job's id is the federation's"
 _SH = re.compile(r"^#!\s*(/usr)?/bin/(env\s+)?(ba|da|k|z)?sh\b")
 # Never exported into a job: Slurm's own variables (the job gets its own), sbatch's option
 # variables, and the user's metasched token (it would travel to whichever site runs the job).
-_NOT_EXPORTED = ("SLURM_", "SBATCH_", "METASCHED_TOKEN")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -72,11 +72,11 @@ def shim_dir() -> str:
 
 
 def exported_environment() -> dict[str, str]:
-    return {
-        k: v
-        for k, v in os.environ.items()
-        if _NAME.match(k) and not k.startswith(_NOT_EXPORTED) and "\0" not in v
-    }
+    """sbatch's --export=ALL: the submitter's environment, less what no job may be given
+    (jobenv's denylist: the loader's, Slurm's and metasched's own variables)."""
+    return jobenv.without_denied(
+        {k: v for k, v in os.environ.items() if _NAME.match(k) and "\0" not in v}
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

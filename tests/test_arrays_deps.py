@@ -196,6 +196,47 @@ def test_one_cancel_ends_an_array_with_one_command_per_site(env: Env) -> None:
     assert {t.state for t in env.store.array_tasks(first.id)} == {S.CANCELLED}
 
 
+def test_a_cancel_that_crosses_a_failed_launch_is_sent_again_and_ends_cancelled(
+    env: Env,
+) -> None:
+    # Seen on a loaded lab: slurmd could not confirm a task's launch, and slurmctld requeued
+    # and held it just after the user's scancel. Held, it never starts: cancelled, not lost.
+    job = env.s.intake.submit("alice", spec())
+    env.cycle()
+    row = env.store.job(job.id)
+    assert row is not None and row.site
+    site = row.site
+
+    def seen(state: str, reason: str = "") -> None:
+        env.s.reconcile.on_report(
+            site,
+            site_report(
+                [
+                    pb.SlurmJobReport(
+                        slurm_job_id="7",
+                        state=state,
+                        reason=reason,
+                        start_time=time.time() - 5,
+                        job_id=job.id,
+                        attempt=1,
+                        federation=env.store.federation,
+                    )
+                ]
+            ),
+        )
+
+    seen("RUNNING")
+    assert env.state(job.id) == S.RUNNING
+    env.s.intake.cancel_named("alice", False, [str(job.id)])
+    env.sent(site)
+    seen("PENDING", "JobHeldUser")
+    assert env.state(job.id) == S.CANCELLING
+    again = [m for m in env.sent(site) if m.WhichOneof("body") in ("cancel", "cancel_jobs")]
+    assert again, "the cancel is sent again"
+    seen("CANCELLED")
+    assert env.state(job.id) == S.CANCELLED
+
+
 def test_a_task_range_is_cancelled_and_others_go_on(env: Env) -> None:
     first = env.s.intake.submit("alice", spec(array="1-10"))
     env.s.intake.cancel_named("alice", False, [f"{first.id}_[2-4]", f"{first.id}_9"])

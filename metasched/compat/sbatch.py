@@ -35,18 +35,28 @@ _SH = re.compile(r"^#!\s*(/usr)?/bin/(env\s+)?(ba|da|k|z)?sh\b")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
-def prologue(shim_dir: str, export_all: bool) -> str:
-    d = shim_dir.replace("'", "'\\''")
+def _quoted(value: str) -> str:
+    return "'" + value.replace("'", "'\\''") + "'"
+
+
+def prologue(shim_dir: str, export_all: bool, daemon: str = "") -> str:
+    d = _quoted(shim_dir)
+    # The front-ends on the job's PATH must find this directory and the daemon; METASCHED_*
+    # never travels in a job's environment (jobenv), so the script says them itself.
+    reach = f"  export METASCHED_COMPAT_DIR={d}\n"
+    if daemon:
+        reach += f"  export METASCHED_DAEMON={_quoted(daemon)}\n"
     # The site's sbatch was given the job's variables by name (--export=A,B), and Slurm
     # hands that list to every srun in the job as SLURM_EXPORT_ENV: variables the script
     # sets itself would never reach srun's tasks. sbatch's default is ALL; so is srun's.
     export = "  export SLURM_EXPORT_ENV=ALL\n" if export_all else ""
     return (
         f"{PROLOGUE_MARK} (what sbatch printed); srun is given the site's\n"
-        f"if [ -n \"${{METASCHED_JOB_ID:-}}\" ] && [ -x '{d}/srun' ]; then\n"
+        f'if [ -n "${{METASCHED_JOB_ID:-}}" ] && [ -x {d}/srun ]; then\n'
         '  export METASCHED_SITE_JOB_ID="$SLURM_JOB_ID"\n'
         '  export SLURM_JOB_ID="$METASCHED_JOB_ID" SLURM_JOBID="$METASCHED_JOB_ID"\n'
-        f"  export PATH='{d}':\"$PATH\"\n"
+        f'  export PATH={d}:"$PATH"\n'
+        f"{reach}"
         f"{export}"
         "fi\n"
     )
@@ -61,7 +71,8 @@ def with_prologue(script: str, shim_dir: str, export_all: bool = True) -> str:
     at = 1
     while at < len(lines) and (not lines[at].strip() or lines[at].lstrip().startswith("#")):
         at += 1
-    return "".join(lines[:at]) + prologue(shim_dir, export_all) + "".join(lines[at:])
+    daemon = os.environ.get("METASCHED_DAEMON", "")
+    return "".join(lines[:at]) + prologue(shim_dir, export_all, daemon) + "".join(lines[at:])
 
 
 def shim_dir() -> str:

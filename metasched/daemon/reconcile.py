@@ -263,6 +263,12 @@ class Reconciler(Activity):
             detail = f"its record turned up ({source}) after it was lost"
 
         if ours == S.PENDING and job.started_at and _held_after_start(reason):
+            if job.state == S.CANCELLING:
+                # The user's cancel crossed a failed launch (slurmd could not confirm it and
+                # slurmctld requeued and held the job): a held job never starts again on its
+                # own, so the cancel is sent again and settles it, not "lost".
+                cancels.append(replace(job, **fields) if fields else job)
+                return
             # Seen after a slurmctld SIGKILL: the restarted controller had the job as pending
             # in its saved state, launched it again onto the node it had run on, and held it
             # ("launch failed requeued held"). It may have run to the end: not re-run, not

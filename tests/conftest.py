@@ -14,6 +14,7 @@ import os
 # process, which has gRPC channels open; gRPC's fork handlers would crash those children.
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -53,7 +54,7 @@ def slurm_lab() -> Iterator[SlurmLab]:
         with lab:
             yield lab
     finally:
-        shutil.rmtree(root, ignore_errors=True)
+        _remove(root)
 
 
 @pytest.fixture
@@ -72,7 +73,15 @@ def make_lab() -> Iterator[Callable[..., SlurmLab]]:
     yield make
     for lab, root in made:
         lab.down()
-        shutil.rmtree(root, ignore_errors=True)
+        _remove(root)
+
+
+def _remove(root: Path) -> None:
+    """A lab's directory goes after its test, unless METASCHED_KEEP_LAB=1 keeps its logs."""
+    if os.environ.get("METASCHED_KEEP_LAB") == "1":
+        print(f"lab kept: {root}", file=sys.stderr)
+        return
+    shutil.rmtree(root, ignore_errors=True)
 
 
 def need_slurm() -> None:
@@ -105,7 +114,7 @@ def make_federation() -> Iterator[Callable[..., Federation]]:
     for lab, fed, root in made:
         fed.stop()
         lab.down()
-        shutil.rmtree(root, ignore_errors=True)
+        _remove(root)
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +126,7 @@ def demo_federation() -> Iterator[Federation]:
     lab = SlurmLab(root / "l", list(DEMO_SITES), overrides={"MessageTimeout": "3"})
     with lab, Federation(lab, root / "f") as fed:
         yield fed
-    shutil.rmtree(root, ignore_errors=True)
+    _remove(root)
 
 
 # Two sites of one 1-CPU node each: a second one-CPU job cannot start where the first runs,
@@ -137,4 +146,4 @@ def small_federation() -> Iterator[Federation]:
     lab = SlurmLab(root / "l", TWO_SMALL_SITES, overrides={"MessageTimeout": "3"})
     with lab, Federation(lab, root / "f", poll_interval=0.5, report_interval=2.0) as fed:
         yield fed
-    shutil.rmtree(root, ignore_errors=True)
+    _remove(root)

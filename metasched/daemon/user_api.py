@@ -165,7 +165,8 @@ class UserService(pb_grpc.SchedulerServicer):
         async def body(user: str) -> pb.SubmitJobResponse:
             self._limit_size(request)
             self._limit_rate(user)
-            job = await self.calls.blocking(user, self.s.intake.submit, user, request.spec)
+            spec = self.s.intake.admit(user, request.spec)
+            job = await asyncio.wrap_future(self.s.intake.enqueue(user, spec))
             if not request.no_wait:
                 job = await self._placed(user, job, SUBMIT_WAIT_S)
             return pb.SubmitJobResponse(

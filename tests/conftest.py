@@ -9,8 +9,6 @@ Without slurmctld they skip, unless METASCHED_REQUIRE_SLURM=1 makes that a failu
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 
 # As in the agent (metasched/agent/__init__.py): tests run sbatch as other users from this
@@ -18,22 +16,17 @@ import os
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 import pwd
 import shutil
-import signal
 import subprocess
-import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
 
-from metasched import auth
 from metasched.lab import DEMO_SITES, SiteProfile, SlurmLab, slurm_installed
-from metasched.lab.federation import Federation, wait_for
-from metasched.v1 import metasched_pb2 as pb
-from metasched.v1 import metasched_pb2_grpc as pb_grpc
+from metasched.lab.federation import Federation
+from metasched.lab.lone import LoneDaemon
 
 
 def _need_slurm() -> None:
@@ -152,103 +145,6 @@ def small_federation() -> Iterator[Federation]:
 
 
 # ---------------------------------------------------------------- metaschedd alone
-
-
-class LoneDaemon:
-    """metaschedd as a real process with no sites (its jobs stay queued): its Unix socket,
-    ident socket and SQLite file under `root`. Local users reach it as themselves (msub and
-    metasched-admin through metasched.lab.asuser); the harness is root, an admin."""
-
-    def __init__(self, root: Path, extra: str = "", listen: str = "", tables: str = "") -> None:
-        """extra: more [daemon] keys; tables: more TOML tables (e.g. [sites.NAME])."""
-        self.root = root
-        self.state_dir = root / "state"
-        self.db = self.state_dir / "metasched.db"
-        self.socket = str(root / "d.sock")
-        self.config = root / "metaschedd.toml"
-        self.config.write_text(
-            f'[daemon]\nstate_dir = "{self.state_dir}"\nlisten = "{listen}"\n'
-            f'socket = "{self.socket}"\nlog_level = "debug"\nsubmit_rate = 0\n'
-            f"placement_interval = 0.2\n{extra}\n\n{tables}\n"
-        )
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.log = root / "metaschedd.log"
-        self._tokens: dict[str, tuple[tuple[str, str], ...]] = {}
-
-    def command(self, *args: str) -> list[str]:
-        return [sys.executable, "-m", "metasched.daemon.main", "-c", str(self.config), *args]
-
-    def start(self) -> None:
-        with open(self.log, "ab") as logf:
-            self.proc = subprocess.Popen(
-                self.command(), stdout=logf, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        wait_for(self._answers, 30, "metaschedd to answer", self.log)
-
-    def _answers(self) -> bool:
-        assert self.proc is not None
-        if self.proc.poll() is not None:
-            raise AssertionError(f"metaschedd exited {self.proc.returncode}: {self.log_text()}")
-        try:
-            self.call("ListSites", pb.ListSitesRequest(), timeout=2)
-            return True
-        except (grpc.RpcError, auth.Unreachable, OSError):
-            return False
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        p, self.proc = self.proc, None
-        if p is None or p.poll() is not None:
-            return
-        os.killpg(p.pid, sig)
-        try:
-            p.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait()
-
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
-
-    def events(self, name: str) -> list[dict[str, Any]]:
-        """The daemon's log events called `name` (its JSON log lines)."""
-        out = []
-        for line in self.log_text().splitlines():
-            if f'"{name}"' in line:
-                with contextlib.suppress(ValueError):
-                    ev = json.loads(line)
-                    if ev.get("event") == name:
-                        out.append(ev)
-        return out
-
-    def channel(self) -> grpc.Channel:
-        return grpc.insecure_channel(f"unix:{self.socket}")
-
-    def md(self, user: str = "root") -> tuple[tuple[str, str], ...]:
-        """Credentials of `user`: root's own local token, else a token root creates for it."""
-        if user == "root":
-            return auth.client_metadata(f"unix:{self.socket}")
-        if user not in self._tokens:
-            made = pb_grpc.AdminStub(self.channel()).CreateToken(
-                pb.CreateTokenRequest(user=user, ttl_seconds=3600), metadata=self.md(), timeout=30
-            )
-            self._tokens[user] = (("authorization", f"Bearer {made.token}"),)
-        return self._tokens[user]
-
-    def call(self, method: str, request: Any, user: str = "root", timeout: float = 30) -> Any:
-        stub = pb_grpc.SchedulerStub(self.channel())
-        return getattr(stub, method)(request, metadata=self.md(user), timeout=timeout)
-
-    def cli(
-        self, program: str, *args: str, user: str = "root", timeout: float = 120
-    ) -> subprocess.CompletedProcess[str]:
-        """msub or metasched-admin (program "msub" / "admin") as the local user `user`."""
-        module = "metasched.cli.msub" if program == "msub" else "metasched.cli.admin"
-        argv = [sys.executable, "-m", module, *args]
-        if user != "root":
-            argv = [sys.executable, "-m", "metasched.lab.asuser", user, program, *args]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("METASCHED_")}
-        env["METASCHED_DAEMON"] = f"unix:{self.socket}"
-        return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=timeout)
 
 
 @pytest.fixture

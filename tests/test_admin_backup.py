@@ -15,8 +15,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import LoneDaemon
 
+from metasched.lab.lone import LoneDaemon
 from metasched.v1 import metasched_pb2 as pb
 
 

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import grpc
 import pytest
-from conftest import LoneDaemon
 
 from metasched.lab.federation import wait_for
+from metasched.lab.lone import LoneDaemon
 from metasched.v1 import metasched_pb2 as pb
 
 SCRIPT = "#!/bin/sh\ntrue\n"

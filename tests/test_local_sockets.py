@@ -9,10 +9,9 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from conftest import LoneDaemon
-
 from metasched import auth
 from metasched.lab.federation import wait_for
+from metasched.lab.lone import LoneDaemon
 from metasched.v1 import metasched_pb2 as pb
 from metasched.v1 import metasched_pb2_grpc as pb_grpc
 

@@ -17,10 +17,10 @@ from typing import Any
 
 import grpc
 import pytest
-from conftest import LoneDaemon
 
 from metasched import auth
 from metasched.lab.federation import free_port, wait_for
+from metasched.lab.lone import LoneDaemon
 from metasched.v1 import metasched_pb2 as pb
 from metasched.v1 import metasched_pb2_grpc as pb_grpc
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -247,3 +249,29 @@ def test_listings_come_in_bounded_pages_without_scripts(
     with pytest.raises(grpc.RpcError) as e:
         d.call("ListJobs", pb.ListJobsRequest(cursor="12; DROP TABLE jobs"), user=owner)
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_a_call_that_cannot_finish_is_answered_at_its_deadline(
+    lone_daemon: Callable[..., LoneDaemon],
+) -> None:
+    """A submission whose commit cannot happen (another process holds the database's write
+    lock) is answered DEADLINE_EXCEEDED at the daemon's call_timeout, not left hanging, and
+    another user's reads go on meanwhile."""
+    d = lone_daemon(extra="call_timeout_seconds = 2")
+    mine = submit_many(d, "msdread", 1)
+    blocker = sqlite3.connect(d.db, isolation_level=None, timeout=30)
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(grpc.RpcError) as e:
+            d.call("SubmitJob", pb.SubmitJobRequest(spec=spec(), no_wait=True), user="msdslow")
+        took = time.monotonic() - t0
+        assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert e.value.details() == "the daemon could not answer in time"
+        assert took < 15, took
+        listed = d.call("ListJobs", pb.ListJobsRequest(), user="msdread")
+        assert [j.id for j in listed.jobs] == mine
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    assert submit_many(d, "msdslow", 1)  # and once the lock is gone, it goes on

@@ -42,7 +42,7 @@ from metasched.daemon.sites import SiteRegistry
 from metasched.daemon.sockets import LocalSockets
 from metasched.daemon.tokens import TokenStore
 from metasched.daemon.user_api import UserService
-from metasched.daemon.watchers import JobWatchers
+from metasched.daemon.watchers import Completions, JobWatchers
 from metasched.daemon.web import WebServer
 from metasched.daemon.wire import add_service
 from metasched.store import Store, StoreError
@@ -98,6 +98,7 @@ class Daemon:
             self.identity,
             calls,
             watchers,
+            Completions(self.loop),
             submit_rate=cfg.submit_rate,
             submit_burst=cfg.submit_burst,
             max_request_bytes=cfg.max_request_bytes,

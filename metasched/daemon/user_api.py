@@ -22,7 +22,7 @@ from metasched.daemon.calls import Calls, Context
 from metasched.daemon.identity import Identity
 from metasched.daemon.scheduler import Scheduler
 from metasched.daemon.settings import Refused
-from metasched.daemon.watchers import JobWatchers
+from metasched.daemon.watchers import Completions, JobWatchers
 from metasched.placement.estimate import Estimate
 from metasched.placement.policy import Request
 from metasched.states import JobState, node_usable
@@ -112,6 +112,7 @@ class UserService(pb_grpc.SchedulerServicer):
         identity: Identity,
         calls: Calls,
         watchers: JobWatchers,
+        completions: Completions,
         submit_rate: float = 0.0,
         submit_burst: int = 1,
         max_request_bytes: int = 0,
@@ -120,6 +121,7 @@ class UserService(pb_grpc.SchedulerServicer):
         self.identity = identity
         self.calls = calls
         self.watchers = watchers
+        self.completions = completions
         self.rate = auth.RateLimiter(submit_rate, submit_burst)
         self.max_request_bytes = max_request_bytes
 
@@ -166,7 +168,7 @@ class UserService(pb_grpc.SchedulerServicer):
             self._limit_size(request)
             self._limit_rate(user)
             spec = self.s.intake.admit(user, request.spec)
-            job = await asyncio.wrap_future(self.s.intake.enqueue(user, spec))
+            job = await self.completions.wrap(self.s.intake.enqueue(user, spec))
             if not request.no_wait:
                 job = await self._placed(user, job, SUBMIT_WAIT_S)
             return pb.SubmitJobResponse(

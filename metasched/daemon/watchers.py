@@ -1,18 +1,67 @@
-"""Coroutines waiting for a job to change (WatchJob, SubmitJob waiting for placement), woken
-by the store's commits.
+"""Coroutines woken by the store's writer thread: those waiting for their own commit (a
+submission, Completions) and those waiting for a job to change (WatchJob, SubmitJob waiting
+for placement: JobWatchers).
 
-The store's writer thread calls `committed` with every job a commit changed; the jobs someone
-waits on are looked up there and their waiters woken on the event loop. A waiter costs an
-asyncio.Event, not a thread; a commit costs one look-up per job waited on (or per changed
-job, whichever is fewer), and nothing at all while nobody waits.
+Waking the event loop from another thread is a write to the loop's socket, during which the
+writer thread lets go of Python's GIL and may wait a switch interval (5 ms) to get it back
+from the busy loop: so the writer wakes the loop once per commit, never once per job.
+
+The store's writer thread calls `JobWatchers.committed` with every job a commit changed; the
+jobs someone waits on are looked up there and their waiters woken on the event loop. A waiter
+costs an asyncio.Event, not a thread; a commit costs one look-up per job waited on (or per
+changed job, whichever is fewer), and nothing at all while nobody waits.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
+from collections import deque
 from collections.abc import Iterator, Mapping
-from typing import Any
+from concurrent.futures import Future
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+class Completions:
+    """asyncio futures for futures another thread resolves (the store's commits), handed to the
+    event loop in bunches: the first to complete wakes the loop, the rest of the same commit
+    join it (asyncio.wrap_future wakes the loop once per future)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._done: deque[tuple[asyncio.Future[Any], Future[Any]]] = deque()
+        self._lock = threading.Lock()
+        self._woken = False
+
+    def wrap(self, fut: Future[T]) -> asyncio.Future[T]:
+        """(event loop's thread) An asyncio future with fut's outcome."""
+        mine: asyncio.Future[T] = self._loop.create_future()
+        fut.add_done_callback(lambda f: self._arrived(mine, f))
+        return mine
+
+    def _arrived(self, mine: asyncio.Future[Any], fut: Future[Any]) -> None:
+        self._done.append((mine, fut))
+        with self._lock:
+            if self._woken:
+                return
+            self._woken = True
+        self._loop.call_soon_threadsafe(self._hand_over)
+
+    def _hand_over(self) -> None:
+        with self._lock:
+            self._woken = False  # a future done from here on wakes the loop again
+        while self._done:
+            mine, fut = self._done.popleft()
+            if mine.done():  # the caller gave up (its deadline)
+                continue
+            err = fut.exception()
+            if err is not None:
+                mine.set_exception(err)
+            else:
+                mine.set_result(fut.result())
 
 
 class JobWatchers:
@@ -55,6 +104,3 @@ class JobWatchers:
         for job_id in job_ids:
             for event in self._waiting.get(job_id, ()):
                 event.set()
-
-    def count(self) -> int:
-        return sum(len(w) for w in self._waiting.values())

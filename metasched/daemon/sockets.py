@@ -57,7 +57,6 @@ class LocalSockets:
         self._retiring: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
-        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         await self._serve_grpc()
         self.ident = auth.IdentServer(self.ident_path, self.tokens)
         self.ident.start()
@@ -78,6 +77,7 @@ class LocalSockets:
     async def _serve_grpc(self) -> None:
         """A new gRPC server on a private socket, then published at self.path."""
         server = self.new_server()
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)  # (the directory may be gone too)
         private = os.path.join(
             os.path.dirname(self.path), f".metaschedd-{os.getpid()}-{next(self._names)}"
         )

@@ -158,35 +158,24 @@ def check_files(cfg: DaemonConfig) -> None:
             raise ConfigError(f"{what} {addr!r}: use host:port")
 
 
+# Limits' fields, by their key in [daemon]: each at least 1
+_LIMIT_KEYS = (
+    ("calls", "max_calls_per_user", int),
+    ("watches", "max_watches_per_user", int),
+    ("listings", "max_listings_per_user", int),
+    ("threads", "threads_per_user", int),
+    ("call_timeout", "call_timeout_seconds", float),
+    ("watch_seconds", "watch_max_seconds", float),
+)
+
+
 def _limits(d: dict[str, Any], w: str) -> Limits:
     dflt = Limits()
     return Limits(
-        calls=_at_least(
-            config.get(d, "max_calls_per_user", int, dflt.calls, w), 1, f"{w}.max_calls_per_user"
-        ),
-        watches=_at_least(
-            config.get(d, "max_watches_per_user", int, dflt.watches, w),
-            1,
-            f"{w}.max_watches_per_user",
-        ),
-        listings=_at_least(
-            config.get(d, "max_listings_per_user", int, dflt.listings, w),
-            1,
-            f"{w}.max_listings_per_user",
-        ),
-        threads=_at_least(
-            config.get(d, "threads_per_user", int, dflt.threads, w), 1, f"{w}.threads_per_user"
-        ),
-        call_timeout=_at_least(
-            config.get(d, "call_timeout_seconds", float, dflt.call_timeout, w),
-            1,
-            f"{w}.call_timeout_seconds",
-        ),
-        watch_seconds=_at_least(
-            config.get(d, "watch_max_seconds", float, dflt.watch_seconds, w),
-            1,
-            f"{w}.watch_max_seconds",
-        ),
+        **{
+            name: _at_least(config.get(d, key, kind, getattr(dflt, name), w), 1, f"{w}.{key}")
+            for name, key, kind in _LIMIT_KEYS
+        }
     )
 
 

@@ -133,10 +133,7 @@ class AgentService(pb_grpc.AgentServiceServicer):
         if old is not None:
             old.close()
         self.log.info(
-            "agent_connected",
-            site=site,
-            peer=context.peer(),
-            agent_version=first.hello.agent_version,
+            "agent_connected", site=site, peer=link.peer, agent_version=first.hello.agent_version
         )
         link.send(
             pb.DaemonMessage(
@@ -159,10 +156,12 @@ class AgentService(pb_grpc.AgentServiceServicer):
                 if not batch:
                     await ready.wait()
         finally:
+            # (not context.peer(): after the stream is cancelled, gRPC's call is gone and
+            # asking it anything crashes the process; seen as a SIGSEGV in the crash test)
             reader.cancel()
             link.close()
             self.s.sites.disconnect(link)
-            self.log.info("agent_disconnected", site=site, peer=context.peer())
+            self.log.info("agent_disconnected", site=site, peer=link.peer)
 
     async def _with_scripts(
         self, site: str, batch: list[pb.DaemonMessage]

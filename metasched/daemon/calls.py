@@ -170,9 +170,8 @@ class Calls:
             finally:
                 self._give(user, "calls")
         except asyncio.CancelledError:
-            if task not in self._overdue:
-                raise  # the client went away
-            task.uncancel()
+            if task not in self._overdue or task.uncancel():
+                raise  # the client went away (too): there is no one to answer
             code, message = status_of(TimeoutError()) or (grpc.StatusCode.UNKNOWN, "")
         except Exception as e:
             code, message = self._failed(e, context)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import faulthandler
 import os
 import signal
 import sys
@@ -287,6 +288,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"metaschedd: {args.config} is valid ({len(cfg.site_tokens)} site(s))")
         return 0
     log.setup(cfg.log_level, process="metaschedd")
+    # A crash in C code (SQLite, gRPC's core) leaves every thread's Python stack in the log.
+    faulthandler.enable()
     try:
         if args.new:
             return make_new(cfg)

@@ -1,6 +1,7 @@
 """The daemon's local sockets (issue 9, item 9): deleted or replaced while metaschedd runs,
-each is noticed, logged (socket_recreated) and made again, and local users carry on; what was
-open on the old socket carries on too. A real metaschedd process and a real local user."""
+each is noticed (socket_missing), made again and logged (socket_recreated), and local users
+carry on; what was open on the old socket carries on too. A real metaschedd process and a
+real local user."""
 
 from __future__ import annotations
 
@@ -38,8 +39,10 @@ def test_a_deleted_socket_is_noticed_and_made_again(
     os.unlink(d.socket)
     os.unlink(ident)
     wait_for(lambda: os.path.exists(d.socket) and os.path.exists(ident), 30, "both sockets")
-    kinds = {e["kind"] for e in d.events("socket_recreated")}
-    assert kinds == {"grpc", "ident"}
+    missing = {(e["kind"], e["found"]) for e in d.events("socket_missing")}
+    assert missing == {("grpc", "nothing"), ("ident", "nothing")}
+    wait_for(lambda: len(d.events("socket_recreated")) == 2, 30, "both logged as made again")
+    assert {e["kind"] for e in d.events("socket_recreated")} == {"grpc", "ident"}
     out = d.cli("msub", "status", user=user)
     assert out.returncode == 0, out.stderr
     assert str(job) in out.stdout
@@ -49,6 +52,10 @@ def test_a_deleted_socket_is_noticed_and_made_again(
     os.unlink(d.socket)
     Path(d.socket).write_text("not a socket\n")
     wait_for(lambda: len(d.events("socket_recreated")) == 3, 30, "the socket again")
+    assert (d.events("socket_missing")[-1]["kind"], d.events("socket_missing")[-1]["found"]) == (
+        "grpc",
+        "another file",
+    )
     out = d.cli("msub", "cancel", str(job), user=user)
     assert out.returncode == 0, out.stderr
     wait_for(lambda: bool(seen) and seen[-1].state == pb.JOB_STATE_CANCELLED, 30, "the cancel")

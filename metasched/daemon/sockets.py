@@ -3,7 +3,8 @@
 A Unix socket is reached through its file: once the file is deleted (a cleanup of /run, an
 admin's rm), local users get "No such file" although the daemon still runs. So both files
 are looked at every `interval` seconds, and one that is gone, or is no longer the daemon's
-own (another file took its name), is logged (socket_recreated) and made again.
+own (another file took its name), is logged (socket_missing), made again, and logged again
+once it is back (socket_recreated).
 
 gRPC removes a Unix socket's file by name when its server stops, which would delete a
 recreated socket that took the same name. So each gRPC server listens on a socket of a
@@ -112,21 +113,23 @@ class LocalSockets:
         """Recreate either socket if its file is gone or is no longer ours."""
         now = _inode(self.path)
         if now != self._grpc_inode:
+            self._missing(self.path, "grpc", now)
             await self._serve_grpc()
-            self._recreated(self.path, "grpc", now)
+            self.log.info("socket_recreated", socket=self.path, kind="grpc")
         ident = self.ident
         if ident is not None:
             now = _inode(self.ident_path)
             if now != ident.inode:
+                self._missing(self.ident_path, "ident", now)
                 # stopped first: it waits up to half a second for its accept loop to notice
                 await asyncio.to_thread(ident.stop)
                 self.ident = auth.IdentServer(self.ident_path, self.tokens)
                 self.ident.start()
-                self._recreated(self.ident_path, "ident", now)
+                self.log.info("socket_recreated", socket=self.ident_path, kind="ident")
 
-    def _recreated(self, path: str, kind: str, found: tuple[int, int] | None) -> None:
+    def _missing(self, path: str, kind: str, found: tuple[int, int] | None) -> None:
         self.log.warning(
-            "socket_recreated",
+            "socket_missing",
             socket=path,
             kind=kind,
             found="nothing" if found is None else "another file",

@@ -83,7 +83,7 @@ def test_a_damaged_or_empty_database_is_refused_with_one_line(
     apply, what = DAMAGES[damage]
     apply(d.db)
     try:
-        p = subprocess.run(d.command(), capture_output=True, text=True, timeout=60)
+        p = subprocess.run(d.command(), capture_output=True, text=True, timeout=60, env=d.env())
     except subprocess.TimeoutExpired:
         pytest.fail(f"metaschedd started on a database that is {damage}")
     assert p.returncode == 1, p.stderr
@@ -101,13 +101,17 @@ def test_new_makes_an_empty_federation_only_on_purpose_and_never_over_jobs(
     d = lone_daemon(start=False)
     d.state_dir.mkdir()
     d.db.write_bytes(b"")  # what a failed disk or a careless truncation leaves
-    made = subprocess.run(d.command("--new"), capture_output=True, text=True, timeout=60)
+    made = subprocess.run(
+        d.command("--new"), capture_output=True, text=True, timeout=60, env=d.env()
+    )
     assert made.returncode == 0, made.stderr
     assert made.stdout.startswith("metaschedd: new federation ")
     d.start()
     job = submit(d)
     d.stop()
-    again = subprocess.run(d.command("--new"), capture_output=True, text=True, timeout=60)
+    again = subprocess.run(
+        d.command("--new"), capture_output=True, text=True, timeout=60, env=d.env()
+    )
     assert again.returncode == 1
     assert "already holds a database" in again.stderr and len(again.stderr.splitlines()) == 1
     assert jobs_in(d.db) == [(job, "msdq")]

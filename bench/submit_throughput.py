@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         (root / "d.toml").write_text(
             f'[daemon]\nstate_dir = "{root / "state"}"\nlisten = ""\nsocket = "{sock}"\n'
             'log_level = "warning"\nsubmit_rate = 1000000.0\nsubmit_burst = 1000000\n'
-            'max_queued_per_user = 10000000\nsynchronous = "FULL"\n'
+            'max_queued_per_user = 10000000\nsynchronous = "FULL"\nmax_calls_per_user = 100000\n'
         )
         procs.append(
             subprocess.Popen(

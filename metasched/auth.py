@@ -127,6 +127,8 @@ class IdentServer:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.bind(path)
         os.chmod(path, 0o666)  # every local user may ask who they are
+        st = os.stat(path)
+        self.inode = (st.st_dev, st.st_ino)  # what is ours at `path` (see stop)
         self.sock.listen(64)
         self.sock.settimeout(0.5)
         self._thread = threading.Thread(target=self._serve, name="ident", daemon=True)
@@ -138,8 +140,12 @@ class IdentServer:
         self._stop.set()
         self._thread.join(timeout=5)
         self.sock.close()
+        # only our own socket: a newer one may have taken the path (the daemon recreates a
+        # deleted socket, then stops the old server)
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
+            st = os.lstat(self.path)
+            if (st.st_dev, st.st_ino) == self.inode:
+                os.unlink(self.path)
 
     def answer(self, conn: socket.socket) -> str:
         creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))

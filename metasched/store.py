@@ -9,25 +9,39 @@ thousands of durable submissions a second.
 
 The writer also keeps the live (non-final) jobs in memory, so placement and the agent
 streams read them without touching the disk; finished jobs are read back from the file.
+A job's batch script is kept apart (table job_scripts; an array's once, under the array's
+id), never in memory: it is read from the file when the job is sent to a site and when its
+owner asks for it (GetJobScript), so a user's 1 MB scripts cost disk, not the daemon's memory.
+
+The file is checked before it is used: an empty file, one that is not SQLite or fails
+`PRAGMA quick_check` is refused with one line naming it (StoreError), and a job row that
+cannot be decoded is quarantined (logged, kept in the file, listed for admins) rather than
+stopping the daemon. A full disk fails the writes of that batch with StoreFull; nothing in it
+was acknowledged, and writes succeed again once there is space.
 """
 
 from __future__ import annotations
 
+import bisect
 import contextlib
+import errno
 import functools
 import itertools
 import queue
+import shutil
 import sqlite3
+import stat
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 import sqlite_utils
+from google.protobuf.message import DecodeError
 
 from metasched import log
 from metasched.states import FINAL_STATES, JobState, can_move
@@ -37,7 +51,8 @@ T = TypeVar("T")
 # 2: array tasks (jobs.array_id/array_task, their shared spec in `arrays`) and holds
 # (jobs.held). A version-1 file is upgraded in place; a version-1 daemon refuses a version-2
 # file (its task rows keep their spec in `arrays`, which it would not know to read).
-SCHEMA_VERSION = 2
+# 3: scripts in their own table (job_scripts), not inside jobs.spec or arrays.spec.
+SCHEMA_VERSION = 3
 MAX_BATCH = 2000
 # Rows per multi-row INSERT of new jobs: 7 parameters a row stays under SQLite's oldest
 # default limit of 999 parameters a statement.
@@ -59,11 +74,34 @@ class NoSuchJob(StoreError):
     pass
 
 
+class StoreFull(StoreError):
+    """The disk (or the file's size limit) is full: nothing of the failed batch was written."""
+
+
+class DamagedRow(StoreError):
+    """A job row that cannot be decoded; the job is quarantined (Store.quarantined)."""
+
+    def __init__(self, job_id: int, why: str) -> None:
+        super().__init__(f"job {job_id} cannot be read from the database ({why})")
+        self.job_id = job_id
+        self.why = why
+
+
+@dataclass(frozen=True)
+class Quarantined:
+    """A job row the daemon could not decode, left untouched in the file for an admin."""
+
+    job_id: int
+    user: str  # the raw column values, as far as they are text
+    state: str
+    why: str
+
+
 @dataclass(frozen=True)
 class JobRow:
     id: int
     user: str
-    spec: pb.JobSpec
+    spec: pb.JobSpec  # without its script (Store.script reads that from the file)
     state: JobState
     submitted_at: float
     updated_at: float
@@ -143,43 +181,81 @@ _JOB_COLUMNS = {
 }
 
 
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise TypeError(f"{type(value).__name__} where text belongs")
+    return value
+
+
 def _row_to_job(r: sqlite3.Row, spec: pb.JobSpec | None = None) -> JobRow:
-    """A job from its row; an array task's spec (kept once, in `arrays`) is given."""
-    if spec is None:
-        spec = pb.JobSpec()
-        spec.ParseFromString(r["spec"] or b"")
-    return JobRow(
-        id=r["id"],
-        user=r["user"],
-        spec=spec,
-        state=JobState(r["state"]),
-        submitted_at=r["submitted_at"],
-        updated_at=r["updated_at"],
-        site=r["site"] or "",
-        partition=r["partition"] or "",
-        slurm_job_id=r["slurm_job_id"] or "",
-        attempt=r["attempt"] or 0,
-        started_at=r["started_at"] or 0.0,
-        ended_at=r["ended_at"] or 0.0,
-        exit_code=r["exit_code"] or 0,
-        reason=r["reason"] or "",
-        est_start=r["est_start"] or 0.0,
-        est_p90=r["est_p90"] or 0.0,
-        est_site=r["est_site"] or "",
-        est_partition=r["est_partition"] or "",
-        est_at=r["est_at"] or 0.0,
-        est_point=r["est_point"] or 0.0,
-        first_est_point=r["first_est_point"] or 0.0,
-        first_est_at=r["first_est_at"] or 0.0,
-        first_est_site=r["first_est_site"] or "",
-        infra_retries=r["infra_retries"] or 0,
-        recalls=r["recalls"] or 0,
-        cancel_requested=bool(r["cancel_requested"]),
-        avoid_sites=tuple(s for s in (r["avoid_sites"] or "").split(",") if s),
-        array_id=r["array_id"] or 0,
-        array_task=r["array_task"] or 0,
-        held=bool(r["held"]),
+    """A job from its row; an array task's spec (kept once, in `arrays`) is given. DamagedRow
+    when any column cannot be what it should be."""
+    try:
+        return JobRow(
+            id=r["id"],
+            user=_text(r["user"]),
+            spec=spec if spec is not None else pb.JobSpec.FromString(r["spec"] or b""),
+            state=JobState(r["state"]),
+            submitted_at=float(r["submitted_at"]),
+            updated_at=float(r["updated_at"]),
+            site=_text(r["site"]),
+            partition=_text(r["partition"]),
+            slurm_job_id=_text(r["slurm_job_id"]),
+            attempt=int(r["attempt"] or 0),
+            started_at=float(r["started_at"] or 0.0),
+            ended_at=float(r["ended_at"] or 0.0),
+            exit_code=int(r["exit_code"] or 0),
+            reason=_text(r["reason"]),
+            est_start=float(r["est_start"] or 0.0),
+            est_p90=float(r["est_p90"] or 0.0),
+            est_site=_text(r["est_site"]),
+            est_partition=_text(r["est_partition"]),
+            est_at=float(r["est_at"] or 0.0),
+            est_point=float(r["est_point"] or 0.0),
+            first_est_point=float(r["first_est_point"] or 0.0),
+            first_est_at=float(r["first_est_at"] or 0.0),
+            first_est_site=_text(r["first_est_site"]),
+            infra_retries=int(r["infra_retries"] or 0),
+            recalls=int(r["recalls"] or 0),
+            cancel_requested=bool(r["cancel_requested"]),
+            avoid_sites=tuple(s for s in _text(r["avoid_sites"]).split(",") if s),
+            array_id=int(r["array_id"] or 0),
+            array_task=int(r["array_task"] or 0),
+            held=bool(r["held"]),
+        )
+    except (DecodeError, ValueError, TypeError, OverflowError) as e:
+        raise DamagedRow(r["id"], f"{type(e).__name__}: {e}") from None
+
+
+def _damaged(path: Path, what: str) -> str:
+    return (
+        f"{path} is damaged ({what}): restore a backup (metasched-admin backup), or move it "
+        "away and start an empty federation on purpose with metaschedd --new"
     )
+
+
+def _is_full(e: BaseException | None) -> bool:
+    """Whether e (or what it arose from) is SQLite's "database or disk is full"."""
+    while e is not None:
+        if isinstance(e, sqlite3.Error) and (getattr(e, "sqlite_errorcode", 0) & 0xFF) == 13:
+            return True  # SQLITE_FULL
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def bare(spec: pb.JobSpec) -> tuple[pb.JobSpec, bytes]:
+    """(spec without its script, its bytes). Parsed afresh from the bytes: a copy with the
+    script cleared would keep the script's bytes in its arena for as long as it lives (upb
+    frees a message's memory only with the whole message). ~3 us."""
+    copy = pb.JobSpec()
+    copy.CopyFrom(spec)
+    copy.ClearField("script")
+    blob = copy.SerializeToString()
+    return pb.JobSpec.FromString(blob), blob
 
 
 _UPDATABLE = (
@@ -262,12 +338,34 @@ _NEW_JOB_COLUMNS = ("id", "user", "name", "spec", "state", "submitted_at", "upda
 _NEW_FULL_COLUMNS = (*_NEW_JOB_COLUMNS, "reason", "held", "array_id", "array_task")
 FULL_ROWS = 64  # 11 parameters a row
 _EVENT_COLUMNS = ("job_id", "at", "state", "site", "slurm_job_id", "attempt", "detail")
+_SCRIPT_COLUMNS = ("job_id", "script")
 
 
 @functools.cache
 def _insert_sql(table: str, columns: tuple[str, ...], rows: int) -> str:
     one = "(" + ",".join("?" * len(columns)) + ")"
     return f"INSERT INTO {table} ({','.join(columns)}) VALUES " + ",".join([one] * rows)
+
+
+def _live_only(wanted: set[JobState] | None, include_final: bool) -> bool:
+    """Whether a listing needs only the live jobs (kept in memory)."""
+    return not include_final and (wanted is None or not (wanted & FINAL_STATES))
+
+
+def _where(user: str | None, wanted: set[JobState] | None, after: int = 0) -> tuple[str, list[Any]]:
+    """The WHERE clause (and its arguments) of a listing read from the file."""
+    where: list[str] = []
+    args: list[Any] = []
+    if after:
+        where.append("id > ?")
+        args.append(after)
+    if user is not None:
+        where.append("user=?")
+        args.append(user)
+    if wanted is not None:
+        where.append("state IN ({})".format(",".join("?" * len(wanted))))
+        args.extend(str(s) for s in wanted)
+    return (" WHERE " + " AND ".join(where) if where else ""), args
 
 
 # event names in the log, by the state a job moves to
@@ -336,6 +434,10 @@ class Batch:
                 _insert_sql("job_events", _EVENT_COLUMNS, len(part)),
                 [v for k in part for v in (rows[k].id, now, queued, "", "", 0, "submitted")],
             )
+            self.conn.execute(
+                _insert_sql("job_scripts", _SCRIPT_COLUMNS, len(part)),
+                [v for k in part for v in (rows[k].id, new[k].script)],
+            )
         for row in rows:
             self.changed[row.id] = row
             self.events.append((row, JobState.QUEUED, "submitted"))
@@ -351,11 +453,16 @@ class Batch:
         self, user: str, spec: pb.JobSpec, state: JobState, reason: str, held: bool
     ) -> JobRow:
         """A new job that starts WAITING (a dependency, a begin time, a hold) or QUEUED."""
+        kept, blob = bare(spec)
         row = JobRow(
-            self._top_id(1) + 1, user, spec, state, self.now, self.now, reason=reason, held=held
+            self._top_id(1) + 1, user, kept, state, self.now, self.now, reason=reason, held=held
         )
-        self._insert_full([row], spec.SerializeToString())
+        self._insert_full([row], blob)
+        self._insert_script(row.id, spec.script)
         return row
+
+    def _insert_script(self, job_id: int, script: str) -> None:
+        self.conn.execute(_insert_sql("job_scripts", _SCRIPT_COLUMNS, 1), (job_id, script))
 
     def insert_array(
         self,
@@ -368,19 +475,22 @@ class Batch:
         held: bool,
     ) -> list[JobRow]:
         """An array: one row per task, ids in a block whose first is the array's id, the spec
-        kept once in `arrays` (a 1,000-task array of a 1 MiB script is 1 MiB, not 1 GiB)."""
+        kept once in `arrays` (a 1,000-task array of a 1 MiB script is 1 MiB, not 1 GiB) and
+        its script once in job_scripts, under the array's id."""
         array_id = self._top_id(len(tasks)) + 1
+        kept, blob = bare(spec)
         self.conn.execute(
             "INSERT INTO arrays (id, user, spec, tasks, max_running, submitted_at)"
             " VALUES (?,?,?,?,?,?)",
-            (array_id, user, spec.SerializeToString(), len(tasks), max_running, self.now),
+            (array_id, user, blob, len(tasks), max_running, self.now),
         )
-        self.store._array_specs[array_id] = spec
+        self._insert_script(array_id, spec.script)
+        self.store._array_specs[array_id] = kept
         rows = [
             JobRow(
                 array_id + k,
                 user,
-                spec,
+                kept,
                 state,
                 self.now,
                 self.now,
@@ -523,15 +633,17 @@ class NewJob:
     """A submission waiting for the writer, its spec already serialised by the caller's thread.
 
     New jobs are the one write that comes in thousands a second, so the writer inserts the
-    ones queued together with a few multi-row INSERTs instead of running each as an op."""
+    ones queued together with a few multi-row INSERTs instead of running each as an op.
+    The script goes to its own table; the spec kept (in the live job) and stored in the job's
+    row is one without it (bare)."""
 
-    __slots__ = ("blob", "name", "spec", "user")
+    __slots__ = ("blob", "name", "script", "spec", "user")
 
     def __init__(self, user: str, spec: pb.JobSpec) -> None:
         self.user = user
-        self.spec = spec
+        self.script = spec.script
+        self.spec, self.blob = bare(spec)
         self.name = spec.name
-        self.blob = spec.SerializeToString()
 
 
 Listener = Callable[[list[tuple[JobRow, JobState, str]]], None]
@@ -541,28 +653,40 @@ _Item = tuple[Callable[[Batch], Any] | NewJob, Future[Any]]
 class Store:
     """SQLite-backed global queue with one group-committing writer thread."""
 
-    def __init__(self, path: Path | str, synchronous: str = "FULL") -> None:
+    def __init__(self, path: Path | str, synchronous: str = "FULL", new: bool = False) -> None:
+        """Open the queue at `path`, making it when there is no file there yet.
+
+        new: make a new, empty federation on purpose where the file is missing or empty (0
+        bytes); without it an empty file is refused, since a database never is one (the jobs it
+        held are gone). StoreError, one line naming the file, for any file that cannot be used.
+        """
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._synchronous = synchronous
         self._local = threading.local()
         self._queue: queue.Queue[_Item | None] = queue.Queue()
         self._listeners: list[Listener] = []
+        self._change_hooks: list[Callable[[Mapping[int, JobRow]], None]] = []
         # told how long each commit took (seconds): the daemon's metrics; once per batch
         self.on_commit: Callable[[float], None] | None = None
         self.live: dict[int, JobRow] = {}
+        # job id -> why its row cannot be read (kept in the file, listed for admins)
+        self.quarantined: dict[int, Quarantined] = {}
         self.log = log.get(component="store")
         # Array specs by array id: every live array's, and those read back lately.
         self._array_specs: dict[int, pb.JobSpec] = {}
-        conn = self._connect()
-        self._create_schema(conn)
-        self._check_integrity(conn)
-        for r in conn.execute(
-            "SELECT * FROM jobs WHERE state NOT IN ({})".format(",".join("?" * len(FINAL_STATES))),
-            tuple(str(s) for s in FINAL_STATES),
-        ):
-            job = self._job_of_row(conn, r)
-            self.live[job.id] = job
+        self.created = self._check_file(new)
+        self._disk_full = False
+        try:
+            conn = self._connect()
+            if not self.created:
+                self._check_integrity(conn)
+                self._check_ours(conn)
+            self._create_schema(conn)
+            self._load_live(conn)
+            self.federation = self._federation_id(conn)
+        except sqlite3.DatabaseError as e:
+            raise StoreError(_damaged(self.path, str(e))) from None
         # Live jobs by user (the queue limit checked on every submission, a user's listing)
         # and by the site they were sent to (every site report looks up its own): a scan of
         # every live job costs ~15 ms at 100k queued, and 1,000 sites report every 10 s
@@ -577,14 +701,43 @@ class Store:
                 self._live_at_site.setdefault(job.site, {})[job.id] = job
             if job.array_id:
                 self._live_of_array.setdefault(job.array_id, {})[job.id] = job
-        self.federation = self._federation_id(conn)
         self._wconn = conn
-        self._changed = threading.Condition()
-        self._version = 0
         self._writer = threading.Thread(target=self._write_loop, name="store-writer", daemon=True)
         self._writer.start()
 
     # ---------------------------------------------------------------- connections and schema
+
+    def _check_file(self, new: bool) -> bool:
+        """Whether the database is to be made now; StoreError for a file that must not be."""
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            return True
+        if not stat.S_ISREG(st.st_mode):
+            raise StoreError(f"{self.path} is not a regular file")
+        wal = Path(f"{self.path}-wal")
+        if st.st_size == 0 and new and not (wal.exists() and wal.stat().st_size):
+            return True
+        if st.st_size == 0:
+            raise StoreError(
+                f"{self.path} is empty (0 bytes): the jobs it held are gone; metaschedd does not "
+                "start a new federation over it by itself (restore a backup, or run "
+                "metaschedd --new to start an empty one on purpose)"
+            )
+        if new:
+            raise StoreError(
+                f"{self.path} already holds a database ({st.st_size} bytes): --new makes one "
+                "only where there is none; move it away first"
+            )
+        return False
+
+    def _check_ours(self, conn: sqlite3.Connection) -> None:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if not {"jobs", "meta"} <= tables:
+            raise StoreError(
+                f"{self.path} is an SQLite database but not metaschedd's (it has no jobs and "
+                "meta tables): check state_dir"
+            )
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
@@ -604,6 +757,7 @@ class Store:
 
     def _create_schema(self, conn: sqlite3.Connection) -> None:
         db = sqlite_utils.Database(conn)
+        conn.execute("BEGIN IMMEDIATE")  # all of it, an upgrade included, or none of it
         jobs = db.table("jobs")
         jobs.create(_JOB_COLUMNS, pk="id", if_not_exists=True)
         have = jobs.columns_dict
@@ -649,21 +803,91 @@ class Store:
         db.table("jobs").create_index(["array_id", "array_task"], if_not_exists=True)
         version = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
         if version is not None and int(version[0]) > SCHEMA_VERSION:
+            conn.execute("ROLLBACK")
             raise StoreError(
                 f"{self.path} has schema version {version[0]}, newer than this metaschedd "
                 f"({SCHEMA_VERSION}): upgrade metaschedd"
             )
-        # new, or upgraded above (columns and tables added)
+        have_scripts = db.table("job_scripts").exists()
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS job_scripts (job_id INTEGER PRIMARY KEY, script TEXT)"
+        )
+        if version is not None and not have_scripts:
+            self._move_scripts_out(conn)
+        # new, or upgraded above (columns and tables added, scripts moved)
         conn.execute(
             "INSERT INTO meta (key, value) VALUES ('schema_version', ?)"
             " ON CONFLICT(key) DO UPDATE SET value=excluded.value",
             (str(SCHEMA_VERSION),),
         )
+        conn.execute("COMMIT")
+
+    def _move_scripts_out(self, conn: sqlite3.Connection) -> None:
+        """Upgrade from schema 1 or 2, where each script was inside its job's (or its array's)
+        spec: move every script to job_scripts, in the caller's transaction."""
+        t0 = time.monotonic()
+        moved = 0
+        for table in ("jobs", "arrays"):
+            last = 0
+            while True:
+                rows = conn.execute(
+                    f"SELECT id, spec FROM {table} WHERE id > ? ORDER BY id LIMIT 1000", (last,)
+                ).fetchall()
+                if not rows:
+                    break
+                last = rows[-1]["id"]
+                for r in rows:
+                    if table == "jobs" and r["spec"] is None:
+                        continue  # an array task: its array has the spec
+                    try:
+                        spec = pb.JobSpec.FromString(r["spec"])
+                    except (DecodeError, TypeError):
+                        continue  # left as it is: quarantined when it is read
+                    conn.execute(
+                        "INSERT OR REPLACE INTO job_scripts (job_id, script) VALUES (?, ?)",
+                        (r["id"], spec.script),
+                    )
+                    spec.ClearField("script")
+                    conn.execute(
+                        f"UPDATE {table} SET spec=? WHERE id=?",
+                        (spec.SerializeToString(), r["id"]),
+                    )
+                    moved += 1
+        self.log.info(
+            "store_upgraded",
+            db=str(self.path),
+            schema=SCHEMA_VERSION,
+            scripts_moved=moved,
+            seconds=round(time.monotonic() - t0, 2),
+        )
 
     def _check_integrity(self, conn: sqlite3.Connection) -> None:
         result = conn.execute("PRAGMA quick_check").fetchone()[0]
         if result != "ok":
-            raise StoreError(f"{self.path} failed its integrity check: {result}")
+            raise StoreError(_damaged(self.path, f"PRAGMA quick_check: {result}"))
+
+    def _load_live(self, conn: sqlite3.Connection) -> None:
+        for r in conn.execute(
+            "SELECT * FROM jobs WHERE state NOT IN ({})".format(",".join("?" * len(FINAL_STATES))),
+            tuple(str(s) for s in FINAL_STATES),
+        ):
+            with contextlib.suppress(DamagedRow):
+                job = self._decode(conn, r)
+                self.live[job.id] = job
+
+    def _quarantine(self, r: sqlite3.Row, e: DamagedRow) -> None:
+        if e.job_id in self.quarantined:
+            return
+        user, state = (v if isinstance(v, str) else repr(v) for v in (r["user"], r["state"]))
+        self.quarantined[e.job_id] = Quarantined(e.job_id, user, state, e.why)
+        self.log.error(
+            "job_quarantined",
+            job_id=e.job_id,
+            user=user,
+            state=state,
+            error=e.why,
+            db=str(self.path),
+        )
 
     def _federation_id(self, conn: sqlite3.Connection) -> str:
         row = conn.execute("SELECT value FROM meta WHERE key='federation'").fetchone()
@@ -694,6 +918,11 @@ class Store:
         """fn(changes) is called on the writer thread after each commit, before the commit's
         callers are answered; keep it quick, and never wait on the store from it."""
         self._listeners.append(fn)
+
+    def add_change_hook(self, fn: Callable[[Mapping[int, JobRow]], None]) -> None:
+        """fn(changed) is called on the writer thread after each commit that changed jobs, with
+        every job it changed (history event or not: a new estimate, a reason); keep it quick."""
+        self._change_hooks.append(fn)
 
     def _write_loop(self) -> None:
         conn = self._wconn
@@ -733,10 +962,19 @@ class Store:
         except Exception as e:  # the commit itself failed (disk full, I/O): nothing happened
             with contextlib.suppress(Exception):
                 conn.execute("ROLLBACK")
-            self.log.error("store_commit_failed", error=str(e), ops=len(items))
+            full = _is_full(e) or any(isinstance(r[2], StoreFull) for r in results)
+            self._note_failure(e, full, len(items))
+            failure = (
+                StoreFull(f"the disk of {self.path} is full: nothing was written")
+                if full
+                else StoreError(f"could not write the queue: {e}")
+            )
             for _op, fut in items:
-                fut.set_exception(StoreError(f"could not write the queue: {e}"))
+                fut.set_exception(failure)
             return
+        if self._disk_full:
+            self._disk_full = False
+            self.log.warning("disk_space_returned", db=str(self.path))
         if self.on_commit is not None:
             self.on_commit(time.perf_counter() - t0)
         at_site, of_user, of_array = self._live_at_site, self._live_of_user, self._live_of_array
@@ -767,6 +1005,11 @@ class Store:
                 fn(batch.events)
             except Exception:
                 self.log.exception("store_listener_failed")
+        for hook in self._change_hooks if batch.changed else ():
+            try:
+                hook(batch.changed)
+            except Exception:
+                self.log.exception("store_listener_failed")
         for fut, res, err in results:
             if err is not None:
                 fut.set_exception(err)
@@ -774,9 +1017,6 @@ class Store:
                 fut.set_result(res)
         if batch.events:
             self._log_events(batch.events)
-            with self._changed:
-                self._version += 1
-                self._changed.notify_all()
 
     def _run_op(
         self,
@@ -795,10 +1035,14 @@ class Store:
             conn.execute("RELEASE op")
             results.append((fut, res, None))
         except Exception as e:
+            # (after SQLITE_FULL, SQLite may have rolled the whole transaction back itself:
+            # then this fails too, and so does the batch, as it must)
             conn.execute("ROLLBACK TO op")
             conn.execute("RELEASE op")
             batch.changed = saved_changed
             del batch.events[saved_events:]
+            if _is_full(e):
+                e = StoreFull(f"the disk of {self.path} is full: nothing was written")
             results.append((fut, None, e))
 
     def _insert_new(
@@ -826,6 +1070,16 @@ class Store:
             return
         results.extend((fut, row, None) for (_, fut), row in zip(group, rows, strict=True))
 
+    def _note_failure(self, e: Exception, full: bool, ops: int) -> None:
+        """Log a failed batch; a full disk once until a commit succeeds again (every batch on a
+        full disk fails, placement's and site reports' included, several a second)."""
+        if not full:
+            self.log.error("store_commit_failed", error=str(e), ops=ops)
+        elif not self._disk_full:
+            self._disk_full = True
+            free = shutil.disk_usage(self.path.parent).free
+            self.log.error("disk_full", db=str(self.path), free_bytes=free, error=str(e), ops=ops)
+
     def _log_events(self, events: list[tuple[JobRow, JobState, str]]) -> None:
         for row, old, detail in events:
             name = (
@@ -844,17 +1098,6 @@ class Store:
                 detail=detail or None,
             )
 
-    def wait_change(self, since: int, timeout: float) -> int:
-        """Block until a commit after version `since` (or timeout); return the current version."""
-        with self._changed:
-            if self._version == since:
-                self._changed.wait(timeout)
-            return self._version
-
-    @property
-    def version(self) -> int:
-        return self._version
-
     def close(self) -> None:
         self._queue.put(None)
         self._writer.join(timeout=30)
@@ -864,16 +1107,36 @@ class Store:
     # ---------------------------------------------------------------- reads
 
     def _read_job(self, conn: sqlite3.Connection, job_id: int) -> JobRow | None:
+        """The job's row from the file; DamagedRow (and quarantined) when it cannot be read."""
         if not 0 < job_id <= MAX_JOB_ID:  # SQLite's INTEGER is 64-bit signed; ids start at 1
             return None
         r = conn.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
-        return self._job_of_row(conn, r) if r else None
+        return self._decode(conn, r) if r else None
 
     def _job_of_row(self, conn: sqlite3.Connection, r: sqlite3.Row) -> JobRow:
         array_id = r["array_id"]
         if not array_id:
             return _row_to_job(r)
-        return _row_to_job(r, self.array_spec(array_id, conn))
+        try:
+            spec = self.array_spec(array_id, conn)
+        except (NoSuchJob, DecodeError, TypeError) as e:
+            raise DamagedRow(r["id"], f"its array {array_id!r}: {type(e).__name__}: {e}") from None
+        return _row_to_job(r, spec)
+
+    def _decode(self, conn: sqlite3.Connection, r: sqlite3.Row) -> JobRow:
+        try:
+            return self._job_of_row(conn, r)
+        except DamagedRow as e:
+            self._quarantine(r, e)
+            raise
+
+    def _decoded(self, conn: sqlite3.Connection, rows: Iterable[sqlite3.Row]) -> list[JobRow]:
+        """The rows that can be decoded (the others are quarantined and left out)."""
+        out = []
+        for r in rows:
+            with contextlib.suppress(DamagedRow):
+                out.append(self.live.get(r["id"]) or self._decode(conn, r))
+        return out
 
     def array_spec(self, array_id: int, conn: sqlite3.Connection | None = None) -> pb.JobSpec:
         """The spec every task of an array shares."""
@@ -897,8 +1160,7 @@ class Store:
             return sorted(self._live_of_array.get(array_id, {}).values(), key=lambda j: j.id)
         conn = self._reader()
         rows = conn.execute("SELECT * FROM jobs WHERE array_id=? ORDER BY id", (array_id,))
-        live = self.live
-        return [live.get(r["id"]) or self._job_of_row(conn, r) for r in rows]
+        return self._decoded(conn, rows)
 
     def live_arrays(self) -> list[int]:
         """The ids of arrays with live tasks."""
@@ -923,6 +1185,27 @@ class Store:
             return row
         return self._read_job(self._reader(), job_id)
 
+    def script(self, job_id: int) -> str | None:
+        """A job's batch script (an array task's is its array's), read from the file; never
+        kept in memory."""
+        return self.scripts([job_id]).get(job_id)
+
+    def scripts(self, job_ids: list[int]) -> dict[int, str]:
+        """The scripts of these jobs (job id -> script; missing ones left out), in a few reads."""
+        out: dict[int, str] = {}
+        conn = self._reader()
+        sql = (
+            "SELECT j.id, s.script FROM jobs j JOIN job_scripts s"
+            " ON s.job_id = CASE WHEN j.array_id THEN j.array_id ELSE j.id END"
+            " WHERE j.id IN ({})"
+        )
+        for at in range(0, len(job_ids), INSERT_ROWS):
+            part = [i for i in job_ids[at : at + INSERT_ROWS] if 0 < i <= MAX_JOB_ID]
+            for r in conn.execute(sql.format(",".join("?" * len(part))), part):
+                if isinstance(r[1], str):
+                    out[r[0]] = r[1]
+        return out
+
     def events(self, job_id: int) -> list[Event]:
         return [
             Event(
@@ -946,24 +1229,45 @@ class Store:
         include_final: bool = False,
         limit: int = 1000,
     ) -> list[JobRow]:
+        """The newest `limit` jobs that match, oldest first."""
         wanted = set(states) if states else None
-        if not include_final and (wanted is None or not (wanted & FINAL_STATES)):
+        if _live_only(wanted, include_final):
             pool = self.live if user is None else self._live_of_user.get(user, {})
             rows = [j for j in list(pool.values()) if wanted is None or j.state in wanted]
             return sorted(rows, key=lambda j: j.id)[:limit]
-        where, args = [], []
-        if user is not None:
-            where.append("user=?")
-            args.append(user)
-        if wanted is not None:
-            where.append("state IN ({})".format(",".join("?" * len(wanted))))
-            args.extend(str(s) for s in wanted)
-        sql = "SELECT * FROM jobs" + (" WHERE " + " AND ".join(where) if where else "")
-        sql += " ORDER BY id DESC LIMIT ?"
-        args.append(str(limit))
+        where, args = _where(user, wanted)
+        sql = "SELECT * FROM jobs" + where + " ORDER BY id DESC LIMIT ?"
         conn = self._reader()
-        rows = [self._job_of_row(conn, r) for r in conn.execute(sql, args)]
+        rows = self._decoded(conn, conn.execute(sql, [*args, limit]))
         return sorted(rows, key=lambda j: j.id)
+
+    def page(
+        self,
+        user: str | None = None,
+        states: Iterable[JobState] | None = None,
+        include_final: bool = False,
+        after: int = 0,
+        limit: int = 1000,
+    ) -> tuple[list[JobRow], bool]:
+        """One page of a listing: up to `limit` matching jobs with ids above `after`, in id
+        order, and whether there are more."""
+        wanted = set(states) if states else None
+        if _live_only(wanted, include_final):
+            pool = self.live if user is None else self._live_of_user.get(user, {})
+            ids = sorted(list(pool))  # (in id order already: timsort makes that one pass)
+            rows: list[JobRow] = []
+            for job_id in itertools.islice(ids, bisect.bisect_right(ids, after), None):
+                job = pool.get(job_id)
+                if job is not None and (wanted is None or job.state in wanted):
+                    if len(rows) == limit:
+                        return rows, True
+                    rows.append(job)
+            return rows, False
+        where, args = _where(user, wanted, after)
+        sql = "SELECT * FROM jobs" + where + " ORDER BY id LIMIT ?"
+        conn = self._reader()
+        found = conn.execute(sql, [*args, limit + 1]).fetchall()
+        return self._decoded(conn, found[:limit]), len(found) > limit
 
     def history(self, since: float, until: float) -> list[tuple[str, str, float, float, bytes]]:
         """(user, site, started_at, ended_at, spec) of every job that ran at some time in

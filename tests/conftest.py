@@ -2,7 +2,8 @@
 
 Slurm lab fixtures: `slurm_lab` (one lab for the whole session: the DEMO_SITES hpc, gpu,
 ai), `make_lab(sites, **kw)` (a lab of its own for one test, e.g. to stop a site) and
-`make_federation(sites, ...)` (a lab plus metaschedd and its agents).
+`make_federation(sites, ...)` (a lab plus metaschedd and its agents); `lone_daemon` (metaschedd
+with no sites, as a process) and `linux_users` (real local accounts, removed afterwards).
 Without slurmctld they skip, unless METASCHED_REQUIRE_SLURM=1 makes that a failure.
 """
 
@@ -13,7 +14,9 @@ import os
 # As in the agent (metasched/agent/__init__.py): tests run sbatch as other users from this
 # process, which has gRPC channels open; gRPC's fork handlers would crash those children.
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+import pwd
 import shutil
+import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -24,6 +27,7 @@ import pytest
 
 from metasched.lab import DEMO_SITES, SiteProfile, SlurmLab, slurm_installed
 from metasched.lab.federation import Federation
+from metasched.lab.lone import LoneDaemon
 
 
 def _need_slurm() -> None:
@@ -147,3 +151,48 @@ def small_federation() -> Iterator[Federation]:
     with lab, Federation(lab, root / "f", poll_interval=0.5, report_interval=2.0) as fed:
         yield fed
     _remove(root)
+
+
+# ---------------------------------------------------------------- metaschedd alone
+
+
+@pytest.fixture
+def lone_daemon() -> Iterator[Callable[..., LoneDaemon]]:
+    """lone_daemon(extra="", start=True, **LoneDaemon keywords) -> metaschedd with no sites
+    reporting, stopped (and its root removed) after the test."""
+    made: list[LoneDaemon] = []
+
+    def make(
+        extra: str = "", start: bool = True, root: Path | None = None, **kw: str
+    ) -> LoneDaemon:
+        d = LoneDaemon(root or _short_root("msd-"), extra, **kw)
+        d.root.chmod(0o755)  # other local users reach the sockets in it
+        made.append(d)
+        if start:
+            d.start()
+        return d
+
+    yield make
+    for d in made:
+        d.stop()
+        shutil.rmtree(d.root, ignore_errors=True)
+
+
+@pytest.fixture
+def linux_users() -> Iterator[Callable[[str], str]]:
+    """linux_users(name) -> a real local account `name` (made if missing, removed after)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to make local users")
+    made: list[str] = []
+
+    def make(name: str) -> str:
+        try:
+            pwd.getpwnam(name)
+        except KeyError:
+            subprocess.run(["useradd", "-M", "-s", "/bin/sh", name], check=True)
+            made.append(name)
+        return name
+
+    yield make
+    for name in made:
+        subprocess.run(["userdel", name], check=False)

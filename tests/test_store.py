@@ -21,6 +21,8 @@ from metasched.store import (
 from metasched.v1 import metasched_pb2 as pb
 
 SPEC = pb.JobSpec(script="#!/bin/sh\ntrue\n", name="t", precision="fp64")
+# what a job keeps in memory and in its row: the spec without its script (job_scripts has it)
+ROW_SPEC = pb.JobSpec(name="t", precision="fp64")
 S = JobState
 
 
@@ -37,7 +39,7 @@ def test_submit_move_and_history_survive_a_reopen(tmp_path: Path) -> None:
     row = again.job(job.id)
     assert row is not None
     assert (row.state, row.site, row.slurm_job_id, row.attempt) == (S.PENDING, "hpc", "42", 1)
-    assert row.spec == SPEC
+    assert (row.spec, again.script(job.id)) == (ROW_SPEC, SPEC.script)
     assert [e.state for e in again.events(job.id)] == [S.QUEUED, S.FORWARDING, S.PENDING]
     assert again.federation == fed  # the tag namespace is stable across restarts
     assert job.id in again.live
@@ -112,7 +114,8 @@ def test_submissions_queued_together_are_inserted_together_in_order(tmp_path: Pa
     for row in rows:  # what each submitter was told is what is on disk
         stored = again.job(row.id)
         assert stored is not None
-        assert (stored.user, stored.spec, stored.state) == (row.user, SPEC, S.QUEUED)
+        assert (stored.user, stored.spec, stored.state) == (row.user, ROW_SPEC, S.QUEUED)
+        assert again.script(row.id) == SPEC.script
         assert [(e.state, e.detail) for e in again.events(row.id)] == [(S.QUEUED, "submitted")]
     assert len(again.live) == 600
     assert again.count_live("bob") == 300
@@ -198,7 +201,7 @@ def test_a_queue_written_by_an_older_metaschedd_opens_and_keeps_its_jobs(tmp_pat
 
     again = Store(db)
     row = again.job(job.id)
-    assert row is not None and (row.state, row.spec, row.first_est_at) == (S.QUEUED, SPEC, 0.0)
+    assert row is not None and (row.state, row.spec, row.first_est_at) == (S.QUEUED, ROW_SPEC, 0.0)
     held = HeldEstimate(job.id, "held", 200.0, 400.0, "hpc", "batch", 150.0)
     again.run(lambda b: b.note_held([held], est_at=100.0))
     again.close()
@@ -251,7 +254,7 @@ def test_a_version_1_queue_is_upgraded_for_arrays_and_keeps_its_jobs(tmp_path: P
     row = again.job(job.id)
     assert row is not None and (row.state, row.spec, row.array_id, row.held) == (
         S.QUEUED,
-        SPEC,
+        ROW_SPEC,
         0,
         False,
     )
@@ -259,14 +262,97 @@ def test_a_version_1_queue_is_upgraded_for_arrays_and_keeps_its_jobs(tmp_path: P
     again.close()
     reopened = Store(db)
     assert [(t.array_id, t.array_task, t.spec) for t in reopened.array_tasks(tasks[0].id)] == [
-        (tasks[0].id, 1, SPEC),
-        (tasks[0].id, 2, SPEC),
+        (tasks[0].id, 1, ROW_SPEC),
+        (tasks[0].id, 2, ROW_SPEC),
     ]
+    assert reopened.scripts([t.id for t in tasks]) == {t.id: SPEC.script for t in tasks}
     reopened.close()
     conn = sqlite3.connect(db)
-    assert conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == "2"
-    conn.execute("UPDATE meta SET value='3' WHERE key='schema_version'")
+    assert conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == "3"
+    conn.execute("UPDATE meta SET value='4' WHERE key='schema_version'")
     conn.commit()
     conn.close()
     with pytest.raises(StoreError, match="newer than this metaschedd"):
         Store(db)
+
+
+def test_scripts_are_kept_in_the_file_not_in_memory(tmp_path: Path) -> None:
+    """Live jobs (what the daemon keeps in memory, and lists) carry no script; the script of
+    each job is read back whole from the file, before and after a reopen."""
+    db = tmp_path / "q.db"
+    store = Store(db)
+    big = "#!/bin/sh\n" + "echo x\n" * 100_000
+    jobs = [store.insert("alice", pb.JobSpec(script=big, name="big")) for _ in range(3)]
+    rows = [f.result(10) for f in jobs]
+    small = store.run(lambda b: b.insert_job("bob", SPEC))
+    for s in (store, None):
+        s = s or Store(db)
+        assert all(not j.spec.script for j in s.live.values())
+        assert [j.spec.name for j in s.jobs(user="alice")] == ["big"] * 3
+        assert s.scripts([r.id for r in rows] + [small.id, 999]) == {
+            **{r.id: big for r in rows},
+            small.id: SPEC.script,
+        }
+        assert s.script(small.id) == SPEC.script and s.script(999) is None
+        s.close()
+    assert SPEC.script  # the caller's spec is left as it was
+
+
+def test_a_queue_with_scripts_inside_its_specs_is_upgraded(tmp_path: Path) -> None:
+    """An older metaschedd (schema 2) kept each script inside its job's spec, an array's in
+    the array's: opening its file moves every script to job_scripts, and every job (and every
+    task) keeps its state and its script."""
+    db = tmp_path / "q.db"
+    store = Store(db)
+    queued = store.run(lambda b: b.insert_job("alice", SPEC))
+    done = store.run(lambda b: b.insert_job("bob", pb.JobSpec(script="#!/bin/sh\nls\n")))
+    store.run(lambda b: b.move(done.id, S.CANCELLED, "by user"))
+    arr = pb.JobSpec(script="#!/bin/sh\necho task\n", name="a")
+    tasks = store.run(lambda b: b.insert_array("carol", arr, (1, 2, 3), 0, S.QUEUED, "", False))
+    store.close()
+    conn = sqlite3.connect(db)  # as an older release made it: the script inside the spec
+    for job_id, script in conn.execute("SELECT job_id, script FROM job_scripts").fetchall():
+        for table in ("jobs", "arrays"):
+            found = conn.execute(f"SELECT spec FROM {table} WHERE id=?", (job_id,)).fetchone()
+            if found is None or found[0] is None:
+                continue
+            spec = pb.JobSpec.FromString(found[0])
+            spec.script = script
+            conn.execute(
+                f"UPDATE {table} SET spec=? WHERE id=?", (spec.SerializeToString(), job_id)
+            )
+    conn.execute("DROP TABLE job_scripts")
+    conn.execute("UPDATE meta SET value='2' WHERE key='schema_version'")
+    conn.commit()
+    conn.close()
+
+    again = Store(db)
+    row = again.job(queued.id)
+    assert row is not None and (row.state, row.spec) == (S.QUEUED, ROW_SPEC)
+    assert again.script(queued.id) == SPEC.script
+    assert again.script(done.id) == "#!/bin/sh\nls\n"
+    old = again.job(done.id)
+    assert old is not None and old.state == S.CANCELLED and not old.spec.script
+    assert again.scripts([t.id for t in tasks]) == {t.id: arr.script for t in tasks}
+    assert [t.spec for t in again.array_tasks(tasks[0].id)] == [pb.JobSpec(name="a")] * 3
+    again.close()
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == (
+            "3",
+        )
+
+
+def test_pages_of_a_listing_cover_every_job_once(tmp_path: Path) -> None:
+    store = Store(tmp_path / "q.db")
+    ids = [f.result(10).id for f in [store.insert("alice", SPEC) for _ in range(25)]]
+    store.run(lambda b: b.move(ids[3], S.CANCELLED, "by user"))
+    for include_final, want in ((False, [i for i in ids if i != ids[3]]), (True, ids)):
+        seen: list[int] = []
+        after, more = 0, True
+        while more:
+            rows, more = store.page("alice", include_final=include_final, after=after, limit=7)
+            seen += [r.id for r in rows]
+            after = rows[-1].id if rows else after
+        assert seen == want
+    assert store.page("bob") == ([], False)
+    store.close()

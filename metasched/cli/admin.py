@@ -9,7 +9,12 @@
                                        give up on the site for good: jobs that never started
                                        there are placed elsewhere, running ones are retried
                                        as after a node failure (docs/security.md)
-  metasched-admin backup DEST          an online, consistent copy of the database
+  metasched-admin backup DEST [--force]
+                                       an online, consistent copy of the database (DEST must
+                                       not be a symbolic link, nor in a directory other users
+                                       may change; written to a private temporary file there
+                                       first, then renamed)
+  metasched-admin quarantine           jobs whose records in the database cannot be read
 
 It talks to METASCHED_DAEMON (default unix:/run/metasched/metaschedd.sock) as msub does:
 locally as your Unix account, remotely with METASCHED_TOKEN (and METASCHED_CA for TLS).
@@ -21,7 +26,9 @@ import argparse
 import contextlib
 import os
 import sqlite3
+import stat
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, NoReturn
@@ -89,6 +96,7 @@ def parser() -> argparse.ArgumentParser:
     bk = sub.add_parser("backup", parents=[common], help="online copy of the database to DEST")
     bk.add_argument("dest")
     bk.add_argument("--force", action="store_true", help="replace DEST if it exists")
+    sub.add_parser("quarantine", help="jobs whose records in the database cannot be read")
     return p
 
 
@@ -115,9 +123,7 @@ def run(opts: argparse.Namespace, out: Any) -> int:
             "placed elsewhere and running ones are retried elsewhere; add --yes to do it"
         )
     if opts.area == "backup":
-        dest = Path(opts.dest)
-        if dest.exists() and not opts.force:
-            raise UsageError(f"{dest} exists; add --force to replace it")
+        check_backup_dest(Path(opts.dest), opts.force)
     a = Admin(opts.daemon)
     emit = (lambda m: out(jsonout.dumps(m))) if opts.json else None
     if opts.area == "token":
@@ -169,21 +175,66 @@ def run(opts: argparse.Namespace, out: Any) -> int:
                     + (f": {', '.join(map(str, r.ended))}" if r.ended else "")
                 )
         return 0
+    if opts.area == "quarantine":
+        r = a.call("ListQuarantined", pb.ListQuarantinedRequest())
+        if emit:
+            emit(r)
+        else:
+            for q in r.jobs:
+                out(f"job {q.job_id}  user {q.user or '?'}  state {q.state or '?'}: {q.error}")
+            if not r.jobs:
+                out("no job is quarantined")
+        return 0
     return backup(a, Path(opts.dest), out)
 
 
-def backup(a: Admin, dest: Path, out: Any) -> int:
-    part = dest.with_name(dest.name + ".part")
-    total = 0
+def check_backup_dest(dest: Path, force: bool) -> None:
+    """Refuse a DEST another user could make us write somewhere else, or swap afterwards: a
+    symbolic link, a directory, or a path through a directory (or a link to one) that another
+    user owns, or that others may write to without the sticky bit. UsageError if so."""
+    me = os.geteuid()
     try:
-        with open(part, "wb") as f:
-            os.chmod(part, 0o600)  # the queue holds every user's scripts
+        st = os.lstat(dest)
+    except FileNotFoundError:
+        st = None
+    if st is not None and stat.S_ISLNK(st.st_mode):
+        raise UsageError(f"{dest} is a symbolic link; give the real path")
+    if st is not None and stat.S_ISDIR(st.st_mode):
+        raise UsageError(f"{dest} is a directory; give a file name in it")
+    if st is not None and not force:
+        raise UsageError(f"{dest} exists; add --force to replace it")
+    parent = Path(os.path.abspath(dest)).parent
+    for step in (*reversed(parent.parents), parent):
+        try:
+            lst = os.lstat(step)
+        except FileNotFoundError:
+            raise UsageError(f"directory {step} does not exist") from None
+        if stat.S_ISLNK(lst.st_mode) and lst.st_uid not in (0, me):
+            raise UsageError(f"{step} is a symbolic link owned by another user (uid {lst.st_uid})")
+    where = os.stat(parent)
+    if not stat.S_ISDIR(where.st_mode):
+        raise UsageError(f"{parent} is not a directory")
+    if where.st_uid not in (0, me):
+        raise UsageError(f"directory {parent} belongs to another user (uid {where.st_uid})")
+    if where.st_mode & 0o022 and not where.st_mode & stat.S_ISVTX:
+        raise UsageError(f"directory {parent} may be changed by other users (and is not sticky)")
+
+
+def backup(a: Admin, dest: Path, out: Any) -> int:
+    """The copy goes to a new private file in DEST's directory (mkstemp: O_EXCL, mode 0600, a
+    name nobody can guess or plant), is fsynced and checked, and only then renamed to DEST
+    (rename replaces a name; it never follows a link)."""
+    total = 0
+    fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    part = Path(name)
+    try:
+        with os.fdopen(fd, "wb") as f:  # the queue holds every user's jobs: 0600
             for chunk in a.stub.Backup(pb.BackupRequest(), metadata=a.metadata, timeout=3600):
                 f.write(chunk.data)
                 total += len(chunk.data)
             f.flush()
             os.fsync(f.fileno())
-        conn = sqlite3.connect(str(part))
+        conn = sqlite3.connect(part)
         try:
             check = conn.execute("PRAGMA integrity_check").fetchone()[0]
         finally:
@@ -191,6 +242,11 @@ def backup(a: Admin, dest: Path, out: Any) -> int:
         if check != "ok":
             raise UsageError(f"the copy failed its integrity check: {check}")
         os.replace(part, dest)
+        dirfd = os.open(dest.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dirfd)  # the rename itself, durable
+        finally:
+            os.close(dirfd)
     finally:
         with contextlib.suppress(FileNotFoundError):
             part.unlink()

@@ -2,8 +2,9 @@
 
   msub [sbatch options] [--precision P] [--site S] [--exclude-site S] script.sh
   msub plan [same options] script.sh    where it would go, and why not elsewhere
-  msub status | list [--all] [--finished] [-r]    arrays folded (17_[3-999%50]); -r: one line a task
-  msub show ID      msub watch ID      msub cancel ID...   msub sites
+  msub status | list [--all] [--finished] [-r] [--limit N]
+                                  arrays folded (17_[3-999%50]); -r: one line a task
+  msub show ID [--script]   msub watch ID   msub cancel ID...   msub sites
   msub hold ID...   msub release ID...               ID: 17, 17_5 or 17_[1-100]
   msub output ID [--follow] [--error]                the job's output, read at its site
 Every command takes --json for scripts. The daemon is METASCHED_DAEMON (default: the local
@@ -33,6 +34,7 @@ from metasched.v1 import metasched_pb2 as pb
 from metasched.v1 import metasched_pb2_grpc as pb_grpc
 
 DEFAULT_DAEMON = "unix:/run/metasched/metaschedd.sock"
+PAGE = 1000  # jobs asked for per ListJobs call (the daemon pages listings)
 COMMANDS = (
     "submit",
     "plan",
@@ -370,19 +372,40 @@ def fold_arrays(jobs: list[pb.Job]) -> list[tuple[str, pb.Job]]:
     return out
 
 
+def list_jobs(c: Client, req: pb.ListJobsRequest, most: int = 0) -> tuple[list[pb.Job], bool]:
+    """Every job the listing has, following the daemon's pages, or the first `most` of them;
+    and whether there were more than `most`."""
+    jobs: list[pb.Job] = []
+    req.cursor = ""
+    while True:
+        req.limit = min(PAGE, most - len(jobs)) if most else PAGE
+        resp = c.call("ListJobs", req)
+        jobs.extend(resp.jobs)
+        if not resp.next_cursor:
+            return jobs, False
+        if most and len(jobs) >= most:
+            return jobs, True
+        req.cursor = resp.next_cursor
+
+
 def cmd_list(c: Client, opts: argparse.Namespace, out: Callable[[str], None]) -> int:
-    resp = c.call("ListJobs", pb.ListJobsRequest(all_users=opts.all, include_final=opts.finished))
+    req = pb.ListJobsRequest(all_users=opts.all, include_final=opts.finished)
+    jobs, more = list_jobs(c, req, opts.limit or 0)
+    if more:
+        print(
+            f"msub: {len(jobs)} jobs shown; there are more (raise --limit, or leave it out to "
+            "list them all)",
+            file=sys.stderr,
+        )
     if opts.json:
-        out(jsonout.dumps(list(resp.jobs)))
+        out(jsonout.dumps(jobs))
         return 0
     out(
         f"{'JOBID':>12} {'USER':<10} {'NAME':<18} {'STATE':<12} {'SITE':<10} {'SLURMID':>8} "
         f"{'START (90% BY)':<26} REASON"
     )
     now = time.time()
-    shown = (
-        [(job_name(j), j) for j in resp.jobs] if opts.array_tasks else fold_arrays(list(resp.jobs))
-    )
+    shown = [(job_name(j), j) for j in jobs] if opts.array_tasks else fold_arrays(jobs)
     for name, j in shown:
         if j.started_at:
             start = stamp(j.started_at)
@@ -441,12 +464,9 @@ def _resolve(c: Client, text: str) -> list[pb.Job]:
         return [j]  # a plain job (or a task asked for by its own job id)
     if j.array_id != ref.job_id:
         raise UsageError(f"job {ref.job_id} is not an array")
-    resp = c.call(
-        "ListJobs",
-        pb.ListJobsRequest(array_id=ref.job_id, include_final=True, limit=100_000),
-    )
+    every, _ = list_jobs(c, pb.ListJobsRequest(array_id=ref.job_id, include_final=True))
     wanted = set(ref.tasks) if ref.tasks is not None else None
-    tasks = [t for t in resp.jobs if wanted is None or t.array_task in wanted]
+    tasks = [t for t in every if wanted is None or t.array_task in wanted]
     if not tasks:
         raise UsageError(f"array {ref.job_id} has no task {ref}")
     return tasks
@@ -454,6 +474,14 @@ def _resolve(c: Client, text: str) -> list[pb.Job]:
 
 def cmd_show(c: Client, opts: argparse.Namespace, out: Callable[[str], None]) -> int:
     jobs = _resolve(c, opts.job_id)
+    if opts.script:  # (an array's tasks share one script)
+        s = c.call("GetJobScript", pb.GetJobScriptRequest(job_id=jobs[0].id))
+        if opts.json:
+            out(jsonout.dumps(s))
+        else:
+            sys.stdout.write(s.script)  # as submitted, byte for byte
+            sys.stdout.flush()
+        return 0
     if len(jobs) == 1 and jobs[0].array_id:
         jobs = [c.call("GetJob", pb.GetJobRequest(job_id=jobs[0].id))]  # with its history
     if opts.json:
@@ -561,23 +589,27 @@ def cmd_output(c: Client, opts: argparse.Namespace, out: Callable[[str], None]) 
 def cmd_watch(c: Client, opts: argparse.Namespace, out: Callable[[str], None]) -> int:
     last = None
     final = pb.Job()
-    for j in c.stream("WatchJob", pb.WatchJobRequest(job_id=opts.job_id)):
-        final = j
-        if opts.json:
-            out(jsonout.dumps(j))
-            continue
-        key = (j.state, j.site, j.slurm_job_id)
-        if key != last:
-            last = key
-            extra = (
-                f" at {j.site} (slurm {j.slurm_job_id})"
-                if j.slurm_job_id
-                else (f" at {j.site}" if j.site else "")
-            )
-            out(
-                f"{stamp(time.time())}  job {j.id} {state_name(j.state)}{extra}"
-                + (f"  {j.reason}" if j.reason and not j.started_at else "")
-            )
+    # The daemon ends a watch that lasts longer than its watch_max_seconds: open another.
+    while not (final.id and JobState.from_pb(final.state).is_final):
+        for j in c.stream("WatchJob", pb.WatchJobRequest(job_id=opts.job_id)):
+            final = j
+            if opts.json:
+                out(jsonout.dumps(j))
+                continue
+            key = (j.state, j.site, j.slurm_job_id)
+            if key != last:
+                last = key
+                extra = (
+                    f" at {j.site} (slurm {j.slurm_job_id})"
+                    if j.slurm_job_id
+                    else (f" at {j.site}" if j.site else "")
+                )
+                out(
+                    f"{stamp(time.time())}  job {j.id} {state_name(j.state)}{extra}"
+                    + (f"  {j.reason}" if j.reason and not j.started_at else "")
+                )
+        if not final.id:
+            break
     if final.id and JobState.from_pb(final.state).is_final and not opts.json:
         if JobState.from_pb(final.state) == JobState.LOST:  # no exit code is known
             out(f"job {final.id} ended {state_name(final.state)}: {final.reason}")
@@ -634,11 +666,16 @@ def parser_for(command: str) -> argparse.ArgumentParser:
         p.add_argument(
             "-r", "--array", dest="array_tasks", action="store_true", help="one line a task"
         )
+        p.add_argument(
+            "--limit", type=_positive("limit"), help="at most N jobs (default: all of them)"
+        )
     elif command in ("cancel", "hold", "release"):
         p.add_argument("jobs", nargs="+", metavar="ID", help="17, 17_5 or 17_[1-100]")
         p.set_defaults(command=command)
     elif command in ("show", "output"):
         p.add_argument("job_id", metavar="ID", help="17 or 17_5")
+        if command == "show":
+            p.add_argument("--script", action="store_true", help="print the job's batch script")
         if command == "output":
             p.add_argument("-f", "--follow", action="store_true", help="until the job ends")
             p.add_argument("--error", action="store_true", help="the --error file")

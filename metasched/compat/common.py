@@ -13,7 +13,7 @@ from typing import NoReturn
 
 import grpc
 
-from metasched.cli import errors
+from metasched.cli import errors, msub
 from metasched.cli.errors import UsageError
 from metasched.cli.msub import DEFAULT_DAEMON, Client
 from metasched.states import JobState
@@ -131,8 +131,9 @@ def jobs_by_id(c: Client, ids: list[int]) -> list[pb.Job]:
 
 
 def list_jobs(c: Client, all_users: bool, include_final: bool) -> list[pb.Job]:
-    req = pb.ListJobsRequest(all_users=all_users, include_final=include_final, limit=100_000)
-    return list(c.call("ListJobs", req).jobs)
+    """Every job (the daemon's pages followed)."""
+    req = pb.ListJobsRequest(all_users=all_users, include_final=include_final)
+    return msub.list_jobs(c, req)[0]
 
 
 def run(prog: str, body: Callable[[], int]) -> int:

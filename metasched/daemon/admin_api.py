@@ -3,6 +3,7 @@
 tokens  create / list / revoke user tokens for remote access (stored hashed)
 sites   drain (no new jobs), resume, retire (give up on a site for good: its jobs move away)
 backup  an online, consistent copy of the database (SQLite's backup API), streamed back
+quarantine  the jobs whose records cannot be decoded (left out of the queue, kept in the file)
 """
 
 from __future__ import annotations
@@ -10,12 +11,11 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
-import grpc
-
 from metasched import auth, log
+from metasched.daemon.calls import Calls, Context
 from metasched.daemon.identity import Identity
 from metasched.daemon.scheduler import Scheduler
 from metasched.daemon.settings import Refused
@@ -41,76 +41,114 @@ def token_pb(r: TokenRecord) -> pb.TokenInfo:
 
 class AdminService(pb_grpc.AdminServicer):
     def __init__(
-        self, scheduler: Scheduler, identity: Identity, tokens: TokenStore, state_dir: Path
+        self,
+        scheduler: Scheduler,
+        identity: Identity,
+        tokens: TokenStore,
+        state_dir: Path,
+        calls: Calls,
     ) -> None:
         self.s = scheduler
         self.identity = identity
         self.tokens = tokens
         self.state_dir = state_dir
+        self.calls = calls
         self.log = log.get(component="admin")
 
-    def CreateToken(
-        self, request: pb.CreateTokenRequest, context: grpc.ServicerContext
+    def _admin(self, what: str) -> Callable[[Context], str]:
+        return lambda context: self.identity.admin(context, what)
+
+    async def CreateToken(
+        self, request: pb.CreateTokenRequest, context: Context
     ) -> pb.CreateTokenResponse:
-        admin = self.identity.admin(context, "create tokens")
-        if not auth.valid_user(request.user):
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"bad user name {request.user!r}")
-        ttl = request.ttl_seconds
-        if not (0 <= ttl <= MAX_TTL_S):  # also refuses NaN
-            context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT, "ttl must be between 0 (never) and 10 years"
+        async def body(admin: str) -> pb.CreateTokenResponse:
+            if not auth.valid_user(request.user):
+                raise Refused("INVALID_ARGUMENT", f"bad user name {request.user!r}")
+            ttl = request.ttl_seconds
+            if not (0 <= ttl <= MAX_TTL_S):  # also refuses NaN
+                raise Refused("INVALID_ARGUMENT", "ttl must be between 0 (never) and 10 years")
+            rec, token = await self.calls.blocking(
+                admin, self.tokens.create, request.user, ttl, admin, request.note
             )
-        rec, token = self.tokens.create(request.user, ttl, admin, request.note)
-        self.log.info(
-            "token_created", token_id=rec.id, user=rec.user, by=admin, expires_at=rec.expires_at
-        )
-        return pb.CreateTokenResponse(info=token_pb(rec), token=token)
+            self.log.info(
+                "token_created",
+                token_id=rec.id,
+                user=rec.user,
+                by=admin,
+                expires_at=rec.expires_at,
+            )
+            return pb.CreateTokenResponse(info=token_pb(rec), token=token)
 
-    def ListTokens(
-        self, request: pb.ListTokensRequest, context: grpc.ServicerContext
+        return await self.calls.unary(context, self._admin("create tokens"), body)
+
+    async def ListTokens(
+        self, request: pb.ListTokensRequest, context: Context
     ) -> pb.ListTokensResponse:
-        self.identity.admin(context, "list tokens")
-        recs = self.tokens.list(request.user, request.include_revoked)
-        return pb.ListTokensResponse(tokens=[token_pb(r) for r in recs])
+        async def body(admin: str) -> pb.ListTokensResponse:
+            recs = self.tokens.list(request.user, request.include_revoked)
+            return pb.ListTokensResponse(tokens=[token_pb(r) for r in recs])
 
-    def RevokeToken(
-        self, request: pb.RevokeTokenRequest, context: grpc.ServicerContext
-    ) -> pb.TokenInfo:
-        admin = self.identity.admin(context, "revoke tokens")
-        try:
-            rec = self.tokens.revoke(request.id)
-        except NoSuchToken as e:
-            context.abort(grpc.StatusCode.NOT_FOUND, str(e))
-        self.log.info("token_revoked", token_id=rec.id, user=rec.user, by=admin)
-        return token_pb(rec)
+        return await self.calls.unary(context, self._admin("list tokens"), body)
 
-    def SetSiteState(
-        self, request: pb.SetSiteStateRequest, context: grpc.ServicerContext
+    async def RevokeToken(self, request: pb.RevokeTokenRequest, context: Context) -> pb.TokenInfo:
+        async def body(admin: str) -> pb.TokenInfo:
+            try:
+                rec = await self.calls.blocking(admin, self.tokens.revoke, request.id)
+            except NoSuchToken as e:
+                raise Refused("NOT_FOUND", str(e)) from None
+            self.log.info("token_revoked", token_id=rec.id, user=rec.user, by=admin)
+            return token_pb(rec)
+
+        return await self.calls.unary(context, self._admin("revoke tokens"), body)
+
+    async def SetSiteState(
+        self, request: pb.SetSiteStateRequest, context: Context
     ) -> pb.SetSiteStateResponse:
-        admin = self.identity.admin(context, "change a site's state")
-        try:
-            requeued, ended = self.s.site_admin.set_state(request.site, request.state)
-        except Refused as e:
-            context.abort(getattr(grpc.StatusCode, e.code), str(e))
-        self.log.info("site_state_changed", site=request.site, state=request.state, by=admin)
-        return pb.SetSiteStateResponse(
-            site=request.site, state=request.state, requeued=requeued, ended=ended
-        )
+        async def body(admin: str) -> pb.SetSiteStateResponse:
+            requeued, ended = await self.calls.blocking(
+                admin, self.s.site_admin.set_state, request.site, request.state
+            )
+            self.log.info("site_state_changed", site=request.site, state=request.state, by=admin)
+            return pb.SetSiteStateResponse(
+                site=request.site, state=request.state, requeued=requeued, ended=ended
+            )
 
-    def Backup(
-        self, request: pb.BackupRequest, context: grpc.ServicerContext
-    ) -> Iterator[pb.BackupChunk]:
-        admin = self.identity.admin(context, "back up the database")
+        return await self.calls.unary(context, self._admin("change a site's state"), body)
+
+    async def ListQuarantined(
+        self, request: pb.ListQuarantinedRequest, context: Context
+    ) -> pb.ListQuarantinedResponse:
+        async def body(admin: str) -> pb.ListQuarantinedResponse:
+            found = sorted(self.s.store.quarantined.values(), key=lambda q: q.job_id)
+            return pb.ListQuarantinedResponse(
+                jobs=[
+                    pb.QuarantinedJob(job_id=q.job_id, user=q.user, state=q.state, error=q.why)
+                    for q in found
+                ]
+            )
+
+        return await self.calls.unary(context, self._admin("list quarantined jobs"), body)
+
+    async def Backup(
+        self, request: pb.BackupRequest, context: Context
+    ) -> AsyncIterator[pb.BackupChunk]:
+        who = self._admin("back up the database")
+        async for chunk in self.calls.stream(context, who, self._backup, "calls"):
+            yield chunk
+
+    async def _backup(self, admin: str) -> AsyncIterator[pb.BackupChunk]:
+        """The copy is taken to a private temporary file (mkstemp: 0600, a name nobody can
+        guess) in the state directory, and streamed from there a chunk at a time."""
         fd, name = tempfile.mkstemp(prefix=".backup-", suffix=".db", dir=self.state_dir)
         os.close(fd)
         try:
-            self.s.store.backup(name)
+            await self.calls.blocking(admin, self.s.store.backup, name)
             total = os.path.getsize(name)
             self.log.info("backup_taken", by=admin, bytes=total)
             with open(name, "rb") as f:
                 first = True
                 while True:
-                    data = f.read(CHUNK)
+                    data = await self.calls.blocking(admin, f.read, CHUNK)
                     if not data and not first:
                         return
                     yield pb.BackupChunk(data=data, total_bytes=total if first else 0)

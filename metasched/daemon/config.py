@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 
 from metasched import auth, config
 from metasched.config import ConfigError
+from metasched.daemon.calls import Limits
 from metasched.daemon.settings import Settings
 
 T = TypeVar("T", int, float)
@@ -40,6 +41,7 @@ class DaemonConfig:
     # HTTP: /metrics (Prometheus), /healthz and the status page; "" = none
     http_listen: str = ""
     status_public: bool = False  # the status page without a login (pool and queue; no job names)
+    limits: Limits = field(default_factory=Limits)  # what one user's calls may hold at once
 
     @property
     def tls(self) -> bool:
@@ -129,6 +131,7 @@ def from_dict(raw: dict[str, Any], where: str = "config") -> DaemonConfig:
         max_message_bytes=_at_least(
             config.get(d, "max_message_bytes", int, 64 << 20, w), 1 << 20, f"{w}.max_message_bytes"
         ),
+        limits=_limits(d, w),
         **tls,
     )
 
@@ -153,6 +156,27 @@ def check_files(cfg: DaemonConfig) -> None:
     ):
         if addr and not addr.rpartition(":")[2].isdigit():
             raise ConfigError(f"{what} {addr!r}: use host:port")
+
+
+# Limits' fields, by their key in [daemon]: each at least 1
+_LIMIT_KEYS = (
+    ("calls", "max_calls_per_user", int),
+    ("watches", "max_watches_per_user", int),
+    ("listings", "max_listings_per_user", int),
+    ("threads", "threads_per_user", int),
+    ("call_timeout", "call_timeout_seconds", float),
+    ("watch_seconds", "watch_max_seconds", float),
+)
+
+
+def _limits(d: dict[str, Any], w: str) -> Limits:
+    dflt = Limits()
+    return Limits(
+        **{
+            name: _at_least(config.get(d, key, kind, getattr(dflt, name), w), 1, f"{w}.{key}")
+            for name, key, kind in _LIMIT_KEYS
+        }
+    )
 
 
 def _at_least(value: T, low: float, where: str) -> T:

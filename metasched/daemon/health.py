@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import Future
+from typing import Any, Protocol
 
-from grpc_health.v1 import health, health_pb2
+from grpc_health.v1 import health_pb2
 
 from metasched import log
 from metasched.store import Store
@@ -18,8 +19,14 @@ from metasched.store import Store
 SERVICES = ("", "metasched.v1.Scheduler", "metasched.v1.Admin", "metasched.v1.AgentService")
 
 
+class StatusSetter(Protocol):
+    """What StoreHealth tells of each service (the health servicer, or a bridge to it)."""
+
+    def set(self, service: str, status: Any) -> None: ...
+
+
 class StoreHealth:
-    def __init__(self, store: Store, servicer: health.HealthServicer, stuck_after: float = 5.0):
+    def __init__(self, store: Store, servicer: StatusSetter, stuck_after: float = 5.0):
         self.store = store
         self.servicer = servicer
         self.stuck_after = stuck_after

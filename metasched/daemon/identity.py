@@ -8,7 +8,7 @@ There is no other way: a claimed user name (the old x-metasched-user header) is 
 
 from __future__ import annotations
 
-from typing import NoReturn
+from typing import Any
 
 import grpc
 
@@ -29,13 +29,14 @@ class Identity:
         self.admins = admins
         self.log = log.get(component="auth")
 
-    def who(self, context: grpc.ServicerContext) -> str:
-        """The calling user's name, or UNAUTHENTICATED (and the call ends)."""
+    def who(self, context: grpc.aio.ServicerContext[Any, Any]) -> str:
+        """The calling user's name; auth.AuthError (UNAUTHENTICATED) when there is none."""
+        peer = context.peer()
         try:
-            return self.check(dict(context.invocation_metadata()), context.peer())
+            return self.check(dict(context.invocation_metadata() or ()), peer)
         except auth.AuthError as e:
-            self.log.info("user_refused", peer=context.peer(), reason=str(e))
-            _abort(context, e)
+            self.log.info("user_refused", peer=peer, reason=str(e))
+            raise
 
     def check(self, md: dict[str, str | bytes], peer: str) -> str:
         token = auth.bearer(md)
@@ -56,18 +57,13 @@ class Identity:
     def is_admin(self, user: str) -> bool:
         return user in self.admins
 
-    def admin(self, context: grpc.ServicerContext, what: str) -> str:
-        """The calling user if an admin; else PERMISSION_DENIED."""
+    def admin(self, context: grpc.aio.ServicerContext[Any, Any], what: str) -> str:
+        """The calling user if an admin; else auth.AuthError (PERMISSION_DENIED)."""
         user = self.who(context)
         if not self.is_admin(user):
             self.log.warning("admin_refused", user=user, what=what)
-            context.abort(
-                grpc.StatusCode.PERMISSION_DENIED,
+            raise auth.AuthError(
                 f"only admins may {what} (you are {user}; admins are set in metaschedd's config)",
+                code="PERMISSION_DENIED",
             )
         return user
-
-
-def _abort(context: grpc.ServicerContext, e: auth.AuthError) -> NoReturn:
-    context.abort(getattr(grpc.StatusCode, e.code), str(e))
-    raise AssertionError("unreachable")

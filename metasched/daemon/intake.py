@@ -1,4 +1,5 @@
-"""Users' requests: submit, plan, cancel. Runs per call, on the caller's RPC thread.
+"""Users' requests: submit, plan, cancel. Runs per call: a submission is admitted and awaited
+on the gRPC event loop (admit, enqueue); the rest blocks, on the calls' pool.
 
 A submission is checked (the spec itself, then whether any known site could ever run it and
 the user has an account there), written QUEUED in one durable transaction, and only then
@@ -8,6 +9,7 @@ acknowledged; placement takes it from there.
 from __future__ import annotations
 
 import time
+from concurrent.futures import Future
 
 from metasched import jobspec
 from metasched.arrays import ArraySpec
@@ -79,7 +81,10 @@ class Intake(Activity):
         except jobspec.SpecError as e:
             raise Refused("INVALID_ARGUMENT", str(e)) from None
 
-    def submit(self, user: str, spec: pb.JobSpec, wait_placement: float = 0.0) -> JobRow:
+    def admit(self, user: str, spec: pb.JobSpec) -> pb.JobSpec:
+        """The spec as it will be queued (checked, normalised); Refused, with the reason, when
+        it will not be. Memory only, tens of microseconds: the asyncio server calls it on its
+        event loop."""
         spec = self._valid(spec)
         for name in [*spec.sites, *spec.exclude_sites]:
             if self.sites.get(name) is None:
@@ -97,12 +102,23 @@ class Intake(Activity):
                 + (f" and this array has {count} tasks" if array else "")
                 + f" (the limit is {self.settings.max_queued_per_user})",
             )
-        if array or spec.dependency or spec.begin_time or spec.hold:
+        return spec
+
+    def enqueue(self, user: str, spec: pb.JobSpec) -> Future[JobRow]:
+        """Queue an admitted spec: the future resolves once the job (an array: its first task)
+        is durable (acknowledge it then, not before), and wakes the placement pass."""
+        fut: Future[JobRow]
+        if spec.array or spec.dependency or spec.begin_time or spec.hold:
             # one transaction for the whole array, its dependencies checked in it
-            job = self.store.run(lambda b: self._insert(b, user, spec, array))
+            array = jobspec.parse_array(spec.array) if spec.array else None
+            fut = self.store.write(lambda b: self._insert(b, user, spec, array))
         else:
-            job = self.store.insert(user, spec).result(60)
-        self.placement.wake.set()
+            fut = self.store.insert(user, spec)
+        fut.add_done_callback(lambda _: self.placement.wake.set())
+        return fut
+
+    def submit(self, user: str, spec: pb.JobSpec, wait_placement: float = 0.0) -> JobRow:
+        job = self.enqueue(user, self.admit(user, spec)).result(60)
         if wait_placement > 0:
             job = self.placement.wait_placed(job.id, wait_placement)
         return job

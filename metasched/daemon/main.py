@@ -1,17 +1,31 @@
-"""metaschedd: the federation daemon. Wires the store, sites, scheduler and gRPC services."""
+"""metaschedd: the federation daemon. Wires the store, sites, scheduler and gRPC services.
+
+The gRPC services run on one asyncio event loop in a thread of its own (grpc.aio): a call
+that waits (a watch, an agent's stream, a submission waiting for its commit) is a coroutine,
+not a thread, so no number of open streams can use up the daemon's threads. The store's
+writer and the placement loop keep their own threads, as before.
+
+    metaschedd [-c CONFIG]          run
+    metaschedd [-c CONFIG] --new    make an empty database (a new federation) and exit
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import faulthandler
 import os
 import signal
 import sys
 import threading
-from concurrent import futures
+from collections.abc import Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, TypeVar
 
 import grpc
-from grpc_health.v1 import health, health_pb2_grpc
+from grpc_health.v1 import health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from metasched import __version__, auth, log, sdnotify
@@ -19,21 +33,40 @@ from metasched.config import ConfigError
 from metasched.daemon import config as daemon_config
 from metasched.daemon.admin_api import AdminService
 from metasched.daemon.agent_api import AgentService
+from metasched.daemon.calls import Calls
 from metasched.daemon.health import StoreHealth
 from metasched.daemon.identity import Identity
 from metasched.daemon.metrics import DaemonMetrics, RpcMetrics
 from metasched.daemon.scheduler import Scheduler
 from metasched.daemon.service import Service
 from metasched.daemon.sites import SiteRegistry
+from metasched.daemon.sockets import LocalSockets
 from metasched.daemon.tokens import TokenStore
 from metasched.daemon.user_api import UserService
+from metasched.daemon.watchers import Completions, JobWatchers
 from metasched.daemon.web import WebServer
-from metasched.daemon.wire import MalformedRequests
+from metasched.daemon.wire import add_service
 from metasched.store import Store, StoreError
 from metasched.v1 import metasched_pb2 as pb
 from metasched.v1 import metasched_pb2_grpc as pb_grpc
 
+T = TypeVar("T")
+# Threads for the blocking parts of user calls (each user gets at most limits.threads of
+# them) and for agents' messages (each agent's are handled one at a time, in order).
+USER_THREADS = 16
+AGENT_THREADS = 8
 HEALTH_PERIOD = 2.0
+
+
+class LoopHealth:
+    """grpc.health.v1's asyncio servicer, set from another thread (StoreHealth's)."""
+
+    def __init__(self, servicer: HealthServicer, loop: asyncio.AbstractEventLoop) -> None:
+        self.servicer = servicer
+        self.loop = loop
+
+    def set(self, service: str, status: Any) -> None:
+        asyncio.run_coroutine_threadsafe(self.servicer.set(service, status), self.loop)
 
 
 class Daemon:
@@ -43,6 +76,7 @@ class Daemon:
         self.sites = SiteRegistry(cfg.site_grace_seconds)
         self.scheduler = Scheduler(self.store, self.sites, cfg.settings)
         self.metrics = DaemonMetrics(self.store, self.sites)
+        self.rpc_metrics = RpcMetrics(self.metrics)
         self.store.on_commit = self.metrics.commit_seconds.observe
         self.scheduler.instrument(self.metrics.timed)
         for name in cfg.site_tokens:
@@ -50,50 +84,39 @@ class Daemon:
         self.local_tokens = auth.LocalTokens()
         self.tokens = TokenStore(self.store)
         self.identity = Identity(self.local_tokens, self.tokens, cfg.admins)
-        self.ident: auth.IdentServer | None = None
-        self.server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="rpc"),
-            options=[
-                ("grpc.max_receive_message_length", cfg.max_message_bytes),
-                ("grpc.keepalive_time_ms", 20_000),
-                ("grpc.keepalive_timeout_ms", 10_000),
-                ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
-                ("grpc.keepalive_permit_without_calls", 1),
-            ],
-            maximum_concurrent_rpcs=4096,
-            interceptors=[RpcMetrics(self.metrics), MalformedRequests()],
+        self.loop = asyncio.new_event_loop()
+        self.loop.set_exception_handler(_log_loop_error)
+        self._loop_thread = threading.Thread(
+            target=self.loop.run_forever, name="rpc-loop", daemon=True
         )
-        pb_grpc.add_SchedulerServicer_to_server(
-            UserService(
-                self.scheduler,
-                self.identity,
-                submit_rate=cfg.submit_rate,
-                submit_burst=cfg.submit_burst,
-                max_request_bytes=cfg.max_request_bytes,
-            ),
-            self.server,
+        self.user_pool = ThreadPoolExecutor(USER_THREADS, thread_name_prefix="rpc")
+        self.agent_pool = ThreadPoolExecutor(AGENT_THREADS, thread_name_prefix="agents")
+        calls = Calls(cfg.limits, self.user_pool, component="users")
+        watchers = JobWatchers(self.loop)
+        self.store.add_change_hook(watchers.committed)
+        self.users = UserService(
+            self.scheduler,
+            self.identity,
+            calls,
+            watchers,
+            Completions(self.loop),
+            submit_rate=cfg.submit_rate,
+            submit_burst=cfg.submit_burst,
+            max_request_bytes=cfg.max_request_bytes,
         )
-        pb_grpc.add_AdminServicer_to_server(
-            AdminService(self.scheduler, self.identity, self.tokens, cfg.state_dir), self.server
-        )
-        pb_grpc.add_AgentServiceServicer_to_server(
-            AgentService(
-                self.scheduler, cfg.site_tokens, cfg.report_interval, require_cert=cfg.tls
-            ),
-            self.server,
+        self.admin = AdminService(self.scheduler, self.identity, self.tokens, cfg.state_dir, calls)
+        self.agents = AgentService(
+            self.scheduler,
+            cfg.site_tokens,
+            cfg.report_interval,
+            self.agent_pool,
+            require_cert=cfg.tls,
         )
         # grpc.health.v1 per service (NOT_SERVING while the store takes no writes) and
-        # server reflection (grpcurl, grpc_cli)
-        self.health_servicer = health.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(self.health_servicer, self.server)
-        self.health = StoreHealth(self.store, self.health_servicer)
+        # server reflection (grpcurl, grpc_cli), on every server
+        self.health_servicer = HealthServicer()
+        self.health = StoreHealth(self.store, LoopHealth(self.health_servicer, self.loop))
         self._health_loop = Service("health", HEALTH_PERIOD, self.health.run_cycle, log.get())
-        names = [
-            pb.DESCRIPTOR.services_by_name[n].full_name for n in pb.DESCRIPTOR.services_by_name
-        ]
-        reflection.enable_server_reflection(
-            [*names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server
-        )
         self.web: WebServer | None = None
         if cfg.http_listen:
             self.web = WebServer(
@@ -104,10 +127,39 @@ class Daemon:
                 self.health,
                 public=cfg.status_public,
             )
+        self.tcp: grpc.aio.Server | None = None
+        self.local: LocalSockets | None = None
         self.addresses: list[str] = []
-        self._listen(cfg)
 
-    def _listen(self, cfg: daemon_config.DaemonConfig) -> None:
+    def _run(self, coro: Coroutine[Any, Any, T], timeout: float = 60) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def _server(self) -> grpc.aio.Server:
+        """A gRPC server with every service (on the event loop's thread)."""
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", self.cfg.max_message_bytes),
+                ("grpc.keepalive_time_ms", 20_000),
+                ("grpc.keepalive_timeout_ms", 10_000),
+                ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+                ("grpc.keepalive_permit_without_calls", 1),
+            ],
+            # Per user, calls.Limits bounds what is open; this is only a backstop.
+            maximum_concurrent_rpcs=100_000,
+        )
+        observe = self.rpc_metrics.observe
+        add_service(server, pb_grpc.add_SchedulerServicer_to_server, self.users, observe)
+        add_service(server, pb_grpc.add_AdminServicer_to_server, self.admin, observe)
+        add_service(server, pb_grpc.add_AgentServiceServicer_to_server, self.agents, observe)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health_servicer, server)
+        names = [s.full_name for s in pb.DESCRIPTOR.services_by_name.values()]
+        reflection.enable_server_reflection(
+            [*names, "grpc.health.v1.Health", reflection.SERVICE_NAME], server
+        )
+        return server
+
+    async def _listen(self) -> None:
+        cfg = self.cfg
         logger = log.get()
         mtls = plain_tls = None
         if cfg.tls:
@@ -125,17 +177,12 @@ class Daemon:
                 site=name,
                 hint="store token_sha256 instead (sha256sum of the token) in metaschedd's config",
             )
-        for addr, creds, what in (
-            (cfg.listen, mtls, "agents"),
-            (cfg.users_listen, plain_tls, "users"),
-        ):
-            if not addr:
-                continue
-            port = (
-                self.server.add_secure_port(addr, creds)
-                if creds
-                else self.server.add_insecure_port(addr)
-            )
+        ports = ((cfg.listen, mtls, "agents"), (cfg.users_listen, plain_tls, "users"))
+        tcp = [(addr, creds, what) for addr, creds, what in ports if addr]
+        if tcp:
+            self.tcp = server = self._server()
+        for addr, creds, what in tcp:
+            port = server.add_secure_port(addr, creds) if creds else server.add_insecure_port(addr)
             if port == 0:
                 raise OSError(f"cannot listen on {addr}")
             host = addr.rsplit(":", 1)[0]
@@ -147,20 +194,22 @@ class Daemon:
                     serves=what,
                     hint="set tls_cert, tls_key and tls_client_ca (docs/security.md)",
                 )
+        if self.tcp is not None:
+            await self.tcp.start()
         if cfg.socket:
-            Path(cfg.socket).parent.mkdir(parents=True, exist_ok=True)
-            if os.path.exists(cfg.socket):
-                os.unlink(cfg.socket)
-            self.server.add_insecure_port(f"unix:{cfg.socket}")
+            self.local = LocalSockets(cfg.socket, self._server, self.local_tokens)
+            await self.local.start()
             self.addresses.append(f"unix:{cfg.socket}")
-            self.ident = auth.IdentServer(auth.ident_path(cfg.socket), self.local_tokens)
+
+    async def _close(self) -> None:
+        if self.local is not None:
+            await self.local.stop()
+        if self.tcp is not None:
+            await self.tcp.stop(grace=2)
 
     def start(self) -> None:
-        self.server.start()
-        if self.ident is not None:
-            self.ident.start()
-        if self.cfg.socket:
-            os.chmod(self.cfg.socket, 0o666)  # every local user may talk to the daemon
+        self._loop_thread.start()
+        self._run(self._listen())
         self.store.add_listener(self.metrics.on_changes)
         self.scheduler.start()
         self.health.run_cycle()  # the first probe, answered before the loop's next look
@@ -176,18 +225,41 @@ class Daemon:
             federation=self.store.federation,
             db=str(self.cfg.db_path),
             jobs_live=len(self.store.live),
+            jobs_quarantined=len(self.store.quarantined),
         )
 
     def stop(self) -> None:
         if self.web is not None:
             self.web.stop()
         self._health_loop.stop()
-        self.server.stop(grace=2).wait()
-        if self.ident is not None:
-            self.ident.stop()
+        if self._loop_thread.is_alive():
+            self._run(self._close())
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._loop_thread.join(timeout=10)
         self.scheduler.stop()
+        self.user_pool.shutdown(wait=False, cancel_futures=True)
+        self.agent_pool.shutdown(wait=False, cancel_futures=True)
         self.store.close()
         log.get().info("daemon_stopped")
+
+
+def _log_loop_error(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    err = context.get("exception")
+    log.get(component="loop").error(
+        "event_loop_error",
+        message=context.get("message"),
+        error=f"{type(err).__name__}: {err}" if err else None,
+    )
+
+
+def make_new(cfg: daemon_config.DaemonConfig) -> int:
+    """metaschedd --new: an empty database where there is none (or only an empty file)."""
+    store = Store(cfg.db_path, synchronous=cfg.synchronous, new=True)
+    fed = store.federation
+    store.close()
+    log.get().info("database_created", db=str(cfg.db_path), federation=fed)
+    print(f"metaschedd: new federation {fed} in {cfg.db_path}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -198,6 +270,11 @@ def main(argv: list[str] | None = None) -> int:
         "--check-config",
         action="store_true",
         help="read the config (and the TLS files it names), say what is wrong, and exit",
+    )
+    ap.add_argument(
+        "--new",
+        action="store_true",
+        help="make an empty database (a new federation) where there is none, and exit",
     )
     args = ap.parse_args(argv)
     try:
@@ -211,8 +288,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"metaschedd: {args.config} is valid ({len(cfg.site_tokens)} site(s))")
         return 0
     log.setup(cfg.log_level, process="metaschedd")
+    # A crash in C code (SQLite, gRPC's core) leaves every thread's Python stack in the log.
+    faulthandler.enable()
     try:
+        if args.new:
+            return make_new(cfg)
         daemon = Daemon(cfg)
+        if daemon.store.created:
+            fed = daemon.store.federation
+            log.get().warning("database_created", db=str(cfg.db_path), federation=fed)
         daemon.start()
     except (StoreError, RuntimeError, OSError) as e:
         print(f"metaschedd: cannot start: {e}", file=sys.stderr)

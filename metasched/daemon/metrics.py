@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
 from prometheus_client import CollectorRegistry, Histogram
@@ -22,11 +22,6 @@ from prometheus_client.registry import Collector
 from metasched.daemon.sites import SiteRegistry
 from metasched.states import JobState
 from metasched.store import JobRow, Store
-
-if TYPE_CHECKING:
-    _Interceptor = grpc.ServerInterceptor[Any, Any]
-else:
-    _Interceptor = grpc.ServerInterceptor
 
 _FAST = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 # How far a job's start was from the estimate it was given at submission (before
@@ -246,81 +241,17 @@ def site_use(report: Any) -> SiteUse:
     return use
 
 
-class RpcMetrics(_Interceptor):
-    """Counts every gRPC call by method and status code, and times it."""
+class RpcMetrics:
+    """Counts every gRPC call by method and status code, and times it: wire.add_service calls
+    observe once for each call, as it ends."""
 
     def __init__(self, metrics: DaemonMetrics) -> None:
         self.m = metrics
-        self._wrapped: dict[str, tuple[Any, grpc.RpcMethodHandler[Any, Any]]] = {}
+        self._by_method: dict[str, Any] = {}  # method -> its histogram child
 
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        handler = continuation(handler_call_details)
-        if handler is None:
-            return handler
-        method: str = handler_call_details.method
-        hit = self._wrapped.get(method)
-        if hit is not None and hit[0] is handler:
-            return hit[1]
-        wrapped = self._wrap(method.rsplit("/", 1)[-1], handler)
-        self._wrapped[method] = (handler, wrapped)
-        return wrapped
-
-    def _wrap(
-        self, name: str, handler: grpc.RpcMethodHandler[Any, Any]
-    ) -> grpc.RpcMethodHandler[Any, Any]:
-        hist = self.m.rpc_seconds.labels(name)
-        counts = self.m.rpcs
-
-        def done(context: grpc.ServicerContext, t0: float, failed: bool) -> None:
-            hist.observe(time.perf_counter() - t0)
-            code = context.code() if hasattr(context, "code") else None
-            if code is None:
-                code = grpc.StatusCode.UNKNOWN if failed else grpc.StatusCode.OK
-            counts.labels(name, code.name.lower()).inc()
-
-        des, ser = handler.request_deserializer, handler.response_serializer
-        if handler.unary_unary is not None:
-            uu = handler.unary_unary
-
-            def unary_unary(req: Any, context: grpc.ServicerContext) -> Any:
-                t0 = time.perf_counter()
-                failed = True
-                try:
-                    out = uu(req, context)
-                    failed = False
-                    return out
-                finally:
-                    done(context, t0, failed)
-
-            return grpc.unary_unary_rpc_method_handler(unary_unary, des, ser)
-        if handler.unary_stream is not None:
-            us = handler.unary_stream
-
-            def unary_stream(req: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-                t0 = time.perf_counter()
-                failed = True
-                try:
-                    yield from us(req, context)
-                    failed = False
-                finally:
-                    done(context, t0, failed)
-
-            return grpc.unary_stream_rpc_method_handler(unary_stream, des, ser)
-        if handler.stream_stream is not None:
-            ss = handler.stream_stream
-
-            def stream_stream(it: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
-                t0 = time.perf_counter()
-                failed = True
-                try:
-                    yield from ss(it, context)
-                    failed = False
-                finally:
-                    done(context, t0, failed)
-
-            return grpc.stream_stream_rpc_method_handler(stream_stream, des, ser)
-        return handler
+    def observe(self, method: str, seconds: float, code: grpc.StatusCode) -> None:
+        hist = self._by_method.get(method)
+        if hist is None:
+            hist = self._by_method[method] = self.m.rpc_seconds.labels(method)
+        hist.observe(seconds)
+        self.m.rpcs.labels(method, code.name.lower()).inc()

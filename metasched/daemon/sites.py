@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from metasched import log
@@ -23,21 +23,39 @@ ADMIN_STATES = ("online", "draining", "retired")
 
 
 class AgentLink:
-    """The daemon's end of one agent stream: an outbox the stream's response generator drains."""
+    """The daemon's end of one agent stream: an outbox the stream's sender drains.
 
-    def __init__(self, site: str, peer: str) -> None:
+    Any thread may send; `wake` (if given) is called when the outbox goes from drained to
+    not, so the stream's coroutine sleeps until there is something to send instead of
+    holding a thread (it calls `drained()` before each look at the outbox)."""
+
+    def __init__(self, site: str, peer: str, wake: Callable[[], None] | None = None) -> None:
         self.site = site
         self.peer = peer
         self.outbox: queue.Queue[pb.DaemonMessage | None] = queue.Queue()
         self.closed = threading.Event()
+        self._wake = wake
+        self._woken = False
 
     def send(self, msg: pb.DaemonMessage) -> None:
         if not self.closed.is_set():
             self.outbox.put(msg)
+            self._nudge()
 
     def close(self) -> None:
         self.closed.set()
         self.outbox.put(None)
+        self._nudge()
+
+    def drained(self) -> None:
+        """The sender is about to empty the outbox: the next send wakes it again."""
+        self._woken = False
+
+    def _nudge(self) -> None:
+        # One wake-up per drain, not per message: placement may send thousands in one pass.
+        if self._wake is not None and not self._woken:
+            self._woken = True
+            self._wake()
 
 
 @dataclass

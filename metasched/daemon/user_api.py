@@ -1,32 +1,43 @@
 """The Scheduler gRPC service: what msub and admins call. A thin adapter over Scheduler.
 
 Each handler finds out who is calling, asks the scheduler, and turns the answer (or the
-refusal) into protobuf (or a gRPC status with a one-line message).
+refusal) into protobuf (or a gRPC status with a one-line message). Handlers are coroutines
+(grpc.aio): what blocks (the SQLite file, a commit, planning) runs on the call pool within
+the caller's share of it, and every call is bounded per user (calls.py). Listings come in
+pages of bounded size and never carry scripts; a script is read from the file only for its
+owner (GetJobScript) and for the site it is sent to.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import math
 import time
-from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
-
-import grpc
+from collections.abc import AsyncIterator
+from typing import Any
 
 from metasched import auth, jobspec, output_names
+from metasched.daemon.calls import Calls, Context
 from metasched.daemon.identity import Identity
 from metasched.daemon.scheduler import Scheduler
 from metasched.daemon.settings import Refused
+from metasched.daemon.watchers import Completions, JobWatchers
 from metasched.placement.estimate import Estimate
 from metasched.placement.policy import Request
 from metasched.states import JobState, node_usable
-from metasched.store import JobRow, NoSuchJob
+from metasched.store import MAX_JOB_ID, JobRow, NoSuchJob
 from metasched.v1 import metasched_pb2 as pb
 from metasched.v1 import metasched_pb2_grpc as pb_grpc
 
-T = TypeVar("T")
 # How long SubmitJob waits for the placement cycle to choose a site, so msub can say where.
 SUBMIT_WAIT_S = 2.0
+# A page of a listing: at most this many jobs (1000 when the request says 0) and about this
+# many bytes (a client's default limit for one message is 4 MB).
+MAX_PAGE = 5000
+DEFAULT_PAGE = 1000
+PAGE_BYTES = 2 << 20
+_CURSOR = "c1."  # opaque to clients; "c1." + the last job id listed
 # JobState values a client may filter on (JOB_STATE_UNSPECIFIED and unknown numbers are not)
 _KNOWN_STATES = frozenset(s.to_pb() for s in JobState)
 
@@ -99,199 +110,283 @@ class UserService(pb_grpc.SchedulerServicer):
         self,
         scheduler: Scheduler,
         identity: Identity,
+        calls: Calls,
+        watchers: JobWatchers,
+        completions: Completions,
         submit_rate: float = 0.0,
         submit_burst: int = 1,
         max_request_bytes: int = 0,
     ) -> None:
         self.s = scheduler
         self.identity = identity
+        self.calls = calls
+        self.watchers = watchers
+        self.completions = completions
         self.rate = auth.RateLimiter(submit_rate, submit_burst)
         self.max_request_bytes = max_request_bytes
 
-    # -- who is calling, and limits
+    # -- limits and ownership
 
-    def _user(self, context: grpc.ServicerContext) -> str:
-        return self.identity.who(context)
-
-    def _is_admin(self, user: str) -> bool:
-        return self.identity.is_admin(user)
-
-    def _limit_size(self, request: Any, context: grpc.ServicerContext) -> None:
+    def _limit_size(self, request: Any) -> None:
         size = request.ByteSize()
         if self.max_request_bytes and size > self.max_request_bytes:
-            context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
+            raise Refused(
+                "INVALID_ARGUMENT",
                 f"request is {size} bytes; the limit is {self.max_request_bytes}",
             )
 
-    def _limit_rate(self, user: str, context: grpc.ServicerContext) -> None:
+    def _limit_rate(self, user: str) -> None:
         wait = self.rate.take(user)
         if wait > 0:
-            context.abort(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
+            raise Refused(
+                "RESOURCE_EXHAUSTED",
                 f"user {user} submits too fast (limit {self.rate.rate:g}/s, bursts of "
                 f"{self.rate.burst}): retry in {math.ceil(wait)} s",
             )
 
-    def _guard(self, context: grpc.ServicerContext, fn: Callable[[], T]) -> T:
-        try:
-            return fn()
-        except Refused as e:
-            context.abort(getattr(grpc.StatusCode, e.code), str(e))
-        except NoSuchJob as e:
-            context.abort(grpc.StatusCode.NOT_FOUND, str(e))
-        raise AssertionError("unreachable")
-
-    def _own_job(self, context: grpc.ServicerContext, job_id: int) -> JobRow:
-        user = self._user(context)
-        job = self.s.store.job(job_id)
+    async def _job(self, user: str, job_id: int) -> JobRow:
+        """The job (live ones from memory, others from the file); NoSuchJob if there is none."""
+        job = self.s.store.live.get(job_id)
         if job is None:
-            context.abort(grpc.StatusCode.NOT_FOUND, f"no job {job_id}")
-        assert job is not None
-        if job.user != user and not self._is_admin(user):
-            context.abort(grpc.StatusCode.PERMISSION_DENIED, f"job {job_id} is not yours")
+            job = await self.calls.blocking(user, self.s.store.job, job_id)
+        if job is None:
+            raise NoSuchJob(f"no job {job_id}")
+        return job
+
+    async def _own_job(self, user: str, job_id: int) -> JobRow:
+        job = await self._job(user, job_id)
+        if job.user != user and not self.identity.is_admin(user):
+            raise Refused("PERMISSION_DENIED", f"job {job_id} is not yours")
         return job
 
     # -- handlers
 
-    def SubmitJob(
-        self, request: pb.SubmitJobRequest, context: grpc.ServicerContext
+    async def SubmitJob(
+        self, request: pb.SubmitJobRequest, context: Context
     ) -> pb.SubmitJobResponse:
-        user = self._user(context)
-        self._limit_size(request, context)
-        self._limit_rate(user, context)
-        wait = 0.0 if request.no_wait else SUBMIT_WAIT_S
-        job = self._guard(context, lambda: self.s.intake.submit(user, request.spec, wait))
-        return pb.SubmitJobResponse(
-            job_id=job.id, estimate=job_estimate_pb(job), state=job.state.to_pb()
-        )
+        async def body(user: str) -> pb.SubmitJobResponse:
+            self._limit_size(request)
+            self._limit_rate(user)
+            spec = self.s.intake.admit(user, request.spec)
+            job = await self.completions.wrap(self.s.intake.enqueue(user, spec))
+            if not request.no_wait:
+                job = await self._placed(user, job, SUBMIT_WAIT_S)
+            return pb.SubmitJobResponse(
+                job_id=job.id, estimate=job_estimate_pb(job), state=job.state.to_pb()
+            )
 
-    def Plan(self, request: pb.PlanRequest, context: grpc.ServicerContext) -> pb.PlanResponse:
-        user = self._user(context)
-        self._limit_size(request, context)
-        choices = self._guard(context, lambda: self.s.intake.plan(user, request.spec))
-        out = pb.PlanResponse()
-        for c in choices:
-            sc = pb.SiteChoice(site=c.site, eligible=c.eligible, reason=c.reason)
-            e = estimate_pb(c.estimate)
-            if e is not None:
-                sc.estimate.CopyFrom(e)
-            elif c.eligible:
-                sc.reason = "no slot found"
-            out.choices.append(sc)
+        return await self.calls.unary(context, self.identity.who, body)
+
+    async def _placed(self, user: str, job: JobRow, timeout: float) -> JobRow:
+        """The job once placement has decided about it (sent it, or estimated its start), or
+        as it is after `timeout` seconds."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        with self.watchers.watching(job.id) as changed:
+            while True:
+                changed.clear()
+                job = await self._job(user, job.id)
+                left = deadline - loop.time()
+                if job.state != JobState.QUEUED or job.est_at > 0 or left <= 0:
+                    return job
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(left):
+                        await changed.wait()
+
+    async def Plan(self, request: pb.PlanRequest, context: Context) -> pb.PlanResponse:
+        async def body(user: str) -> pb.PlanResponse:
+            self._limit_size(request)
+            choices = await self.calls.blocking(user, self.s.intake.plan, user, request.spec)
+            out = pb.PlanResponse()
+            for c in choices:
+                sc = pb.SiteChoice(site=c.site, eligible=c.eligible, reason=c.reason)
+                e = estimate_pb(c.estimate)
+                if e is not None:
+                    sc.estimate.CopyFrom(e)
+                elif c.eligible:
+                    sc.reason = "no slot found"
+                out.choices.append(sc)
+            return out
+
+        return await self.calls.unary(context, self.identity.who, body)
+
+    async def GetJob(self, request: pb.GetJobRequest, context: Context) -> pb.Job:
+        async def body(user: str) -> pb.Job:
+            job = await self._own_job(user, request.job_id)
+            return job_pb(job, await self.calls.blocking(user, self.s.store.events, job.id))
+
+        return await self.calls.unary(context, self.identity.who, body)
+
+    async def GetJobScript(self, request: pb.GetJobScriptRequest, context: Context) -> pb.JobScript:
+        async def body(user: str) -> pb.JobScript:
+            job = await self._own_job(user, request.job_id)
+            script = await self.calls.blocking(user, self.s.store.script, job.id)
+            if script is None:
+                raise Refused("DATA_LOSS", f"the script of job {job.id} is not in the database")
+            return pb.JobScript(job_id=job.id, script=script)
+
+        return await self.calls.unary(context, self.identity.who, body)
+
+    async def ListJobs(self, request: pb.ListJobsRequest, context: Context) -> pb.ListJobsResponse:
+        async def body(user: str) -> pb.ListJobsResponse:
+            if request.all_users and not self.identity.is_admin(user):
+                raise Refused("PERMISSION_DENIED", "only admins may list all users")
+            bad = [s for s in request.states if s not in _KNOWN_STATES]
+            if bad:
+                raise Refused("INVALID_ARGUMENT", f"unknown job state {bad[0]}")
+            states = [JobState.from_pb(s) for s in request.states] or None
+            after = cursor_id(request.cursor)
+            limit = min(request.limit or DEFAULT_PAGE, MAX_PAGE)
+            owner = None if request.all_users else user
+            return await self.calls.blocking(
+                user,
+                self._page,
+                owner,
+                states,
+                request.include_final,
+                after,
+                limit,
+                request.array_id,
+            )
+
+        return await self.calls.unary(context, self.identity.who, body, kind="listings")
+
+    def _page(
+        self,
+        owner: str | None,
+        states: list[JobState] | None,
+        include_final: bool,
+        after: int,
+        limit: int,
+        array_id: int = 0,
+    ) -> pb.ListJobsResponse:
+        """One page of a listing, at most PAGE_BYTES of jobs (at least one), built on the pool:
+        thousands of jobs are milliseconds of work the event loop should not wait on."""
+        if array_id:
+            wanted = set(states) if states else None
+            rows = [
+                t
+                for t in self.s.store.array_tasks(array_id, include_final=include_final)
+                if t.id > after
+                and (owner is None or t.user == owner)
+                and (wanted is None or t.state in wanted)
+                and (include_final or wanted is not None or not t.state.is_final)
+            ]
+            rows, more = rows[:limit], len(rows) > limit
+        else:
+            rows, more = self.s.store.page(owner, states, include_final, after, limit)
+        out = pb.ListJobsResponse()
+        size = 0
+        for n, job in enumerate(rows):
+            m = job_pb(job)
+            size += m.ByteSize()
+            if n and size > PAGE_BYTES:
+                rows, more = rows[:n], True
+                break
+            out.jobs.append(m)
+        if more and rows:
+            out.next_cursor = f"{_CURSOR}{rows[-1].id}"
         return out
 
-    def GetJob(self, request: pb.GetJobRequest, context: grpc.ServicerContext) -> pb.Job:
-        job = self._own_job(context, request.job_id)
-        return job_pb(job, self.s.store.events(job.id))
-
-    def ListJobs(
-        self, request: pb.ListJobsRequest, context: grpc.ServicerContext
-    ) -> pb.ListJobsResponse:
-        user = self._user(context)
-        if request.all_users and not self._is_admin(user):
-            context.abort(grpc.StatusCode.PERMISSION_DENIED, "only admins may list all users")
-        try:
-            states = [JobState.from_pb(s) for s in request.states] or None
-        except ValueError:
-            bad = next(s for s in request.states if s not in _KNOWN_STATES)
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unknown job state {bad}")
-        limit = min(request.limit or 1000, 100_000)
-        if request.array_id:
-            tasks = self.s.store.array_tasks(request.array_id, include_final=request.include_final)
-            wanted = set(states) if states else None
-            jobs = [
-                t
-                for t in tasks
-                if (request.all_users or t.user == user)
-                and (wanted is None or t.state in wanted)
-                and (request.include_final or wanted is not None or not t.state.is_final)
-            ][:limit]
-        else:
-            jobs = self.s.store.jobs(
-                user=None if request.all_users else user,
-                states=states,
-                include_final=request.include_final,
-                limit=limit,
-            )
-        return pb.ListJobsResponse(jobs=[job_pb(j) for j in jobs])
-
-    def CancelJobs(
-        self, request: pb.CancelJobsRequest, context: grpc.ServicerContext
+    async def CancelJobs(
+        self, request: pb.CancelJobsRequest, context: Context
     ) -> pb.CancelJobsResponse:
-        user = self._user(context)
-        admin = self._is_admin(user)
-        jobs = self._guard(
-            context, lambda: self.s.intake.cancel_named(user, admin, list(request.jobs))
-        )
-        return pb.CancelJobsResponse(jobs=[job_pb(j, with_spec=False) for j in jobs])
+        async def body(user: str) -> pb.CancelJobsResponse:
+            admin = self.identity.is_admin(user)
+            names = list(request.jobs)
+            jobs = await self.calls.blocking(user, self.s.intake.cancel_named, user, admin, names)
+            return pb.CancelJobsResponse(jobs=[job_pb(j, with_spec=False) for j in jobs])
 
-    def HoldJobs(
-        self, request: pb.HoldJobsRequest, context: grpc.ServicerContext
-    ) -> pb.HoldJobsResponse:
-        user = self._user(context)
-        admin = self._is_admin(user)
-        jobs = self._guard(
-            context,
-            lambda: self.s.intake.hold_named(user, admin, list(request.jobs), request.release),
-        )
-        return pb.HoldJobsResponse(jobs=[job_pb(j, with_spec=False) for j in jobs])
+        return await self.calls.unary(context, self.identity.who, body)
 
-    def ReadOutput(
-        self, request: pb.ReadOutputRequest, context: grpc.ServicerContext
-    ) -> pb.ReadOutputResponse:
-        user = self._user(context)
-        # Output is its owner's alone (not even an admin's to read through metasched).
-        jobs = self._guard(context, lambda: self.s.intake.named(user, False, [request.job]))
-        if len(jobs) != 1:
-            context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"{request.job} is an array of {len(jobs)} tasks: name one (e.g. {request.job}_1)",
+    async def HoldJobs(self, request: pb.HoldJobsRequest, context: Context) -> pb.HoldJobsResponse:
+        async def body(user: str) -> pb.HoldJobsResponse:
+            admin = self.identity.is_admin(user)
+            jobs = await self.calls.blocking(
+                user, self.s.intake.hold_named, user, admin, list(request.jobs), request.release
             )
-        job = jobs[0]
-        data = self._guard(
-            context,
-            lambda: self.s.outputs.read(job, request.stderr, request.offset, request.max_bytes),
-        )
-        if data.error:
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION, data.error)
-        now = self.s.store.job(job.id) or job
-        return pb.ReadOutputResponse(
-            data=data.data,
-            offset=data.offset,
-            size=data.size,
-            path=data.path,
-            state=now.state.to_pb(),
-            site=job.site,
-        )
+            return pb.HoldJobsResponse(jobs=[job_pb(j, with_spec=False) for j in jobs])
 
-    def CancelJob(self, request: pb.CancelJobRequest, context: grpc.ServicerContext) -> pb.Job:
-        self._own_job(context, request.job_id)
-        job = self._guard(context, lambda: self.s.intake.cancel(request.job_id))
-        return job_pb(job)
+        return await self.calls.unary(context, self.identity.who, body)
 
-    def WatchJob(
-        self, request: pb.WatchJobRequest, context: grpc.ServicerContext
-    ) -> Iterator[pb.Job]:
-        job = self._own_job(context, request.job_id)
+    async def ReadOutput(
+        self, request: pb.ReadOutputRequest, context: Context
+    ) -> pb.ReadOutputResponse:
+        async def body(user: str) -> pb.ReadOutputResponse:
+            # Output is its owner's alone (not even an admin's to read through metasched).
+            jobs = await self.calls.blocking(user, self.s.intake.named, user, False, [request.job])
+            if len(jobs) != 1:
+                raise Refused(
+                    "INVALID_ARGUMENT",
+                    f"{request.job} is an array of {len(jobs)} tasks: name one "
+                    f"(e.g. {request.job}_1)",
+                )
+            job = jobs[0]
+            data = await self.calls.blocking(
+                user, self.s.outputs.read, job, request.stderr, request.offset, request.max_bytes
+            )
+            if data.error:
+                raise Refused("FAILED_PRECONDITION", data.error)
+            now = self.s.store.live.get(job.id) or job
+            return pb.ReadOutputResponse(
+                data=data.data,
+                offset=data.offset,
+                size=data.size,
+                path=data.path,
+                state=now.state.to_pb(),
+                site=job.site,
+            )
+
+        return await self.calls.unary(context, self.identity.who, body)
+
+    async def CancelJob(self, request: pb.CancelJobRequest, context: Context) -> pb.Job:
+        async def body(user: str) -> pb.Job:
+            await self._own_job(user, request.job_id)
+            return job_pb(await self.calls.blocking(user, self.s.intake.cancel, request.job_id))
+
+        return await self.calls.unary(context, self.identity.who, body)
+
+    async def WatchJob(
+        self, request: pb.WatchJobRequest, context: Context
+    ) -> AsyncIterator[pb.Job]:
+        watch = self.calls.stream(
+            context, self.identity.who, lambda user: self._watch(user, request.job_id), "watches"
+        )
+        async for job in watch:
+            yield job
+
+    async def _watch(self, user: str, job_id: int) -> AsyncIterator[pb.Job]:
+        """The job now, then again at every change that shows (state, reason), until it ends
+        or the watch reaches watch_seconds. Waiting costs an asyncio.Event, not a thread."""
+        await self._own_job(user, job_id)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.calls.limits.watch_seconds
         last: tuple[Any, ...] | None = None
-        version = self.s.store.version
-        while context.is_active():
-            job_now = self.s.store.job(job.id)
-            assert job_now is not None
-            key = (job_now.state, job_now.updated_at, job_now.reason)
-            if key != last:
-                last = key
-                yield job_pb(job_now, self.s.store.events(job.id))
-                if job_now.state.is_final:
+        with self.watchers.watching(job_id) as changed:
+            while True:
+                changed.clear()
+                job = await self._job(user, job_id)
+                key = (job.state, job.updated_at, job.reason)
+                if key != last:
+                    last = key
+                    yield job_pb(job, await self.calls.blocking(user, self.s.store.events, job_id))
+                    if job.state.is_final:
+                        return
+                left = deadline - loop.time()
+                if left <= 0:
                     return
-            version = self.s.store.wait_change(version, timeout=1.0)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(left):
+                        await changed.wait()
 
-    def ListSites(
-        self, request: pb.ListSitesRequest, context: grpc.ServicerContext
+    async def ListSites(
+        self, request: pb.ListSitesRequest, context: Context
     ) -> pb.ListSitesResponse:
-        self._user(context)
-        return pb.ListSitesResponse(sites=site_summaries(self.s, time.time()))
+        async def body(user: str) -> pb.ListSitesResponse:
+            sites = await self.calls.blocking(user, site_summaries, self.s, time.time())
+            return pb.ListSitesResponse(sites=sites)
+
+        return await self.calls.unary(context, self.identity.who, body)
 
 
 def site_summaries(s: Scheduler, now: float) -> list[pb.SiteSummary]:
@@ -328,3 +423,13 @@ def site_summaries(s: Scheduler, now: float) -> list[pb.SiteSummary]:
                 summary.est_wait_seconds = -1
         out.append(summary)
     return out
+
+
+def cursor_id(cursor: str) -> int:
+    """The job id a listing's cursor continues after (0: from the start); Refused if bad."""
+    if not cursor:
+        return 0
+    digits = cursor.removeprefix(_CURSOR)
+    if digits == cursor or not (digits.isascii() and digits.isdigit()) or len(digits) > 19:
+        raise Refused("INVALID_ARGUMENT", "bad cursor: pass a next_cursor the daemon gave")
+    return min(int(digits), MAX_JOB_ID)

@@ -23,8 +23,12 @@ Errors are gRPC status codes with a one-line message:
   NOT_FOUND            unknown job id or site
   PERMISSION_DENIED    not your job / not an admin / an agent speaking for another site
   UNAUTHENTICATED      no credential, or a wrong, expired or revoked one
-  RESOURCE_EXHAUSTED   a per-user limit (submission rate: "retry in N s", live jobs), or a
-                       message over the daemon's max_message_bytes
+  RESOURCE_EXHAUSTED   a per-user limit (submission rate: "retry in N s", live jobs, open
+                       watches, concurrent listings, calls in flight), a message over the
+                       daemon's max_message_bytes, or the daemon's disk is full (nothing was
+                       recorded; retry later)
+  DEADLINE_EXCEEDED    the daemon did not answer within its own time limit for a call
+  DATA_LOSS            the job's record in the database cannot be read (it is quarantined)
   UNAVAILABLE          daemon or site not reachable (also: a TLS handshake the daemon refused)
 """
 
@@ -175,7 +179,9 @@ class JobSpec(_message.Message):
     KEEP_INVALID_DEPENDENCY_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     script: _builtins.str
-    """the batch script, text, at most the daemon's max_script_bytes"""
+    """The batch script, text, at most the daemon's max_script_bytes. Sent in SubmitJob, Plan and
+    SubmitCommand; jobs read back (GetJob, ListJobs, WatchJob) leave it empty: GetJobScript.
+    """
     precision: _builtins.str
     """fp64 fp32 tf32 bf16 fp16 fp8 int8; empty = no requirement"""
     nodes: _builtins.int
@@ -573,17 +579,24 @@ Global___GetJobRequest: _TypeAlias = GetJobRequest  # noqa: Y015
 
 @_typing.final
 class ListJobsRequest(_message.Message):
+    """Listings come in pages, in job id order: at most `limit` jobs (0 = 1000; at most 5000) and
+    at most ~2 MB a page. Ask for the next page with the previous page's next_cursor.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ALL_USERS_FIELD_NUMBER: _builtins.int
     STATES_FIELD_NUMBER: _builtins.int
     INCLUDE_FINAL_FIELD_NUMBER: _builtins.int
     LIMIT_FIELD_NUMBER: _builtins.int
+    CURSOR_FIELD_NUMBER: _builtins.int
     ARRAY_ID_FIELD_NUMBER: _builtins.int
     all_users: _builtins.bool
     """admins only; others see their own jobs"""
     include_final: _builtins.bool
     limit: _builtins.int
+    cursor: _builtins.str
+    """opaque: a previous page's next_cursor; empty = the first page"""
     array_id: _builtins.int
     """only this array's tasks (0 = any job)"""
     @_builtins.property
@@ -597,11 +610,12 @@ class ListJobsRequest(_message.Message):
         states: _abc.Iterable[Global___JobState.ValueType] | None = ...,
         include_final: _builtins.bool = ...,
         limit: _builtins.int = ...,
+        cursor: _builtins.str = ...,
         array_id: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["all_users", b"all_users", "array_id", b"array_id", "include_final", b"include_final", "limit", b"limit", "states", b"states"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["all_users", b"all_users", "array_id", b"array_id", "cursor", b"cursor", "include_final", b"include_final", "limit", b"limit", "states", b"states"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -612,20 +626,65 @@ class ListJobsResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     JOBS_FIELD_NUMBER: _builtins.int
+    NEXT_CURSOR_FIELD_NUMBER: _builtins.int
+    next_cursor: _builtins.str
+    """empty: this was the last page"""
     @_builtins.property
     def jobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___Job]: ...
     def __init__(
         self,
         *,
         jobs: _abc.Iterable[Global___Job] | None = ...,
+        next_cursor: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["jobs", b"jobs"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["jobs", b"jobs", "next_cursor", b"next_cursor"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListJobsResponse: _TypeAlias = ListJobsResponse  # noqa: Y015
+
+@_typing.final
+class GetJobScriptRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.int
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetJobScriptRequest: _TypeAlias = GetJobScriptRequest  # noqa: Y015
+
+@_typing.final
+class JobScript(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    SCRIPT_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.int
+    script: _builtins.str
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.int = ...,
+        script: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "script", b"script"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JobScript: _TypeAlias = JobScript  # noqa: Y015
 
 @_typing.final
 class CancelJobRequest(_message.Message):
@@ -1907,6 +1966,75 @@ class SetSiteStateResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SetSiteStateResponse: _TypeAlias = SetSiteStateResponse  # noqa: Y015
+
+@_typing.final
+class QuarantinedJob(_message.Message):
+    """A job whose record in the database cannot be decoded: the daemon leaves it out of its queue
+    (and logs job_quarantined) instead of refusing to start; the row is kept as it is.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    USER_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.int
+    user: _builtins.str
+    """the raw column values, as far as they are readable"""
+    state: _builtins.str
+    error: _builtins.str
+    """what could not be decoded"""
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.int = ...,
+        user: _builtins.str = ...,
+        state: _builtins.str = ...,
+        error: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "job_id", b"job_id", "state", b"state", "user", b"user"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QuarantinedJob: _TypeAlias = QuarantinedJob  # noqa: Y015
+
+@_typing.final
+class ListQuarantinedRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListQuarantinedRequest: _TypeAlias = ListQuarantinedRequest  # noqa: Y015
+
+@_typing.final
+class ListQuarantinedResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOBS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def jobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___QuarantinedJob]: ...
+    def __init__(
+        self,
+        *,
+        jobs: _abc.Iterable[Global___QuarantinedJob] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["jobs", b"jobs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListQuarantinedResponse: _TypeAlias = ListQuarantinedResponse  # noqa: Y015
 
 @_typing.final
 class BackupRequest(_message.Message):

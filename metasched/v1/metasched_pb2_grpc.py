@@ -64,6 +64,11 @@ class SchedulerStub:
                 request_serializer=metasched_dot_v1_dot_metasched__pb2.WatchJobRequest.SerializeToString,
                 response_deserializer=metasched_dot_v1_dot_metasched__pb2.Job.FromString,
                 _registered_method=True)
+        self.GetJobScript = channel.unary_unary(
+                '/metasched.v1.Scheduler/GetJobScript',
+                request_serializer=metasched_dot_v1_dot_metasched__pb2.GetJobScriptRequest.SerializeToString,
+                response_deserializer=metasched_dot_v1_dot_metasched__pb2.JobScript.FromString,
+                _registered_method=True)
         self.ListSites = channel.unary_unary(
                 '/metasched.v1.Scheduler/ListSites',
                 request_serializer=metasched_dot_v1_dot_metasched__pb2.ListSitesRequest.SerializeToString,
@@ -121,6 +126,13 @@ class SchedulerServicer:
 
     def WatchJob(self, request, context):
         """sends on every change, ends when final
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetJobScript(self, request, context):
+        """the owner's (or an admin's) only
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -185,6 +197,11 @@ def add_SchedulerServicer_to_server(servicer, server):
                     servicer.WatchJob,
                     request_deserializer=metasched_dot_v1_dot_metasched__pb2.WatchJobRequest.FromString,
                     response_serializer=metasched_dot_v1_dot_metasched__pb2.Job.SerializeToString,
+            ),
+            'GetJobScript': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetJobScript,
+                    request_deserializer=metasched_dot_v1_dot_metasched__pb2.GetJobScriptRequest.FromString,
+                    response_serializer=metasched_dot_v1_dot_metasched__pb2.JobScript.SerializeToString,
             ),
             'ListSites': grpc.unary_unary_rpc_method_handler(
                     servicer.ListSites,
@@ -369,6 +386,33 @@ class Scheduler:
             '/metasched.v1.Scheduler/WatchJob',
             metasched_dot_v1_dot_metasched__pb2.WatchJobRequest.SerializeToString,
             metasched_dot_v1_dot_metasched__pb2.Job.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetJobScript(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/metasched.v1.Scheduler/GetJobScript',
+            metasched_dot_v1_dot_metasched__pb2.GetJobScriptRequest.SerializeToString,
+            metasched_dot_v1_dot_metasched__pb2.JobScript.FromString,
             options,
             channel_credentials,
             insecure,
@@ -589,6 +633,11 @@ class AdminStub:
                 request_serializer=metasched_dot_v1_dot_metasched__pb2.SetSiteStateRequest.SerializeToString,
                 response_deserializer=metasched_dot_v1_dot_metasched__pb2.SetSiteStateResponse.FromString,
                 _registered_method=True)
+        self.ListQuarantined = channel.unary_unary(
+                '/metasched.v1.Admin/ListQuarantined',
+                request_serializer=metasched_dot_v1_dot_metasched__pb2.ListQuarantinedRequest.SerializeToString,
+                response_deserializer=metasched_dot_v1_dot_metasched__pb2.ListQuarantinedResponse.FromString,
+                _registered_method=True)
         self.Backup = channel.unary_stream(
                 '/metasched.v1.Admin/Backup',
                 request_serializer=metasched_dot_v1_dot_metasched__pb2.BackupRequest.SerializeToString,
@@ -623,6 +672,12 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListQuarantined(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Backup(self, request, context):
         """An online, consistent copy of the database (SQLite's backup API), streamed to the caller.
         """
@@ -652,6 +707,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.SetSiteState,
                     request_deserializer=metasched_dot_v1_dot_metasched__pb2.SetSiteStateRequest.FromString,
                     response_serializer=metasched_dot_v1_dot_metasched__pb2.SetSiteStateResponse.SerializeToString,
+            ),
+            'ListQuarantined': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListQuarantined,
+                    request_deserializer=metasched_dot_v1_dot_metasched__pb2.ListQuarantinedRequest.FromString,
+                    response_serializer=metasched_dot_v1_dot_metasched__pb2.ListQuarantinedResponse.SerializeToString,
             ),
             'Backup': grpc.unary_stream_rpc_method_handler(
                     servicer.Backup,
@@ -767,6 +827,33 @@ class Admin:
             '/metasched.v1.Admin/SetSiteState',
             metasched_dot_v1_dot_metasched__pb2.SetSiteStateRequest.SerializeToString,
             metasched_dot_v1_dot_metasched__pb2.SetSiteStateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListQuarantined(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/metasched.v1.Admin/ListQuarantined',
+            metasched_dot_v1_dot_metasched__pb2.ListQuarantinedRequest.SerializeToString,
+            metasched_dot_v1_dot_metasched__pb2.ListQuarantinedResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -23,8 +23,12 @@ Errors are gRPC status codes with a one-line message:
   NOT_FOUND            unknown job id or site
   PERMISSION_DENIED    not your job / not an admin / an agent speaking for another site
   UNAUTHENTICATED      no credential, or a wrong, expired or revoked one
-  RESOURCE_EXHAUSTED   a per-user limit (submission rate: "retry in N s", live jobs), or a
-                       message over the daemon's max_message_bytes
+  RESOURCE_EXHAUSTED   a per-user limit (submission rate: "retry in N s", live jobs, open
+                       watches, concurrent listings, calls in flight), a message over the
+                       daemon's max_message_bytes, or the daemon's disk is full (nothing was
+                       recorded; retry later)
+  DEADLINE_EXCEEDED    the daemon did not answer within its own time limit for a call
+  DATA_LOSS            the job's record in the database cannot be read (it is quarantined)
   UNAVAILABLE          daemon or site not reachable (also: a TLS handshake the daemon refused)
 """
 
@@ -63,6 +67,8 @@ class SchedulerStub:
     CancelJob: _grpc.UnaryUnaryMultiCallable[_metasched_pb2.CancelJobRequest, _metasched_pb2.Job]
     WatchJob: _grpc.UnaryStreamMultiCallable[_metasched_pb2.WatchJobRequest, _metasched_pb2.Job]
     """sends on every change, ends when final"""
+    GetJobScript: _grpc.UnaryUnaryMultiCallable[_metasched_pb2.GetJobScriptRequest, _metasched_pb2.JobScript]
+    """the owner's (or an admin's) only"""
     ListSites: _grpc.UnaryUnaryMultiCallable[_metasched_pb2.ListSitesRequest, _metasched_pb2.ListSitesResponse]
     CancelJobs: _grpc.UnaryUnaryMultiCallable[_metasched_pb2.CancelJobsRequest, _metasched_pb2.CancelJobsResponse]
     """arrays and task ranges"""
@@ -81,6 +87,8 @@ class SchedulerAsyncStub(SchedulerStub):
     CancelJob: _aio.UnaryUnaryMultiCallable[_metasched_pb2.CancelJobRequest, _metasched_pb2.Job]  # type: ignore[assignment]
     WatchJob: _aio.UnaryStreamMultiCallable[_metasched_pb2.WatchJobRequest, _metasched_pb2.Job]  # type: ignore[assignment]
     """sends on every change, ends when final"""
+    GetJobScript: _aio.UnaryUnaryMultiCallable[_metasched_pb2.GetJobScriptRequest, _metasched_pb2.JobScript]  # type: ignore[assignment]
+    """the owner's (or an admin's) only"""
     ListSites: _aio.UnaryUnaryMultiCallable[_metasched_pb2.ListSitesRequest, _metasched_pb2.ListSitesResponse]  # type: ignore[assignment]
     CancelJobs: _aio.UnaryUnaryMultiCallable[_metasched_pb2.CancelJobsRequest, _metasched_pb2.CancelJobsResponse]  # type: ignore[assignment]
     """arrays and task ranges"""
@@ -132,6 +140,14 @@ class SchedulerServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_metasched_pb2.Job], _abc.AsyncIterator[_metasched_pb2.Job]]:
         """sends on every change, ends when final"""
+
+    @_abc_1.abstractmethod
+    def GetJobScript(
+        self,
+        request: _metasched_pb2.GetJobScriptRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_metasched_pb2.JobScript, _abc.Awaitable[_metasched_pb2.JobScript]]:
+        """the owner's (or an admin's) only"""
 
     @_abc_1.abstractmethod
     def ListSites(
@@ -197,6 +213,7 @@ class AdminStub:
     ListTokens: _grpc.UnaryUnaryMultiCallable[_metasched_pb2.ListTokensRequest, _metasched_pb2.ListTokensResponse]
     RevokeToken: _grpc.UnaryUnaryMultiCallable[_metasched_pb2.RevokeTokenRequest, _metasched_pb2.TokenInfo]
     SetSiteState: _grpc.UnaryUnaryMultiCallable[_metasched_pb2.SetSiteStateRequest, _metasched_pb2.SetSiteStateResponse]
+    ListQuarantined: _grpc.UnaryUnaryMultiCallable[_metasched_pb2.ListQuarantinedRequest, _metasched_pb2.ListQuarantinedResponse]
     Backup: _grpc.UnaryStreamMultiCallable[_metasched_pb2.BackupRequest, _metasched_pb2.BackupChunk]
     """An online, consistent copy of the database (SQLite's backup API), streamed to the caller."""
 
@@ -207,6 +224,7 @@ class AdminAsyncStub(AdminStub):
     ListTokens: _aio.UnaryUnaryMultiCallable[_metasched_pb2.ListTokensRequest, _metasched_pb2.ListTokensResponse]  # type: ignore[assignment]
     RevokeToken: _aio.UnaryUnaryMultiCallable[_metasched_pb2.RevokeTokenRequest, _metasched_pb2.TokenInfo]  # type: ignore[assignment]
     SetSiteState: _aio.UnaryUnaryMultiCallable[_metasched_pb2.SetSiteStateRequest, _metasched_pb2.SetSiteStateResponse]  # type: ignore[assignment]
+    ListQuarantined: _aio.UnaryUnaryMultiCallable[_metasched_pb2.ListQuarantinedRequest, _metasched_pb2.ListQuarantinedResponse]  # type: ignore[assignment]
     Backup: _aio.UnaryStreamMultiCallable[_metasched_pb2.BackupRequest, _metasched_pb2.BackupChunk]  # type: ignore[assignment]
     """An online, consistent copy of the database (SQLite's backup API), streamed to the caller."""
 
@@ -238,6 +256,13 @@ class AdminServicer(metaclass=_abc_1.ABCMeta):
         request: _metasched_pb2.SetSiteStateRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_metasched_pb2.SetSiteStateResponse, _abc.Awaitable[_metasched_pb2.SetSiteStateResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListQuarantined(
+        self,
+        request: _metasched_pb2.ListQuarantinedRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_metasched_pb2.ListQuarantinedResponse, _abc.Awaitable[_metasched_pb2.ListQuarantinedResponse]]: ...
 
     @_abc_1.abstractmethod
     def Backup(

@@ -80,6 +80,12 @@ class Intake(Activity):
             raise Refused("INVALID_ARGUMENT", str(e)) from None
 
     def submit(self, user: str, spec: pb.JobSpec, wait_placement: float = 0.0) -> JobRow:
+        if spec.submit_key:
+            # A retry of a submission whose answer was lost: the job it made, not a second.
+            # (Two at once with one key are told apart by the store's writer.)
+            made = self.store.job_of_key(user, spec.submit_key)
+            if made is not None:
+                return made
         spec = self._valid(spec)
         for name in [*spec.sites, *spec.exclude_sites]:
             if self.sites.get(name) is None:
@@ -110,6 +116,10 @@ class Intake(Activity):
     def _insert(self, b: Batch, user: str, spec: pb.JobSpec, array: ArraySpec | None) -> JobRow:
         """A job (or an array's tasks) that may wait: QUEUED if nothing holds it now, else
         WAITING with the reason; refused if its dependency can never be satisfied."""
+        if spec.submit_key:  # a retry that came in while the first was being written
+            made = b.job_of_key(user, spec.submit_key)
+            if made is not None:
+                return made
         now = b.now
         first = array.tasks[0] if array else 0
         probe = JobRow(0, user, spec, S.WAITING, now, now, held=spec.hold, array_task=first)

@@ -19,7 +19,7 @@ from metasched.daemon.scheduler import Scheduler
 from metasched.daemon.settings import Refused
 from metasched.placement.estimate import Estimate
 from metasched.placement.policy import Request
-from metasched.states import JobState, node_usable
+from metasched.states import JobState, final_reason, node_usable
 from metasched.store import JobRow, NoSuchJob
 from metasched.v1 import metasched_pb2 as pb
 from metasched.v1 import metasched_pb2_grpc as pb_grpc
@@ -52,12 +52,17 @@ def job_estimate_pb(job: JobRow) -> pb.Estimate:
     )
 
 
+def _since(job: JobRow, t: float) -> bool:
+    return job.submitted_at >= t or job.ended_at >= t or not job.state.is_final
+
+
 def job_pb(job: JobRow, events: list[Any] | None = None, with_spec: bool = True) -> pb.Job:
     spec = job.spec
     ids = output_names.Ids(
         job.id, spec.name or f"metasched-{job.id}", job.user, job.array_id, job.array_task
     )
-    stdout = output_names.resolve(spec.output, ids, spec.workdir)
+    workdir = spec.workdir or spec.submit_dir  # sbatch's default: where it was submitted
+    stdout = output_names.resolve(spec.output, ids, workdir)
     out = pb.Job(
         id=job.id,
         user=job.user,
@@ -68,15 +73,19 @@ def job_pb(job: JobRow, events: list[Any] | None = None, with_spec: bool = True)
         slurm_job_id=job.slurm_job_id,
         attempt=job.attempt,
         submitted_at=job.submitted_at,
-        started_at=job.started_at,
-        ended_at=job.ended_at,
+        # Sites' clocks are not ours: never show a start before the submission, or an end
+        # before the start.
+        started_at=max(job.started_at, job.submitted_at) if job.started_at else 0.0,
+        ended_at=max(job.ended_at, job.started_at, job.submitted_at) if job.ended_at else 0.0,
+        # A job that did not exit on its own (time limit, node failure, cancel) has no exit
+        # code of its own: 0 there would read as success.
         exit_code=job.exit_code,
-        reason=job.reason,
+        reason=job.reason or final_reason(job.state, job.exit_code),
         array_id=job.array_id,
         array_task=job.array_task,
         held=job.held,
         stdout_path=stdout,
-        stderr_path=output_names.resolve(spec.error, ids, spec.workdir) if spec.error else stdout,
+        stderr_path=output_names.resolve(spec.error, ids, workdir) if spec.error else stdout,
     )
     if job.est_start and job.est_site:
         out.estimate.CopyFrom(job_estimate_pb(job))
@@ -188,6 +197,11 @@ class UserService(pb_grpc.SchedulerServicer):
     def ListJobs(
         self, request: pb.ListJobsRequest, context: grpc.ServicerContext
     ) -> pb.ListJobsResponse:
+        return self._guard(context, lambda: self._list_jobs(request, context))
+
+    def _list_jobs(
+        self, request: pb.ListJobsRequest, context: grpc.ServicerContext
+    ) -> pb.ListJobsResponse:
         user = self._user(context)
         if request.all_users and not self._is_admin(user):
             context.abort(grpc.StatusCode.PERMISSION_DENIED, "only admins may list all users")
@@ -196,25 +210,63 @@ class UserService(pb_grpc.SchedulerServicer):
         except ValueError:
             bad = next(s for s in request.states if s not in _KNOWN_STATES)
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unknown job state {bad}")
+        jobs = self._listed(request, user, states)
+        return pb.ListJobsResponse(jobs=[job_pb(j) for j in jobs])
+
+    def _listed(
+        self, request: pb.ListJobsRequest, user: str, states: list[JobState] | None
+    ) -> list[JobRow]:
+        """ListJobs' filters, as squeue/sacct take them: -u users, -j ids (an array's id: its
+        tasks), -n names, -S since; array_id: one array's tasks."""
+        admin = self._is_admin(user)
+        users: list[str | None] = list(dict.fromkeys(request.users))  # type: ignore[arg-type]
+        if any(u != user for u in users) and not admin:
+            raise Refused("PERMISSION_DENIED", "only admins may list other users' jobs")
+        if not users:
+            users = [None if request.all_users else user]
         limit = min(request.limit or 1000, 100_000)
-        if request.array_id:
-            tasks = self.s.store.array_tasks(request.array_id, include_final=request.include_final)
+        names = list(request.names)
+        if request.job_ids or request.array_id:
             wanted = set(states) if states else None
-            jobs = [
-                t
-                for t in tasks
-                if (request.all_users or t.user == user)
-                and (wanted is None or t.state in wanted)
-                and (request.include_final or wanted is not None or not t.state.is_final)
-            ][:limit]
-        else:
-            jobs = self.s.store.jobs(
-                user=None if request.all_users else user,
+            found: dict[int, JobRow] = {}
+            if request.array_id:
+                for t in self.s.store.array_tasks(
+                    request.array_id, include_final=request.include_final
+                ):
+                    found[t.id] = t
+            for job_id in dict.fromkeys(request.job_ids):
+                job = self.s.store.job(job_id)
+                if job is not None and job.array_id == job_id:  # squeue -j ARRAY: its tasks
+                    found.update((t.id, t) for t in self.s.store.array_tasks(job_id))
+                elif job is not None:
+                    found[job.id] = job
+            out = []
+            for job in found.values():
+                if users != [None] and job.user not in users:
+                    continue
+                if wanted is not None and job.state not in wanted:
+                    continue
+                if request.array_id and not (
+                    request.include_final or wanted is not None or not job.state.is_final
+                ):
+                    continue
+                if names and job.spec.name not in names:
+                    continue
+                if request.since and not _since(job, request.since):
+                    continue
+                out.append(job)
+            return sorted(out, key=lambda j: j.id)[:limit]
+        jobs: list[JobRow] = []
+        for u in users:
+            jobs += self.s.store.jobs(
+                user=u,
                 states=states,
                 include_final=request.include_final,
                 limit=limit,
+                since=request.since,
+                names=names,
             )
-        return pb.ListJobsResponse(jobs=[job_pb(j) for j in jobs])
+        return sorted(jobs, key=lambda j: j.id)[:limit]
 
     def CancelJobs(
         self, request: pb.CancelJobsRequest, context: grpc.ServicerContext

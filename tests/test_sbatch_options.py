@@ -4,6 +4,8 @@ against the real sbatch of the lab in test_sbatch_parity.py."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -61,6 +63,13 @@ def test_the_table_prints() -> None:
     assert by_flag["-G, --gpus"][1] == "understood"
     assert by_flag["--uid"][1] == "refused" and "root" in by_flag["--uid"][2]
     assert by_flag["--power"][3] == "Slurm 22.05 only"
+
+
+def test_the_docs_have_the_tables_own_words() -> None:
+    """docs/sbatch.md's table is the code's (regenerate: python -m metasched.sbatch.options
+    --markdown), so what users read is what msub and the daemon do."""
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "sbatch.md").read_text()
+    assert options.markdown() in docs
 
 
 # ---------------------------------------------------------------- getopt_long

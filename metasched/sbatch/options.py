@@ -10,7 +10,7 @@ SBATCH_* variables of src/sbatch/opt.c) of 22.05.8 and 25.11.7. Each option is o
   msub         acted on by msub itself (--parsable, --wait, --wrap...), never sent on
   refused      refused at submit, with the reason (e.g. a file on the submit host)
 
-`python -m metasched.sbatch.options` prints the table (docs/sbatch.md has it too).
+`python -m metasched.sbatch.options` prints the table (`--markdown`: as docs/sbatch.md has it).
 """
 
 from __future__ import annotations
@@ -459,7 +459,6 @@ TABLE: tuple[Option, ...] = (
         R,
         U,
         "keep_invalid_dependency (dependencies are metasched's)",
-        _choice("kill-on-invalid-dep", "yes", "no"),
     ),
     _o(
         "licenses",
@@ -692,12 +691,27 @@ def rows() -> list[tuple[str, str, str, str]]:
     return out
 
 
-def main() -> int:
+def _counts() -> str:
     counts: dict[str, int] = {}
+    for o in TABLE:
+        counts[o.kind.value] = counts.get(o.kind.value, 0) + 1
+    return ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) + f" ({len(TABLE)} options)"
+
+
+def markdown() -> str:
+    """The table as docs/sbatch.md has it (`python -m metasched.sbatch.options --markdown`)."""
+    lines = ["| option | kind | what metasched does | versions |", "|---|---|---|---|"]
+    lines += [f"| `{flag}` | {kind} | {note} | {v} |" for flag, kind, note, v in rows()]
+    return "\n".join([*lines, "", _counts() + "."]) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    if (sys.argv[1:] if argv is None else argv) == ["--markdown"]:
+        print(markdown(), end="")
+        return 0
     for flag, kind, note, versions in rows():
-        counts[kind] = counts.get(kind, 0) + 1
         print(f"{flag:<28} {kind:<10} {note}" + (f" [{versions}]" if versions else ""))
-    print(", ".join(f"{n} {k}" for k, n in sorted(counts.items())), f"({len(TABLE)} options)")
+    print(_counts())
     return 0
 
 

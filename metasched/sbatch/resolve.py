@@ -387,7 +387,10 @@ def _hold(spec: pb.JobSpec, v: str | None, ctx: _Context) -> None:
 
 
 def _kill_on_invalid_dep(spec: pb.JobSpec, v: str | None, ctx: _Context) -> None:
-    spec.keep_invalid_dependency = (v or "").lower() == "no"
+    word = (v or "").lower()
+    if word not in ("yes", "no"):  # sbatch: yes or no, any case, and nothing else
+        raise SpecError(f"Invalid --kill-on-invalid-dep specification {v!r}")
+    spec.keep_invalid_dependency = word == "no"
 
 
 _ARRAYS_APPLY: dict[str, Callable[[pb.JobSpec, str | None, _Context], None]] = {

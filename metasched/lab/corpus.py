@@ -32,7 +32,7 @@ from pathlib import Path
 
 import grpc
 
-from metasched import tags
+from metasched import arrays, output_names, tags
 from metasched.lab.federation import Federation, wait_for
 from metasched.lab.harness import SlurmLab
 from metasched.lab.profiles import Partition, SiteProfile
@@ -171,19 +171,50 @@ def show_job(env: dict[str, str], job_id: str) -> dict[str, str]:
     return fields
 
 
-def normalise(job: dict[str, str], job_id: str) -> dict[str, str]:
-    """The compared fields, with the job's own id written as %j (sbatch expands it in paths)
-    and metasched's tag taken out of the comment."""
+@dataclass(frozen=True)
+class Placed:
+    """Where msub's job went: the Slurm job of its (first) task, and the federation's ids
+    that stand for %j / %A / %a in its file names."""
+
+    slurm_job_id: str
+    job_id: int
+    array_id: int = 0
+    array_task: int = 0
+    tasks: str = ""  # the array's tasks, folded as Slurm prints ArrayTaskId
+
+
+def _ids_as_symbols(path: str, ids: dict[str, str]) -> str:
+    """A path's file name with each id written as its symbol (%j, %A, %a)."""
+    head, sep, name = path.rpartition("/")
+    if ids:
+        pattern = "|".join(re.escape(k) for k in sorted(ids, key=len, reverse=True))
+        name = re.sub(rf"(?<!\d)(?:{pattern})(?!\d)", lambda m: ids[m.group(0)], name)
+    return head + sep + name
+
+
+def normalise(job: dict[str, str], ids: dict[str, str], tasks: str = "") -> dict[str, str]:
+    """The compared fields, with the job's own ids written as symbols (ids: '7340002' ->
+    '%j'; sbatch expands them in paths, the agent with the federation's ids), metasched's
+    tag taken out of the comment, and for msub's array task the array's tasks as Slurm
+    would print them (tasks; each task is a plain Slurm job at the site)."""
     out = {}
     for f in FIELDS:
         v = job.get(f, "")
         if f in ("StdOut", "StdErr", "StdIn"):
-            head, sep, name = v.rpartition("/")
-            v = head + sep + name.replace(job_id, "%j")
+            v = _ids_as_symbols(v, ids)
         if f == "Comment":
             v = tags.user_comment("" if v == "(null)" else v) or "(null)"
+        if f == "ArrayTaskId" and tasks:
+            v = tasks
         out[f] = v
     return out
+
+
+def sbatch_ids(job: dict[str, str], job_id: str) -> dict[str, str]:
+    """What stands for what in the paths of sbatch's own job. An array's pending record is
+    all its tasks: its ArrayJobId is %A, and %a is printed as Slurm's NO_VAL."""
+    array = job.get("ArrayJobId", "")
+    return {array: "%A", output_names.NO_TASK: "%a"} if array else {job_id: "%j"}
 
 
 @dataclass
@@ -214,7 +245,7 @@ def compare(
     workdir: Path,
     slurm_env: dict[str, str],
     msub: Callable[[list[str], Path], subprocess.CompletedProcess[str]],
-    slurm_id_of: Callable[[str], str],
+    placed: Callable[[str], Placed],
     cancel: Callable[[str], None],
 ) -> Outcome:
     """Submit one corpus script both ways from workdir and compare the Slurm jobs."""
@@ -238,9 +269,13 @@ def compare(
     mid = via.stdout.strip() if via.returncode == 0 else ""
     try:
         if sid and mid:
-            msid = slurm_id_of(mid)
-            a = normalise(show_job(slurm_env, sid), sid)
-            b = normalise(show_job(slurm_env, msid), msid)
+            there = placed(mid)
+            direct_job = show_job(slurm_env, sid)
+            a = normalise(direct_job, sbatch_ids(direct_job, sid))
+            ours = {str(there.job_id): "%j"}
+            if there.array_id:  # its first task, whose %j is the array's id (%A)
+                ours = {str(there.array_id): "%A", str(there.array_task): "%a"}
+            b = normalise(show_job(slurm_env, there.slurm_job_id), ours, there.tasks)
             outcome.differences = {f: (a[f], b[f]) for f in FIELDS if a[f] != b[f]}
     finally:
         if sid:
@@ -294,15 +329,21 @@ def run(fed: Federation, workdir: Path, files: list[str] | None = None) -> list[
             stdin=subprocess.DEVNULL,
         )
 
-    def slurm_id_of(job_id: str) -> str:
-        box = [""]
+    def placed(job_id: str) -> Placed:
+        box = [pb.Job()]
 
         def there() -> bool:
-            box[0] = fed.job(int(job_id)).slurm_job_id
-            return bool(box[0])
+            box[0] = fed.job(int(job_id))
+            return bool(box[0].slurm_job_id)
 
-        wait_for(there, 120, f"job {job_id} to reach the site", fed.log("metaschedd"))
-        return box[0]
+        wait_for(there, 300, f"job {job_id} to reach the site", fed.log("metaschedd"))
+        job, tasks = box[0], ""
+        if job.array_id:
+            listed = fed.call(
+                "ListJobs", pb.ListJobsRequest(array_id=job.array_id, include_final=True)
+            ).jobs
+            tasks = arrays.fold(t.array_task for t in listed)
+        return Placed(job.slurm_job_id, job.id, job.array_id, job.array_task, tasks)
 
     def cancel(job_id: str) -> None:  # a job, or every task of an array
         with contextlib.suppress(grpc.RpcError):
@@ -310,7 +351,7 @@ def run(fed: Federation, workdir: Path, files: list[str] | None = None) -> list[
 
     workdir.mkdir(parents=True, exist_ok=True)
     names = files or [row["file"] for row in manifest()]
-    return [compare(f, workdir, env, msub, slurm_id_of, cancel) for f in names]
+    return [compare(f, workdir, env, msub, placed, cancel) for f in names]
 
 
 def lab_for_corpus(root: Path) -> SlurmLab:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import pwd
 import shutil
 import subprocess
 import tempfile
@@ -22,6 +21,7 @@ from metasched.agent.slurm.cli import CliBackend
 from metasched.lab import SlurmLab
 from metasched.lab.corpus import show_job
 from metasched.lab.federation import Federation, wait_for
+from metasched.lab.users import local_user
 from metasched.sbatch import argv
 from metasched.states import JobState
 from metasched.v1 import metasched_pb2 as pb
@@ -181,19 +181,8 @@ USER = "msoargs"  # a real local user of this module (prefix mso: see the task's
 
 @pytest.fixture(scope="module")
 def user() -> Iterator[str]:
-    made = False
-    try:
-        pwd.getpwnam(USER)
-    except KeyError:
-        subprocess.run(["useradd", "-M", "-s", "/bin/sh", USER], check=True)
-        made = True
-    yield USER
-    if made:  # once the user's last job processes are gone
-        wait_for(
-            lambda: subprocess.run(["userdel", USER], capture_output=True).returncode in (0, 6),
-            60,
-            f"userdel {USER}",
-        )
+    with local_user(USER) as name:
+        yield name
 
 
 @pytest.mark.parametrize("who", ["root", "user"])

@@ -9,6 +9,7 @@ and one for accounting (sacct / jobcomp), because the two spell some states diff
 from __future__ import annotations
 
 import enum
+import signal
 
 from metasched.v1 import metasched_pb2 as pb
 
@@ -173,3 +174,32 @@ def from_slurm(state: str) -> JobState | None:
         if word and name.startswith(word) and len(word) >= 6:
             return ours
     return None
+
+
+def signal_name(exit_code: int) -> str:
+    """The signal an exit code 128+N says killed the job ('' if none). Slurm reports a
+    signal apart from the exit status; the agent folds it into 128+N, as a shell does, so
+    129-159 (the standard signals) is read as a signal and 160-255 as the script's own."""
+    if 128 < exit_code < 160:
+        try:
+            return signal.Signals(exit_code - 128).name
+        except ValueError:
+            return f"signal {exit_code - 128}"
+    return ""
+
+
+def final_reason(state: JobState, exit_code: int) -> str:
+    """Why a job ended, in words (msub shows it as the reason): the script's exit code, the
+    signal that killed it, or the limit it hit."""
+    if state == JobState.FAILED:
+        name = signal_name(exit_code)
+        if name:
+            return f"killed by {name} (exit code {exit_code})"
+        return f"the script exited with code {exit_code}" if exit_code else "failed"
+    if state == JobState.TIMEOUT:
+        return "reached its time limit"
+    if state == JobState.OUT_OF_MEMORY:
+        return "ran out of memory"
+    if state == JobState.NODE_FAIL:
+        return "a node it ran on failed"
+    return ""

@@ -23,6 +23,7 @@ was acknowledged, and writes succeed again once there is space.
 from __future__ import annotations
 
 import bisect
+import collections
 import contextlib
 import errno
 import functools
@@ -178,6 +179,7 @@ _JOB_COLUMNS = {
     "array_id": int,
     "array_task": int,
     "held": int,
+    "submit_key": str,  # the submission's idempotency key (JobSpec.submit_key), or NULL
 }
 
 
@@ -333,10 +335,23 @@ _HELD_COLUMNS = (
     "est_point",
 )
 _FIRST_COLUMNS = ("first_est_point", "first_est_at", "first_est_site")
-_NEW_JOB_COLUMNS = ("id", "user", "name", "spec", "state", "submitted_at", "updated_at")
+_NEW_JOB_COLUMNS = (
+    "id",
+    "user",
+    "name",
+    "spec",
+    "state",
+    "submitted_at",
+    "updated_at",
+    "submit_key",
+)
+# New jobs per multi-row INSERT: its parameters stay under SQLite's oldest default limit (999).
+NEW_ROWS = 999 // len(_NEW_JOB_COLUMNS)
 # A job that does not start QUEUED or is an array task says more (insert_held / insert_array).
 _NEW_FULL_COLUMNS = (*_NEW_JOB_COLUMNS, "reason", "held", "array_id", "array_task")
-FULL_ROWS = 64  # 11 parameters a row
+FULL_ROWS = 64  # 12 parameters a row
+# How long a submission's idempotency key keeps answering with the job it made.
+SUBMIT_KEY_WINDOW_S = 3600.0
 _EVENT_COLUMNS = ("job_id", "at", "state", "site", "slurm_job_id", "attempt", "detail")
 _SCRIPT_COLUMNS = ("job_id", "script")
 
@@ -352,7 +367,13 @@ def _live_only(wanted: set[JobState] | None, include_final: bool) -> bool:
     return not include_final and (wanted is None or not (wanted & FINAL_STATES))
 
 
-def _where(user: str | None, wanted: set[JobState] | None, after: int = 0) -> tuple[str, list[Any]]:
+def _where(
+    user: str | None,
+    wanted: set[JobState] | None,
+    after: int = 0,
+    names: set[str] | frozenset[str] = frozenset(),
+    since: float = 0.0,
+) -> tuple[str, list[Any]]:
     """The WHERE clause (and its arguments) of a listing read from the file."""
     where: list[str] = []
     args: list[Any] = []
@@ -365,6 +386,13 @@ def _where(user: str | None, wanted: set[JobState] | None, after: int = 0) -> tu
     if wanted is not None:
         where.append("state IN ({})".format(",".join("?" * len(wanted))))
         args.extend(str(s) for s in wanted)
+    if names:
+        where.append("name IN ({})".format(",".join("?" * len(names))))
+        args.extend(sorted(names))
+    if since:
+        final = ",".join("?" * len(FINAL_STATES))
+        where.append(f"(submitted_at>=? OR ended_at>=? OR state NOT IN ({final}))")
+        args.extend([since, since, *(str(s) for s in FINAL_STATES)])
     return (" WHERE " + " AND ".join(where) if where else ""), args
 
 
@@ -396,6 +424,7 @@ class Batch:
         self.now = now
         self.changed: dict[int, JobRow] = {}
         self.events: list[tuple[JobRow, JobState, str]] = []  # (new row, old state, detail)
+        self.keys: list[tuple[tuple[str, str], int]] = []  # new jobs' idempotency keys
 
     def job(self, job_id: int) -> JobRow:
         row = self.changed.get(job_id) or self.store.live.get(job_id)
@@ -420,14 +449,23 @@ class Batch:
             JobRow(top + 1 + k, nj.user, nj.spec, JobState.QUEUED, now, now)
             for k, nj in enumerate(new)
         ]
-        for at in range(0, len(new), INSERT_ROWS):
-            part = range(at, min(at + INSERT_ROWS, len(new)))
+        for at in range(0, len(new), NEW_ROWS):
+            part = range(at, min(at + NEW_ROWS, len(new)))
             self.conn.execute(
                 _insert_sql("jobs", _NEW_JOB_COLUMNS, len(part)),
                 [
                     v
                     for k in part
-                    for v in (rows[k].id, new[k].user, new[k].name, new[k].blob, queued, now, now)
+                    for v in (
+                        rows[k].id,
+                        new[k].user,
+                        new[k].name,
+                        new[k].blob,
+                        queued,
+                        now,
+                        now,
+                        new[k].key or None,
+                    )
                 ],
             )
             self.conn.execute(
@@ -438,9 +476,11 @@ class Batch:
                 _insert_sql("job_scripts", _SCRIPT_COLUMNS, len(part)),
                 [v for k in part for v in (rows[k].id, new[k].script)],
             )
-        for row in rows:
+        for row, nj in zip(rows, new, strict=True):
             self.changed[row.id] = row
             self.events.append((row, JobState.QUEUED, "submitted"))
+            if nj.key:
+                self.keys.append(((nj.user, nj.key), row.id))
         return rows
 
     def _top_id(self, more: int) -> int:
@@ -506,6 +546,8 @@ class Batch:
 
     def _insert_full(self, rows: list[JobRow], blob: bytes | None) -> None:
         now = self.now
+        # an array's key names its first task, the id the user was given
+        key, first = (rows[0].spec.submit_key or None, rows[0].id) if rows else (None, 0)
         for at in range(0, len(rows), FULL_ROWS):
             part = rows[at : at + FULL_ROWS]
             self.conn.execute(
@@ -521,6 +563,7 @@ class Batch:
                         str(r.state),
                         now,
                         now,
+                        key if r.id == first else None,
                         r.reason,
                         int(r.held),
                         r.array_id,
@@ -535,6 +578,17 @@ class Batch:
         for row in rows:
             self.changed[row.id] = row
             self.events.append((row, row.state, "submitted"))
+        if key:
+            self.keys.append(((rows[0].user, key), first))
+
+    def job_of_key(self, user: str, key: str) -> JobRow | None:
+        """The job a submission with this idempotency key made: in this transaction, or
+        committed within the key window."""
+        for (u, k), job_id in reversed(self.keys):
+            if (u, k) == (user, key):
+                return self.job(job_id)
+        made = self.store._job_of_key(self.conn, (user, key), self.now)
+        return None if made is None else self.job(made)
 
     def note_waiting(self, reasons: dict[int, str], est_at: float) -> None:
         """Record why queued jobs wait (reason, est_at), as move(id, QUEUED, reason=...) would
@@ -637,13 +691,14 @@ class NewJob:
     The script goes to its own table; the spec kept (in the live job) and stored in the job's
     row is one without it (bare)."""
 
-    __slots__ = ("blob", "name", "script", "spec", "user")
+    __slots__ = ("blob", "key", "name", "script", "spec", "user")
 
     def __init__(self, user: str, spec: pb.JobSpec) -> None:
         self.user = user
         self.script = spec.script
         self.spec, self.blob = bare(spec)
         self.name = spec.name
+        self.key = spec.submit_key
 
 
 Listener = Callable[[list[tuple[JobRow, JobState, str]]], None]
@@ -701,6 +756,12 @@ class Store:
                 self._live_at_site.setdefault(job.site, {})[job.id] = job
             if job.array_id:
                 self._live_of_array.setdefault(job.array_id, {})[job.id] = job
+        # Idempotency keys of the submissions since this process started (the writer's own):
+        # (user, key) -> job id, oldest first. Before that, the index on the file answers.
+        self.key_window_s = SUBMIT_KEY_WINDOW_S
+        self._opened_at = time.time()
+        self._keys: dict[tuple[str, str], int] = {}
+        self._key_times: collections.deque[tuple[float, tuple[str, str]]] = collections.deque()
         self._wconn = conn
         self._writer = threading.Thread(target=self._write_loop, name="store-writer", daemon=True)
         self._writer.start()
@@ -801,6 +862,7 @@ class Store:
         db.table("jobs").create_index(["state"], if_not_exists=True)
         db.table("jobs").create_index(["user", "state"], if_not_exists=True)
         db.table("jobs").create_index(["array_id", "array_task"], if_not_exists=True)
+        db.table("jobs").create_index(["user", "submit_key"], if_not_exists=True)
         version = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
         if version is not None and int(version[0]) > SCHEMA_VERSION:
             conn.execute("ROLLBACK")
@@ -977,6 +1039,8 @@ class Store:
             self.log.warning("disk_space_returned", db=str(self.path))
         if self.on_commit is not None:
             self.on_commit(time.perf_counter() - t0)
+        for key, job_id in batch.keys:  # committed: from now on a retry finds its job
+            self._remember_key(key, job_id, batch.now)
         at_site, of_user, of_array = self._live_at_site, self._live_of_user, self._live_of_array
         for job_id, row in batch.changed.items():
             was = self.live.get(job_id)
@@ -1029,6 +1093,7 @@ class Store:
         conn = batch.conn
         saved_changed = dict(batch.changed)
         saved_events = len(batch.events)
+        saved_keys = len(batch.keys)
         conn.execute("SAVEPOINT op")
         try:
             res = op(batch)
@@ -1041,6 +1106,7 @@ class Store:
             conn.execute("RELEASE op")
             batch.changed = saved_changed
             del batch.events[saved_events:]
+            del batch.keys[saved_keys:]
             if _is_full(e):
                 e = StoreFull(f"the disk of {self.path} is full: nothing was written")
             results.append((fut, None, e))
@@ -1056,7 +1122,12 @@ class Store:
         # placement busy, waits up to a switch interval to get it back, so statements per
         # job, not bytes, are what limit the writer.
         new = [nj for nj, _ in group if isinstance(nj, NewJob)]
+        if any(nj.key for nj in new):
+            group, new = self._known_keys(batch, group, new, results)
+            if not new:
+                return
         conn = batch.conn
+        saved_keys = len(batch.keys)
         conn.execute("SAVEPOINT new_jobs")
         try:
             rows = batch.insert_jobs(new)
@@ -1065,6 +1136,7 @@ class Store:
             # Something in the run is refused: insert them one by one, so it fails alone.
             conn.execute("ROLLBACK TO new_jobs")
             conn.execute("RELEASE new_jobs")
+            del batch.keys[saved_keys:]
             for nj, fut in zip(new, (fut for _, fut in group), strict=True):
                 self._run_op(batch, _insert_one(nj), fut, results)
             return
@@ -1079,6 +1151,57 @@ class Store:
             self._disk_full = True
             free = shutil.disk_usage(self.path.parent).free
             self.log.error("disk_full", db=str(self.path), free_bytes=free, error=str(e), ops=ops)
+
+    def _known_keys(
+        self,
+        batch: Batch,
+        group: list[_Item],
+        new: list[NewJob],
+        results: list[tuple[Future[Any], Any, BaseException | None]],
+    ) -> tuple[list[_Item], list[NewJob]]:
+        """Answer the submissions whose (user, key) already made a job with that job (a
+        retry after a lost answer); return the rest. Repeats within the run wait for the
+        first (answered when it is inserted, see _insert_new's caller)."""
+        keep_items: list[_Item] = []
+        keep_new: list[NewJob] = []
+        in_run: set[tuple[str, str]] = set()
+        for item, nj in zip(group, new, strict=True):
+            key = (nj.user, nj.key)
+            job_id = self._job_of_key(batch.conn, key, batch.now) if nj.key else None
+            if job_id is not None:
+                results.append((item[1], batch.job(job_id), None))
+            elif nj.key and key in in_run:
+                self._queue.put(item)  # after this run is committed, it finds the job
+            else:
+                if nj.key:
+                    in_run.add(key)
+                keep_items.append(item)
+                keep_new.append(nj)
+        return keep_items, keep_new
+
+    def job_of_key(self, user: str, key: str) -> JobRow | None:
+        """The job a submission with this idempotency key made (within the key window)."""
+        job_id = self._job_of_key(self._reader(), (user, key), time.time())
+        return None if job_id is None else self.job(job_id)
+
+    def _job_of_key(self, conn: sqlite3.Connection, key: tuple[str, str], now: float) -> int | None:
+        job_id = self._keys.get(key)
+        if job_id is not None or now - self._opened_at > self.key_window_s:
+            return job_id
+        row = conn.execute(  # made before this process started: the (user, submit_key) index
+            "SELECT id FROM jobs WHERE user=? AND submit_key=? AND submitted_at>=? "
+            "ORDER BY id LIMIT 1",
+            (*key, now - self.key_window_s),
+        ).fetchone()
+        return int(row[0]) if row else None
+
+    def _remember_key(self, key: tuple[str, str], job_id: int, now: float) -> None:
+        self._keys[key] = job_id
+        self._key_times.append((now, key))
+        horizon = now - self.key_window_s
+        while self._key_times and self._key_times[0][0] < horizon:
+            _, old = self._key_times.popleft()
+            self._keys.pop(old, None)
 
     def _log_events(self, events: list[tuple[JobRow, JobState, str]]) -> None:
         for row, old, detail in events:
@@ -1228,14 +1351,24 @@ class Store:
         states: Iterable[JobState] | None = None,
         include_final: bool = False,
         limit: int = 1000,
+        since: float = 0.0,
+        names: Iterable[str] = (),
     ) -> list[JobRow]:
-        """The newest `limit` jobs that match, oldest first."""
+        """The newest `limit` jobs that match, oldest first. since: submitted, or ended, at or
+        after it; names: with these names."""
         wanted = set(states) if states else None
+        named = set(names)
         if _live_only(wanted, include_final):
             pool = self.live if user is None else self._live_of_user.get(user, {})
-            rows = [j for j in list(pool.values()) if wanted is None or j.state in wanted]
+            rows = [
+                j
+                for j in list(pool.values())
+                if (wanted is None or j.state in wanted)
+                and (not named or j.spec.name in named)
+                and (not since or j.submitted_at >= since)
+            ]
             return sorted(rows, key=lambda j: j.id)[:limit]
-        where, args = _where(user, wanted)
+        where, args = _where(user, wanted, names=named, since=since)
         sql = "SELECT * FROM jobs" + where + " ORDER BY id DESC LIMIT ?"
         conn = self._reader()
         rows = self._decoded(conn, conn.execute(sql, [*args, limit]))
@@ -1248,22 +1381,30 @@ class Store:
         include_final: bool = False,
         after: int = 0,
         limit: int = 1000,
+        names: Iterable[str] = (),
+        since: float = 0.0,
     ) -> tuple[list[JobRow], bool]:
         """One page of a listing: up to `limit` matching jobs with ids above `after`, in id
-        order, and whether there are more."""
+        order, and whether there are more. names: only jobs of these names; since: only jobs
+        submitted, or ended, at or after it (live jobs always)."""
         wanted = set(states) if states else None
+        named = set(names)
         if _live_only(wanted, include_final):
             pool = self.live if user is None else self._live_of_user.get(user, {})
             ids = sorted(list(pool))  # (in id order already: timsort makes that one pass)
             rows: list[JobRow] = []
             for job_id in itertools.islice(ids, bisect.bisect_right(ids, after), None):
                 job = pool.get(job_id)
-                if job is not None and (wanted is None or job.state in wanted):
+                if (
+                    job is not None
+                    and (wanted is None or job.state in wanted)
+                    and (not named or job.spec.name in named)
+                ):
                     if len(rows) == limit:
                         return rows, True
                     rows.append(job)
             return rows, False
-        where, args = _where(user, wanted, after)
+        where, args = _where(user, wanted, after, named, since)
         sql = "SELECT * FROM jobs" + where + " ORDER BY id LIMIT ?"
         conn = self._reader()
         found = conn.execute(sql, [*args, limit + 1]).fetchall()

@@ -37,3 +37,16 @@ def mac_of(comment: str) -> str:
     """The MAC the agent appended to the tag in comment ("" for a plain, older tag)."""
     m = _TAG_RE.search(comment or "")
     return (m.group(4) or "") if m else ""
+
+
+def comment(tag: str, user_comment: str = "") -> str:
+    """The Slurm comment of a forwarded job: the tag, then the user's own --comment (the
+    tag first, so the user's text can never be read as it; jobspec refuses a user comment
+    that holds a tag)."""
+    return f"{tag} {user_comment}" if user_comment else tag
+
+
+def user_comment(slurm_comment: str) -> str:
+    """The user's own part of a forwarded job's comment."""
+    m = _TAG_RE.match(slurm_comment or "")
+    return slurm_comment[m.end() :].lstrip() if m else slurm_comment

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import pwd
 import shutil
 import subprocess
 import sys
@@ -20,6 +19,7 @@ import pytest
 from metasched import tags
 from metasched.agent.slurm.cli import CliBackend
 from metasched.lab.federation import Federation, wait_for
+from metasched.lab.users import local_user
 from metasched.states import JobState
 from metasched.v1 import metasched_pb2 as pb
 
@@ -44,19 +44,8 @@ def shared_dir() -> Iterator[Path]:
 
 @pytest.fixture(scope="module")
 def user() -> Iterator[str]:
-    made = False
-    try:
-        pwd.getpwnam(USER)
-    except KeyError:
-        subprocess.run(["useradd", "-M", "-s", "/bin/sh", USER], check=True)
-        made = True
-    yield USER
-    if made:  # once the user's last job processes are gone
-        wait_for(
-            lambda: subprocess.run(["userdel", USER], capture_output=True).returncode in (0, 6),
-            60,
-            f"userdel {USER}",
-        )
+    with local_user(USER) as name:
+        yield name
 
 
 def spec(script: str, **kw: object) -> pb.JobSpec:

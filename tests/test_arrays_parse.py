@@ -157,19 +157,17 @@ def test_msub_takes_them_from_sbatch_lines_and_the_command_line(tmp_path: Path) 
     script.write_text(
         "#!/bin/bash\n#SBATCH --array=1-10%2\n#SBATCH -d afterok:5\n#SBATCH -H\necho $X\n"
     )
-    warned: list[str] = []
-    opts = msub.parser_for("submit").parse_args(["--begin", "now+1hour", str(script)])
-    spec = msub.build_spec(opts, str(script), warned.append)
+    sub = msub.parse_submission(["--begin", "now+1hour", str(script)], environ={})
+    spec = sub.spec
     assert (spec.array, spec.dependency, spec.hold) == ("1-10%2", "afterok:5", True)
     assert time.time() + 3500 < spec.begin_time < time.time() + 3700
-    assert not spec.keep_invalid_dependency and warned == []
-    opts = msub.parser_for("submit").parse_args(
-        ["-a", "3", "--kill-on-invalid-dep=no", str(script)]
-    )
-    spec = msub.build_spec(opts, str(script), warned.append)
+    assert not spec.keep_invalid_dependency and not sub.warnings
+    spec = msub.parse_submission(
+        ["-a", "3", "--kill-on-invalid-dep=no", str(script)], environ={}
+    ).spec
     assert spec.array == "3" and spec.keep_invalid_dependency  # the command line wins
     with pytest.raises(UsageError, match="bad --array"):
-        msub.parser_for("submit").parse_args(["--array", "9-1", str(script)])
+        msub.parse_submission(["--array", "9-1", str(script)], environ={})
 
 
 def test_msub_status_folds_arrays_as_squeue() -> None:

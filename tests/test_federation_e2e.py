@@ -220,11 +220,11 @@ def test_bad_input_gets_one_clear_line_and_a_nonzero_exit(fed: Federation, tmp_p
     binary.write_bytes(b"#!/bin/sh\n\x00\x01\x02")
     cases: list[tuple[list[str], str]] = [
         (["--precision", "fp128", str(good)], "unknown precision"),
-        (["-N", "0", str(good)], "nodes must be at least 1"),
-        (["-t", "soon", str(good)], "bad time limit"),
+        (["-N", "0", str(good)], "no compute nodes"),
+        (["-t", "soon", str(good)], "invalid --time specification 'soon'"),
         ([str(binary)], "not a text script"),
         (["--site", "nowhere", str(good)], "unknown site 'nowhere'"),
-        ([str(tmp_path / "missing.sh")], "cannot read"),
+        ([str(tmp_path / "missing.sh")], "unable to open file"),
         (["show", "999999"], "no job 999999"),
     ]
     before = len(fed.call("ListJobs", pb.ListJobsRequest(include_final=True, limit=100000)).jobs)
@@ -253,7 +253,9 @@ def test_unreachable_daemon_is_one_line(tmp_path: Path) -> None:
 
 def test_msub_commands_for_following_work(fed: Federation, tmp_path: Path) -> None:
     script = tmp_path / "short.sh"
-    script.write_text("#!/bin/bash\n#SBATCH -J followme\n#SBATCH -t 3\nsleep 2\n")
+    # long enough for `msub watch` to see it run: with sbatch's default --export=ALL the job
+    # no longer waits for a login environment at the site, and starts within a second
+    script.write_text("#!/bin/bash\n#SBATCH -J followme\n#SBATCH -t 3\nsleep 10\n")
     out = fed.msub("--precision", "fp64", str(script)).stdout
     assert out.startswith("Submitted job ") and "to site " in out and "expected start" in out
     job_id = out.split()[2]

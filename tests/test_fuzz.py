@@ -235,8 +235,38 @@ big_u64 = st.one_of(
     st.integers(0, 2**64 - 1),
     st.sampled_from([2**63 - 1, 2**63, 2**64 - 1]),
 )
+# sbatch options, well-formed or not, for #SBATCH lines and sbatch_options
+sbatch_words = st.one_of(
+    st.sampled_from(
+        [
+            "-N 2",
+            "--ntasks-per-node=4",
+            "--array=1-5",
+            "-H",
+            "--mem=0",
+            "--mem-per-cpu=1G",
+            "-t UNLIMITED",
+            "--gpus=a100:2",
+            "--gpu=1",
+            "--mail-type=END",
+            "--export=NONE",
+            "-D rel",
+            "--uid=0",
+            "'unmatched",
+            "\u2013N 2",
+            "--signal=B:USR1@60",
+            "--comment=metasched:0a0a0a0a:1:1",
+            "hetjob",
+        ]
+    ),
+    weird_text,
+)
 scripts = st.one_of(
     st.sampled_from(["", "#!", "#!/bin/sh\n", "true\n", "#!/bin/sh\x00\n", "\n\n#!/bin/sh"]),
+    st.lists(sbatch_words, max_size=4).map(
+        lambda ws: "#!/bin/sh\n" + "".join(f"#SBATCH {w}\n" for w in ws) + "true\n"
+    ),
+    st.just("#!/bin/sh\n#PBS -N x\ntrue\n"),
     st.text(max_size=200).map(lambda s: "#!/bin/sh\n" + s),
     st.text(max_size=100),
     st.just("#!/bin/sh\n" + "x" * 70_000),
@@ -260,16 +290,50 @@ job_names = st.one_of(
 def job_specs(draw: st.DrawFn) -> pb.JobSpec:
     s = pb.JobSpec()
     s.script = draw(scripts)
-    for name in ("name", "precision", "gpu_type", "partition", "account", "workdir", "output"):
+    for name in (
+        "name",
+        "precision",
+        "gpu_type",
+        "partition",
+        "account",
+        "workdir",
+        "output",
+        "error",
+        "qos",
+        "constraint",
+        "exclude_nodes",
+        "exclusive",
+        "comment",
+        "other_gres",
+        "export_mode",
+        "submit_dir",
+        "submit_key",
+    ):
         if draw(st.booleans()):
             setattr(s, name, draw(weird_text))
-    if draw(st.booleans()):
-        s.error = draw(weird_text)
-    for name in ("nodes", "ntasks", "cpus_per_task", "gpus_per_node", "time_limit_minutes"):
+    for name in (
+        "nodes",
+        "max_nodes",
+        "ntasks",
+        "ntasks_per_node",
+        "cpus_per_task",
+        "gpus_per_node",
+        "gpus",
+        "gpus_per_task",
+        "cpus_per_gpu",
+        "time_limit_minutes",
+    ):
         if draw(st.booleans()):
             setattr(s, name, draw(big_int))
+    for name in ("mem_per_node_mb", "mem_per_cpu_mb", "mem_per_gpu_mb"):
+        if draw(st.booleans()):
+            setattr(s, name, draw(st.integers(0, 2**63 - 1)))
+    for name in ("mem_whole_node", "time_unlimited", "ignore_pbs"):
+        setattr(s, name, draw(st.booleans()))
     if draw(st.booleans()):
-        s.mem_per_node_mb = draw(st.integers(0, 2**63 - 1))
+        s.script_args.extend(draw(st.lists(weird_text, max_size=3)))
+    if draw(st.booleans()):
+        s.sbatch_options.extend(draw(st.lists(sbatch_words, max_size=3)))
     if draw(st.booleans()):
         s.sites.extend(draw(st.lists(weird_text, max_size=3)))
     if draw(st.booleans()):
@@ -316,6 +380,27 @@ def test_the_spec_strategy_covers_every_field() -> None:
         "begin_time",
         "hold",
         "keep_invalid_dependency",
+        "qos",
+        "constraint",
+        "exclude_nodes",
+        "exclusive",
+        "comment",
+        "other_gres",
+        "export_mode",
+        "submit_dir",
+        "submit_key",
+        "max_nodes",
+        "ntasks_per_node",
+        "gpus",
+        "gpus_per_task",
+        "cpus_per_gpu",
+        "mem_per_cpu_mb",
+        "mem_per_gpu_mb",
+        "mem_whole_node",
+        "time_unlimited",
+        "ignore_pbs",
+        "script_args",
+        "sbatch_options",
     }
     assert _spec_fields() <= covered, _spec_fields() - covered
 
@@ -837,6 +922,7 @@ def test_cli_processes_answer_bad_input_with_one_line_and_non_zero_exit(
             env=e,
             cwd=cli_dir,
             timeout=60,
+            stdin=subprocess.DEVNULL,  # msub without a script reads one there, as sbatch does
         )
         return argv, p.returncode, p.stderr
 

@@ -653,3 +653,22 @@ def test_a_held_job_is_not_overtaken_on_a_guess() -> None:
     sites = [site("a", nodes=1, cpus=8, free=4, running=[busy])]
     alone = Placer(runtimes=rt, hold_horizon_s=0.0).place(jobs[1:2], sites, NOW)
     assert [d.hold for d in alone] == [False]
+
+
+def test_a_constraint_goes_only_where_nodes_have_the_features() -> None:
+    from metasched.jobspec import shape_of
+    from metasched.placement.model import NodeView, PartitionView, SiteView
+    from metasched.placement.policy import Request, site_refusal
+    from metasched.v1 import metasched_pb2 as pb
+
+    def site(name: str, features: frozenset[str] | None) -> SiteView:
+        node = NodeView("n1", ("batch",), True, 64, 64, 1000, 1000, features=features)
+        return SiteView(
+            name, True, [PartitionView("batch", ("n1",), precisions={"fp64": 1})], {"n1": node}
+        )
+
+    req = Request(1, "u", shape_of(pb.JobSpec(constraint="knl&quad")))
+    assert site_refusal(site("x", frozenset({"knl", "quad"})), req)[0] == ["batch"]
+    parts, why = site_refusal(site("y", frozenset({"haswell"})), req)
+    assert not parts and "no node with the features 'knl&quad'" in why
+    assert site_refusal(site("old", None), req)[0] == ["batch"]  # an older agent: unknown

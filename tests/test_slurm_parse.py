@@ -329,3 +329,11 @@ def test_config_text() -> None:
         "JobCompType             = jobcomp/filetxt\n"
     )
     assert conf["JobCompType"] == "jobcomp/filetxt" and conf["JobCompLoc"] == "/tmp/x/jobcomp.txt"
+
+
+def test_node_features_in_every_shape() -> None:
+    old = parse.parse_sinfo_json((DATA / "22.05" / "sinfo.json").read_text())
+    assert old[0].features == ("gpu",)  # "active_features": "gpu"
+    new = parse.parse_sinfo_json((DATA / "25.11" / "sinfo-N-mixed.json").read_text())
+    assert new[0].features == ("site-x",)  # {"total": "site-x", "active": "site-x"}
+    assert parse.features(["a", "b "]) == ("a", "b") and parse.features(None) == ()

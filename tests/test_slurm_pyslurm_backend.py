@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 
 from metasched.agent.slurm import make_backend
-from metasched.agent.slurm.base import SubmitRequest
+from metasched.agent.slurm.base import SlurmError, SubmitRequest
 from metasched.agent.slurm.cli import CliBackend
 from metasched.agent.slurm.pyslurm_backend import (
     iter_loaded,
@@ -143,3 +143,35 @@ def test_make_backend() -> None:
         assert isinstance(make_backend("auto", None), CliBackend)
         with pytest.raises(ValueError, match="pyslurm"):
             make_backend("pyslurm", None)
+
+
+def test_the_users_options_map_to_job_submit_description_attributes() -> None:
+    req = SubmitRequest(
+        script="#!/bin/sh\ntrue\n",
+        tag="metasched:0a1b2c3d:1:0",
+        comment="mine",
+        options=(
+            "--job-name=x y",
+            "--nodes=2-4",
+            "--ntasks-per-node=4",
+            "--mem-per-cpu=2048M",
+            "--gpus=a100:2",
+            "--time=90",
+            "--exclusive",
+            "--mail-type=END",
+            "--mail-type=FAIL",
+            "--no-requeue",
+        ),
+        export_mode="all",
+        environment={"A": "1"},
+    )
+    kw = submit_kwargs(req, None, None)
+    assert (kw["name"], kw["nodes"], kw["ntasks_per_node"]) == ("x y", "2-4", 4)
+    assert (kw["memory_per_cpu"], kw["gpus"], kw["time_limit"]) == ("2048M", "a100:2", 90)
+    assert kw["resource_sharing"] == "exclusive" and kw["is_requeueable"] is False
+    assert kw["mail_types"] == "END,FAIL"  # they add up, as in sbatch
+    assert kw["comment"] == "metasched:0a1b2c3d:1:0 mine"  # the user's comment is kept
+    assert kw["get_user_environment"] is False  # ALL: exactly the captured environment
+    hinted = SubmitRequest(script="#!/bin/sh\n", tag="t", options=("--hint=nomultithread",))
+    with pytest.raises(SlurmError, match="--hint cannot be given to this site"):
+        submit_kwargs(hinted, None, None)

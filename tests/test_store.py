@@ -356,3 +356,28 @@ def test_pages_of_a_listing_cover_every_job_once(tmp_path: Path) -> None:
         assert seen == want
     assert store.page("bob") == ([], False)
     store.close()
+
+
+def test_a_retried_submission_gets_the_job_the_first_one_made(tmp_path: Path) -> None:
+    """The idempotency key: the same user and key make one job, even sent at the same time
+    (the writer tells them apart), and after a restart; another user's key is their own."""
+    db = tmp_path / "q.db"
+    store = Store(db)
+    keyed = pb.JobSpec(script="#!/bin/sh\ntrue\n", name="k", submit_key="retry-1")
+    with ThreadPoolExecutor(8) as pool:
+        rows = list(pool.map(lambda _: store.insert("alice", keyed).result(30), range(16)))
+    assert len({r.id for r in rows}) == 1
+    other = store.insert("bob", keyed).result(30)
+    assert other.id != rows[0].id
+    plain = [store.insert("alice", SPEC).result(30) for _ in range(2)]
+    assert plain[0].id != plain[1].id  # no key: every submission is a job
+    found = store.job_of_key("alice", "retry-1")
+    assert found is not None and found.id == rows[0].id
+    store.close()
+
+    again = Store(db)  # a new process: the key is found on the file, within the window
+    assert again.insert("alice", keyed).result(30).id == rows[0].id
+    assert len(again.jobs(user="alice", include_final=True)) == 3
+    again.key_window_s = 0.0  # outside the window a key is forgotten
+    assert again.job_of_key("alice", "retry-1") is None
+    again.close()

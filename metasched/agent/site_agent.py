@@ -26,10 +26,11 @@ from typing import Any
 
 import grpc
 
-from metasched import arrays, catalog, jobenv, log, output_names, tags
+from metasched import arrays, catalog, jobenv, jobspec, log, output_names, tags
 from metasched.agent import output
 from metasched.agent.config import AgentConfig
 from metasched.agent.journal import Journal
+from metasched.agent.slurm import parse
 from metasched.agent.slurm.base import (
     JobRefused,
     Node,
@@ -40,6 +41,8 @@ from metasched.agent.slurm.base import (
     SubmitRequest,
 )
 from metasched.agent.tagkey import TagKeys
+from metasched.sbatch import argv as sargv
+from metasched.sbatch import resolve
 from metasched.states import JobState, from_slurm
 from metasched.v1 import metasched_pb2 as pb
 from metasched.v1 import metasched_pb2_grpc as pb_grpc
@@ -146,6 +149,9 @@ class SiteAgent:
         self._jobs_lock = threading.Lock()
         self._warned_unknown: set[str] = set()
         self._slurm_ok: bool | None = None
+        # the site's node and partition names at the last report (for per-site options)
+        self._node_names: frozenset[str] = frozenset()
+        self._partitions: tuple[str, ...] = ()
 
     # ---------------------------------------------------------------- what the site looks like
 
@@ -170,6 +176,8 @@ class SiteAgent:
         self._slurm_ok = True
         with self._jobs_lock:
             self._jobs = jobs
+            self._node_names = frozenset(n.name for n in nodes)
+            self._partitions = tuple(p.name for p in parts)
         rep.slurm_reachable = True
         rep.slurm_version = version
         partitions, unknown = partition_reports(
@@ -197,8 +205,10 @@ class SiteAgent:
                     alloc_mem_mb=n.alloc_mem_mb,
                     gpus=_gpu_counts(n.gpus),
                     alloc_gpus=_gpu_counts(n.alloc_gpus),
+                    features=list(n.features),
                 )
             )
+        rep.reports_features = True
         ours = self._ours(jobs)
         rep.jobs.extend(job_report(j, ours.get(j.job_id)) for j in jobs)
         rep.maps_all_users = self.cfg.users.identity
@@ -291,6 +301,44 @@ class SiteAgent:
 
     # ---------------------------------------------------------------- commands
 
+    def request_of(self, cmd: pb.SubmitCommand, local_user: str) -> SubmitRequest:
+        """The Slurm submission for a placed job: the user's own options as sbatch would
+        have read them (the daemon resolved them, #SBATCH lines included), and what only
+        this site decides: which of the user's partitions and excluded nodes exist here,
+        and the federation's ids in the job's name and file names (output_names)."""
+        spec = cmd.spec
+        with self._jobs_lock:
+            node_names, partitions = self._node_names, self._partitions
+        if not node_names:
+            node_names = frozenset(n.name for n in self.backend.nodes())
+            partitions = tuple(p.name for p in self.backend.partitions())
+        asked = jobspec.split_list(spec.partition)
+        here = [p for p in asked if p in partitions] if asked else []
+        excluded = [n for n in parse.expand_hostlist(spec.exclude_nodes) if n in node_names]
+        ids = job_ids(cmd.job_id, cmd.array_id, cmd.array_task, spec, local_user)
+        slurm_env: dict[str, str] = {}
+        if cmd.array_id and spec.array:
+            slurm_env = arrays.parse_array(spec.array).environment(cmd.array_id, cmd.array_task)
+        return SubmitRequest(
+            script=sargv.neutralise(spec.script),
+            tag=self.keys.sign(cmd.tag, local_user),
+            # all but what is decided per site, here
+            options=tuple(resolve.to_words(spec, site=True)),
+            name=ids.name,
+            partition=",".join(here) or cmd.partition,
+            workdir=spec.workdir or spec.submit_dir,
+            # the federation's ids in the file names (the site's own would collide)
+            output=output_names.for_slurm(spec.output, ids),
+            error=output_names.for_slurm(spec.error, ids) if spec.error else "",
+            comment=spec.comment,
+            exclude_nodes=",".join(excluded),
+            environment={**dict(spec.environment), "METASCHED_JOB_ID": str(cmd.job_id)},
+            export_mode=spec.export_mode,
+            script_args=tuple(spec.script_args),
+            local_user=local_user,
+            slurm_environment=slurm_env,
+        )
+
     def submit(self, cmd: pb.SubmitCommand) -> pb.SubmitResult:
         res = pb.SubmitResult(job_id=cmd.job_id, attempt=cmd.attempt)
         bound = self.log.bind(job_id=cmd.job_id, attempt=cmd.attempt)
@@ -326,37 +374,12 @@ class SiteAgent:
             if found is not None:
                 res.slurm_job_id = found.job_id
                 return res
-        spec = cmd.spec
         # The one check of the job's environment every backend relies on: metaschedd makes
         # it at submission, and an agent makes it again for what an older daemon let in.
-        env_problem = jobenv.problem(spec.environment)
+        env_problem = jobenv.problem(cmd.spec.environment)
         if env_problem is not None:
             return self._refused(res, bound, cmd, env_problem, anywhere=True)
-        ids = job_ids(cmd.job_id, cmd.array_id, cmd.array_task, spec, local)
-        slurm_env: dict[str, str] = {}
-        if cmd.array_id and spec.array:
-            slurm_env = arrays.parse_array(spec.array).environment(cmd.array_id, cmd.array_task)
-        req = SubmitRequest(
-            script=spec.script,
-            tag=self.keys.sign(cmd.tag, local),
-            name=ids.name,
-            partition=cmd.partition,
-            nodes=spec.nodes or 1,
-            ntasks=spec.ntasks or spec.nodes or 1,
-            cpus_per_task=spec.cpus_per_task or 1,
-            mem_per_node_mb=spec.mem_per_node_mb,
-            gpus_per_node=spec.gpus_per_node,
-            gpu_type=spec.gpu_type,
-            time_limit_minutes=spec.time_limit_minutes or 60,
-            workdir=spec.workdir,
-            # the federation's ids in the file names (the site's own would collide)
-            output=output_names.for_slurm(spec.output, ids),
-            error=output_names.for_slurm(spec.error, ids) if spec.error else "",
-            account=spec.account,
-            environment={**dict(spec.environment), "METASCHED_JOB_ID": str(cmd.job_id)},
-            local_user=local,
-            slurm_environment=slurm_env,
-        )
+        req = self.request_of(cmd, local)
         self.journal.record(cmd.tag, cmd.job_id, cmd.attempt, "intent", local_user=local)
         try:
             sid = self.backend.submit(req)

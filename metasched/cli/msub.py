@@ -1,26 +1,35 @@
-"""msub: submit to the federation as you would to sbatch, and follow your jobs.
+"""msub: submit to the federation as you would with sbatch, and follow your jobs.
 
-  msub [sbatch options] [--precision P] [--site S] [--exclude-site S] script.sh
-  msub plan [same options] script.sh    where it would go, and why not elsewhere
-  msub status | list [--all] [--finished] [-r] [--limit N]
+  msub [sbatch options] [msub options] [script [arguments...]]    (no script: read stdin)
+  msub plan [same options] script      where it would go, and why not elsewhere
+  msub status | list [-u USER] [-t STATES] [-j IDS] [-n NAMES] [-S TIME] [-o COLUMNS]
+                     [--all] [--finished] [--noheader] [-r] [--limit N]
                                   arrays folded (17_[3-999%50]); -r: one line a task
-  msub show ID [--script]   msub watch ID   msub cancel ID...   msub sites
-  msub hold ID...   msub release ID...               ID: 17, 17_5 or 17_[1-100]
-  msub output ID [--follow] [--error]                the job's output, read at its site
-Every command takes --json for scripts. The daemon is METASCHED_DAEMON (default: the local
-socket unix:/run/metasched/metaschedd.sock), where you are known by your Unix account. From
-elsewhere, use a token an admin created for you: METASCHED_TOKEN (or METASCHED_TOKEN_FILE),
-with METASCHED_DAEMON=host:port and METASCHED_CA=<the daemon's CA file> for TLS.
+  msub show ID... [--script]    msub watch ID    msub cancel ID...    msub sites    msub --version
+  msub hold ID...    msub release ID...                ID: 17, 17_5 or 17_[1-100]
+  msub output ID [--follow] [--error]                  the job's output, read at its site
+
+Every sbatch option of Slurm 22.05-25.11 means what it means to sbatch, from the command
+line, SBATCH_* variables or #SBATCH lines (in that order of precedence); the few that
+cannot work across sites are refused with the reason (docs/sbatch.md). msub's own options:
+--precision P, --site S, --exclude-site S, --submit-key KEY, --json, --daemon ADDRESS.
+
+The daemon is METASCHED_DAEMON (default: the local socket unix:/run/metasched/metaschedd.sock),
+where you are known by your Unix account. From elsewhere, use a token an admin created for
+you: METASCHED_TOKEN (or METASCHED_TOKEN_FILE), with METASCHED_DAEMON=host:port and
+METASCHED_CA=<the daemon's CA file> for TLS.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import shlex
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -29,7 +38,10 @@ import grpc
 from metasched import arrays, auth, jobspec
 from metasched.cli import errors, jsonout
 from metasched.cli.errors import UsageError
-from metasched.states import JobState
+from metasched.sbatch import argv as sargv
+from metasched.sbatch import resolve
+from metasched.sbatch.options import Arg, Kind, Option
+from metasched.states import JobState, signal_name
 from metasched.v1 import metasched_pb2 as pb
 from metasched.v1 import metasched_pb2_grpc as pb_grpc
 
@@ -48,46 +60,24 @@ COMMANDS = (
     "output",
     "sites",
 )
+# sbatch --wrap's script, byte for byte
+WRAP_SCRIPT = "#!/bin/sh\n# This script was created by sbatch --wrap.\n\n{}\n"
+
+# msub's own options, matched together with sbatch's (so an abbreviation must name one
+# option of either)
+MSUB_OPTIONS: tuple[Option, ...] = (
+    Option("precision", "", Arg.REQUIRED, Kind.MSUB, "fp64 fp32 tf32 bf16 fp16 fp8 int8"),
+    Option("site", "", Arg.REQUIRED, Kind.MSUB, "only this site (repeatable, or a,b)"),
+    Option("exclude-site", "", Arg.REQUIRED, Kind.MSUB, "never this site (repeatable)"),
+    Option("submit-key", "", Arg.REQUIRED, Kind.MSUB, "idempotency key (default: a new one)"),
+    Option("json", "", Arg.NONE, Kind.MSUB, "machine-readable output"),
+    Option("daemon", "", Arg.REQUIRED, Kind.MSUB, "metaschedd's address"),
+)
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         raise UsageError(message)
-
-
-def _sbatch_options(p: argparse.ArgumentParser) -> None:
-    """The sbatch options msub understands, with sbatch's own names."""
-    p.add_argument("-J", "--job-name", dest="name")
-    p.add_argument("-N", "--nodes", type=_positive("nodes"))
-    p.add_argument("-n", "--ntasks", type=_positive("ntasks"))
-    p.add_argument("-c", "--cpus-per-task", type=_positive("cpus-per-task"))
-    p.add_argument("--mem", type=_checked(jobspec.parse_mem))
-    p.add_argument("--gres", type=_checked(jobspec.parse_gres))
-    p.add_argument("--gpus-per-node", type=_checked(_gpus_per_node))
-    p.add_argument("-t", "--time", type=_checked(jobspec.parse_time))
-    p.add_argument("-p", "--partition")
-    p.add_argument("-D", "--chdir")
-    p.add_argument("-o", "--output")
-    p.add_argument("-e", "--error")
-    p.add_argument("-A", "--account")
-    p.add_argument("--export", help="VAR=value[,VAR=value...] exported into the job")
-    p.add_argument("--precision", help="fp64 fp32 tf32 bf16 fp16 fp8 int8")
-    p.add_argument("--site", action="append", default=None, help="only this site (repeatable)")
-    p.add_argument("--exclude-site", action="append", default=None, help="never this site")
-    p.add_argument("-a", "--array", type=_checked(_array_text))
-    p.add_argument("-d", "--dependency", type=_checked(_dependency_text))
-    p.add_argument("-b", "--begin", type=_checked(jobspec.parse_begin))
-    p.add_argument("-H", "--hold", action="store_const", const=True)
-    p.add_argument("--kill-on-invalid-dep", choices=("yes", "no"))
-
-
-def _array_text(text: str) -> str:
-    jobspec.parse_array(text)
-    return text.strip()
-
-
-def _dependency_text(text: str) -> str:
-    return str(jobspec.parse_dependency(text))
 
 
 def _positive(name: str, limit: int = 2**31 - 1) -> Callable[[str], int]:
@@ -106,118 +96,118 @@ def _positive(name: str, limit: int = 2**31 - 1) -> Callable[[str], int]:
     return conv
 
 
-def _checked(fn: Callable[[str], Any]) -> Callable[[str], Any]:
-    def conv(text: str) -> Any:
-        try:
-            return fn(text)
-        except jobspec.SpecError as e:
-            raise argparse.ArgumentTypeError(str(e)) from None
-
-    return conv
+# ---------------------------------------------------------------- the request
 
 
-def _gpus_per_node(text: str) -> tuple[str, int]:
-    gpu_type, _, count = text.rpartition(":")
-    if not count.isdigit() or int(count) <= 0:
-        raise jobspec.SpecError(f"bad --gpus-per-node {text!r}: use [type:]count")
-    if int(count) > jobspec.MAX_GPUS_PER_NODE:
-        raise jobspec.SpecError(f"bad --gpus-per-node {text!r}: more than any node has")
-    return gpu_type.lower(), int(count)
+@dataclass
+class Submission:
+    """What msub's command line asks for: the spec, and what msub itself should do."""
+
+    spec: pb.JobSpec
+    msub: resolve.Msub
+    json: bool = False
+    daemon: str = ""
+    warnings: list[str] = field(default_factory=list)
 
 
-def script_directives(script: str) -> list[str]:
-    """The #SBATCH options of a script, as sbatch reads them: up to the first command."""
-    args: list[str] = []
-    for line in script.splitlines()[1:]:
-        s = line.strip()
-        if not s:
-            continue
-        if not s.startswith("#"):
-            break
-        if s.startswith("#SBATCH"):
-            body = s[len("#SBATCH") :].split(" #", 1)[0]
-            try:
-                args += shlex.split(body)
-            except ValueError as e:
-                raise UsageError(f"bad #SBATCH line {s!r}: {e}") from None
-    return args
-
-
-def build_spec(
-    opts: argparse.Namespace, script_path: str, warn: Callable[[str], None]
-) -> pb.JobSpec:
-    path = Path(script_path)
+def _read_script(path: str) -> str:
+    p = Path(path)
     try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise UsageError(f"cannot read {script_path}: {e.strerror}") from None
+        raw = p.read_bytes() if path != "-" else sys.stdin.buffer.read()
+    except FileNotFoundError:
+        raise UsageError(f"unable to open file {path}") from None
+    except (OSError, ValueError) as e:  # ValueError: stdin closed or not readable
+        raise UsageError(f"cannot read {path}: {getattr(e, 'strerror', None) or e}") from None
+    return _text_of(raw, path)
+
+
+def _text_of(raw: bytes, what: str) -> str:
     if len(raw) > jobspec.MAX_SCRIPT_BYTES:
-        raise UsageError(
-            f"{script_path} is {len(raw)} bytes; the limit is {jobspec.MAX_SCRIPT_BYTES}"
-        )
+        raise UsageError(f"{what} is {len(raw)} bytes; the limit is {jobspec.MAX_SCRIPT_BYTES}")
     if b"\x00" in raw:
-        raise UsageError(f"{script_path} is not a text script (it contains NUL bytes)")
+        raise UsageError(f"{what} is not a text script (it contains NUL bytes)")
     try:
-        script = raw.decode("utf-8")
+        return raw.decode("utf-8")
     except UnicodeDecodeError:
-        raise UsageError(f"{script_path} is not UTF-8 text") from None
-    # #SBATCH lines first, the command line over them (as sbatch does)
-    p = _Parser(add_help=False)
-    _sbatch_options(p)
-    from_script, unknown = p.parse_known_args(script_directives(script))
-    for u in unknown:
-        if u.startswith("-"):
-            warn(f"#SBATCH {u} is not understood by msub; the site's sbatch will see it")
-    merged = vars(from_script)
-    merged.update({k: v for k, v in vars(opts).items() if v is not None})
+        raise UsageError(f"{what} is not UTF-8 text") from None
+
+
+def _stdin_script() -> str:
     try:
-        return _spec_of(argparse.Namespace(**merged), script, path)
+        if sys.stdin is None or sys.stdin.isatty():
+            raise UsageError(
+                "no batch script: give a script file, --wrap=COMMAND, or a script on stdin"
+            )
+        raw = sys.stdin.buffer.read()
+    except (OSError, ValueError, AttributeError) as e:
+        raise UsageError(f"cannot read the script from stdin: {e}") from None
+    if not raw.strip():
+        raise UsageError("the batch script on stdin is empty")
+    return _text_of(raw, "the script on stdin")
+
+
+def parse_submission(args: list[str], environ: dict[str, str] | None = None) -> Submission:
+    """msub's command line (and the submitter's environment) -> the request, with sbatch's
+    rules: options before the script, then the script and its arguments."""
+    env = dict(os.environ if environ is None else environ)
+    try:
+        given, rest = sargv.parse(args, sargv.CLI, extra=MSUB_OPTIONS)
+    except jobspec.SpecError as e:
+        raise UsageError(str(e)) from None
+    base = pb.JobSpec()
+    out = Submission(base, resolve.Msub(), daemon=env.get("METASCHED_DAEMON", DEFAULT_DAEMON))
+    sbatch_given = []
+    for g in given:
+        name = g.option.name
+        if g.option not in MSUB_OPTIONS:
+            sbatch_given.append(g)
+        elif name == "precision":
+            base.precision = g.value or ""
+        elif name == "site":
+            base.sites.extend(jobspec.split_list(g.value or ""))
+        elif name == "exclude-site":
+            base.exclude_sites.extend(jobspec.split_list(g.value or ""))
+        elif name == "submit-key":
+            base.submit_key = g.value or ""
+        elif name == "json":
+            out.json = True
+        elif name == "daemon":
+            out.daemon = g.value or ""
+    wrap = next((g.value for g in reversed(sbatch_given) if g.option.name == "wrap"), None)
+    if wrap is not None:
+        if rest:
+            raise UsageError("script arguments not permitted with --wrap option")
+        script, default_name = WRAP_SCRIPT.format(wrap), "wrap"
+    elif rest:
+        script, default_name = _read_script(rest[0]), Path(rest[0]).name
+        base.script_args.extend(rest[1:])
+    elif any(g.option.name in ("help", "usage", "version") for g in sbatch_given):
+        script, default_name = "#!/bin/sh\n", ""
+    else:
+        script, default_name = _stdin_script(), "sbatch"
+    try:
+        env_given = sargv.env_options(env)
+        spec, out.msub = resolve.resolve(
+            script,
+            sbatch_given,
+            env_given,
+            environ=env,
+            submit_dir=resolve.default_submit_dir(),
+            base=base,
+        )
+    except jobspec.SpecError as e:
+        raise UsageError(str(e)) from None
     except (ValueError, TypeError) as e:  # e.g. text that is not valid Unicode (surrogates)
         raise UsageError(f"bad option value: {e}") from None
-
-
-def _spec_of(o: argparse.Namespace, script: str, path: Path) -> pb.JobSpec:
-    spec = pb.JobSpec(script=script, name=o.name or path.name)
-    if o.nodes:
-        spec.nodes = o.nodes
-    if o.ntasks:
-        spec.ntasks = o.ntasks
-    if o.cpus_per_task:
-        spec.cpus_per_task = o.cpus_per_task
-    if o.mem:
-        spec.mem_per_node_mb = o.mem
-    gpu = o.gpus_per_node or o.gres
-    if gpu:
-        spec.gpu_type, spec.gpus_per_node = gpu
-    if o.time:
-        spec.time_limit_minutes = o.time
-    for field, value in (
-        ("partition", o.partition),
-        ("workdir", o.chdir or os.getcwd()),
-        ("output", o.output),
-        ("error", o.error),
-        ("account", o.account),
-        ("precision", o.precision),
-    ):
-        if value:
-            setattr(spec, field, value)
-    if o.array:
-        spec.array = o.array
-    if o.dependency:
-        spec.dependency = o.dependency
-    if o.begin:
-        spec.begin_time = o.begin
-    spec.hold = bool(o.hold)
-    spec.keep_invalid_dependency = o.kill_on_invalid_dep == "no"
-    spec.sites.extend(o.site or [])
-    spec.exclude_sites.extend(o.exclude_site or [])
-    if o.export:
-        for item in o.export.split(","):
-            if item in ("NONE", "ALL"):
-                continue
-            key, eq, value = item.partition("=")
-            spec.environment[key] = value if eq else os.environ.get(key, "")
-    return spec
+    if not spec.name:
+        spec.name = default_name
+    if not spec.export_mode:  # sbatch's default: the submitter's whole environment
+        spec.export_mode = "all"
+        spec.environment.update({k: v for k, v in env.items() if jobspec.exportable(k)})
+    if not spec.submit_key:
+        spec.submit_key = uuid.uuid4().hex
+    out.spec = spec
+    return out
 
 
 # ---------------------------------------------------------------- output
@@ -244,6 +234,15 @@ def duration(seconds: float) -> str:
     return f"{s / 86400:.1f} days"
 
 
+def clock(seconds: float) -> str:
+    """Elapsed time as squeue and sacct show it: [D-]HH:MM:SS."""
+    s = int(max(0, seconds))
+    d, s = divmod(s, 86400)
+    h, s = divmod(s, 3600)
+    m, s = divmod(s, 60)
+    return f"{d}-{h:02d}:{m:02d}:{s:02d}" if d else f"{h:02d}:{m:02d}:{s:02d}"
+
+
 def stamp(t: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else "-"
 
@@ -258,6 +257,28 @@ def estimate_text(e: pb.Estimate) -> str:
     now = time.time()
     bound = duration(e.start_p90 - now) if e.start_p90 > now + 60 else "a minute"
     return f"expected start {when(e.start, now)} (90%: within {bound})"
+
+
+def elapsed(j: pb.Job, now: float | None = None) -> float:
+    if not j.started_at:
+        return 0.0
+    end = j.ended_at or (now or time.time())
+    return max(0.0, end - j.started_at)
+
+
+def exit_text(j: pb.Job) -> str:
+    """The exit column: the script's exit status, or how it was killed ('-' when it did not
+    exit on its own and nothing more is known: a TIMEOUT is not an exit code 0)."""
+    state = JobState.from_pb(j.state)
+    if not state.is_final:
+        return "-"
+    code = j.exit_code
+    name = signal_name(code)
+    if name:
+        return f"{code} ({name})"
+    if state in (JobState.COMPLETED, JobState.FAILED) or code:
+        return str(code)
+    return "-"
 
 
 # ---------------------------------------------------------------- commands
@@ -287,41 +308,78 @@ def _warn(message: str) -> None:
     print(f"msub: warning: {message}", file=sys.stderr)
 
 
-def cmd_submit(c: Client, opts: argparse.Namespace, out: Callable[[str], None]) -> int:
-    spec = build_spec(opts, opts.script, _warn)
-    resp = c.call("SubmitJob", pb.SubmitJobRequest(spec=spec))
-    if opts.json:
+def version() -> str:
+    try:
+        return metadata.version("metasched")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def cmd_submit(c: Client, sub: Submission, out: Callable[[str], None]) -> int:
+    if sub.msub.test_only:
+        return cmd_plan(c, sub, out)
+    resp = c.call("SubmitJob", pb.SubmitJobRequest(spec=sub.spec))
+    if sub.json:
         out(jsonout.dumps(resp))
-        return 0
-    e = resp.estimate
-    if spec.array:
-        tasks = arrays.parse_array(spec.array)
-        out(
-            f"Submitted array job {resp.job_id}: {tasks.count} tasks "
-            f"{resp.job_id}_[{arrays.fold(tasks.tasks, tasks.max_running)}]"
-        )
-        return 0
-    held = JobState.from_pb(resp.state) == JobState.QUEUED if resp.state else not e.site
-    if e.site and not held:
-        out(
-            f"Submitted job {resp.job_id} to site {e.site} (partition {e.partition}); "
-            f"{estimate_text(e)}"
-        )
-    elif e.site:
-        # late binding: it waits here and goes to whichever site can start it first
-        out(
-            f"Submitted job {resp.job_id}; waiting in the global queue, best site now {e.site}; "
-            f"{estimate_text(e)}"
-        )
-    else:
-        out(f"Submitted job {resp.job_id}; queued" + (f" ({e.basis})" if e.basis else ""))
+    elif sub.msub.parsable:
+        out(str(resp.job_id))
+    elif not sub.msub.quiet:
+        out(_submitted_text(resp, sub.spec))
+    if sub.msub.wait:
+        quiet = sub.json or sub.msub.parsable or sub.msub.quiet
+        return wait_for(c, resp.job_id, bool(sub.spec.array), quiet=quiet, out=out)
     return 0
 
 
-def cmd_plan(c: Client, opts: argparse.Namespace, out: Callable[[str], None]) -> int:
-    spec = build_spec(opts, opts.script, _warn)
-    resp = c.call("Plan", pb.PlanRequest(spec=spec))
-    if opts.json:
+def _submitted_text(resp: pb.SubmitJobResponse, spec: pb.JobSpec) -> str:
+    if spec.array:
+        tasks = arrays.parse_array(spec.array)
+        return (
+            f"Submitted array job {resp.job_id}: {tasks.count} tasks "
+            f"{resp.job_id}_[{arrays.fold(tasks.tasks, tasks.max_running)}]"
+        )
+    e = resp.estimate
+    held = JobState.from_pb(resp.state) == JobState.QUEUED if resp.state else not e.site
+    if e.site and not held:
+        return (
+            f"Submitted job {resp.job_id} to site {e.site} (partition {e.partition}); "
+            f"{estimate_text(e)}"
+        )
+    if e.site:  # late binding: it waits here and goes to whichever site can start it first
+        return (
+            f"Submitted job {resp.job_id}; waiting in the global queue, best site now {e.site}; "
+            f"{estimate_text(e)}"
+        )
+    return f"Submitted job {resp.job_id}; queued" + (f" ({e.basis})" if e.basis else "")
+
+
+def wait_for(c: Client, job_id: int, array: bool, quiet: bool, out: Callable[[str], None]) -> int:
+    """sbatch -W: wait for the job to end; exit with its exit code (1 if it did not exit
+    on its own with one). An array: every task, and the highest of their codes."""
+    ids = [job_id]
+    if array:
+        req = pb.ListJobsRequest(array_id=job_id, include_final=True)
+        ids = [t.id for t in list_jobs(c, req)[0]] or ids
+    worst = 0
+    for i in ids:
+        final = pb.Job()
+        for j in c.stream("WatchJob", pb.WatchJobRequest(job_id=i)):
+            final = j
+        state = JobState.from_pb(final.state) if final.id else None
+        if state is None or not state.is_final:
+            raise UsageError(f"lost track of job {job_name(final) if final.id else i}")
+        if not quiet:
+            ended = f"ended {state_name(final.state)}, exit code {exit_text(final)}"
+            out(f"Job {job_name(final)} {ended}")
+        if state != JobState.COMPLETED:
+            code = final.exit_code
+            worst = max(worst, code if 0 < code < 256 else 1)
+    return worst
+
+
+def cmd_plan(c: Client, sub: Submission, out: Callable[[str], None]) -> int:
+    resp = c.call("Plan", pb.PlanRequest(spec=sub.spec))
+    if sub.json:
         out(jsonout.dumps(resp))
         return 0
     out(f"{'SITE':<16} {'PARTITION':<12} {'EXPECTED START':<20} {'90% WITHIN':<12} WHY NOT")
@@ -335,6 +393,215 @@ def cmd_plan(c: Client, opts: argparse.Namespace, out: Callable[[str], None]) ->
         else:
             out(f"{ch.site:<16} {'-':<12} {'-':<20} {'-':<12} {ch.reason}")
     return 0
+
+
+# squeue / sacct state names and their short forms -> msub's states
+_STATE_WORDS: dict[str, tuple[JobState, ...]] = {
+    "pd": (JobState.QUEUED, JobState.FORWARDING, JobState.PENDING),
+    "pending": (JobState.QUEUED, JobState.FORWARDING, JobState.PENDING),
+    "r": (JobState.RUNNING,),
+    "cg": (JobState.CANCELLING,),
+    "completing": (JobState.CANCELLING,),
+    "cd": (JobState.COMPLETED,),
+    "f": (JobState.FAILED,),
+    "ca": (JobState.CANCELLED,),
+    "to": (JobState.TIMEOUT,),
+    "oom": (JobState.OUT_OF_MEMORY,),
+    "nf": (JobState.NODE_FAIL,),
+    "all": tuple(JobState),
+}
+
+
+def parse_states(text: str) -> list[JobState]:
+    out: list[JobState] = []
+    for word in jobspec.split_list(text):
+        w = word.lower()
+        if w in _STATE_WORDS:
+            out.extend(_STATE_WORDS[w])
+            continue
+        try:
+            out.append(JobState(w.upper()))
+        except ValueError:
+            names = ", ".join(str(s) for s in JobState)
+            raise UsageError(
+                f"unknown state {word!r}: use {names} (or squeue's PD, R, CD...)"
+            ) from None
+    return list(dict.fromkeys(out))
+
+
+def parse_since(text: str, now: float | None = None) -> float:
+    """sacct -S: an absolute time (YYYY-MM-DD[THH:MM[:SS]], HH:MM[:SS] today) or now-N
+    [minutes|hours|days|weeks], or a duration back from now (30m, 2h, 3d)."""
+    now = time.time() if now is None else now
+    s = text.strip()
+    units = {
+        "s": 1,
+        "m": 60,
+        "min": 60,
+        "minutes": 60,
+        "h": 3600,
+        "hours": 3600,
+        "d": 86400,
+        "days": 86400,
+        "w": 604800,
+        "weeks": 604800,
+    }
+    low = s.lower().removeprefix("now-")
+    num = low.rstrip("abcdefghijklmnopqrstuvwxyz")
+    unit = low[len(num) :] or ("m" if s.lower().startswith("now-") else "")
+    if num.isdigit() and unit in units:
+        return now - int(num) * units[unit]
+    for fmt in ("%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M", "%Y-%m-%d", "%Y-%m-%d %H:%M:%S"):
+        try:
+            return time.mktime(time.strptime(s, fmt))
+        except ValueError:
+            pass
+    for fmt in ("%H:%M:%S", "%H:%M"):
+        try:
+            t = time.strptime(s, fmt)
+        except ValueError:
+            continue
+        day = time.localtime(now)
+        return time.mktime(
+            (day.tm_year, day.tm_mon, day.tm_mday, t.tm_hour, t.tm_min, t.tm_sec, 0, 0, -1)
+        )
+    raise UsageError(f"bad time {text!r}: use e.g. 2025-06-01T09:00, 09:00, now-2hours or 3d")
+
+
+# (header, width, value of a job) for each column `msub status -o` knows
+def _start(j: pb.Job, now: float) -> str:
+    if j.started_at:
+        return stamp(j.started_at)
+    if j.estimate.start and not JobState.from_pb(j.state).is_final:
+        bound = duration(j.estimate.start_p90 - now) if j.estimate.start_p90 > now else "now"
+        return f"{when(j.estimate.start, now)} ({bound})"
+    return "-"
+
+
+COLUMNS: dict[str, tuple[str, int, Callable[[pb.Job, float], str]]] = {
+    "id": ("JOBID", 12, lambda j, now: job_name(j)),
+    "user": ("USER", 10, lambda j, now: j.user),
+    "name": ("NAME", 18, lambda j, now: j.spec.name),
+    "state": ("STATE", 12, lambda j, now: state_name(j.state)),
+    "site": ("SITE", 10, lambda j, now: j.site or "-"),
+    "partition": ("PARTITION", 10, lambda j, now: j.partition or "-"),
+    "slurm_id": ("SLURMID", 8, lambda j, now: j.slurm_job_id or "-"),
+    "submitted": ("SUBMITTED", 19, lambda j, now: stamp(j.submitted_at)),
+    "started": ("STARTED", 19, lambda j, now: stamp(j.started_at)),
+    "ended": ("ENDED", 19, lambda j, now: stamp(j.ended_at)),
+    "elapsed": ("ELAPSED", 11, lambda j, now: clock(elapsed(j, now)) if j.started_at else "-"),
+    "time_limit": (
+        "TIMELIMIT",
+        11,
+        lambda j, now: (
+            "UNLIMITED"
+            if j.spec.time_unlimited
+            else (
+                clock(j.spec.time_limit_minutes * 60) if j.spec.time_limit_minutes else "partition"
+            )
+        ),
+    ),
+    "exit": ("EXIT", 10, lambda j, now: exit_text(j)),
+    "start": ("START (90% BY)", 26, _start),
+    "reason": ("REASON", 0, lambda j, now: j.reason[:80]),
+}
+DEFAULT_COLUMNS = "id,user,name,state,site,slurm_id,elapsed,start,reason"
+FINISHED_COLUMNS = "id,user,name,state,site,slurm_id,elapsed,exit,reason"
+
+
+def cmd_list(c: Client, opts: argparse.Namespace, out: Callable[[str], None]) -> int:
+    req = pb.ListJobsRequest(all_users=opts.all, include_final=opts.finished)
+    if opts.user:
+        req.users.extend(jobspec.split_list(opts.user))
+    refs = _refs(opts.jobs) if opts.jobs else []
+    if refs:
+        req.job_ids.extend(dict.fromkeys(r.job_id for r in refs))
+        req.include_final = True
+    if opts.name:
+        req.names.extend(jobspec.split_list(opts.name))
+    if opts.states:
+        states = parse_states(opts.states)
+        req.states.extend(s.to_pb() for s in states)
+        req.include_final = req.include_final or any(s.is_final for s in states)
+    if opts.since:
+        req.since = parse_since(opts.since)
+        req.include_final = True
+    jobs, more = list_jobs(c, req, opts.limit or 0)
+    if more:
+        print(
+            f"msub: {len(jobs)} jobs shown; there are more (raise --limit, or leave it out to "
+            "list them all)",
+            file=sys.stderr,
+        )
+    if refs:  # squeue -j 17_5 or 17_[1-3]: the daemon lists array 17; keep those tasks
+        jobs = [j for j in jobs if any(_names_job(r, j) for r in refs)]
+    if opts.json:
+        out(jsonout.dumps(jobs))
+        return 0
+    columns = opts.format or (FINISHED_COLUMNS if req.include_final else DEFAULT_COLUMNS)
+    names = [n.strip().lower() for n in columns.split(",") if n.strip()]
+    unknown = [n for n in names if n not in COLUMNS]
+    if unknown or not names:
+        raise UsageError(
+            f"unknown column {unknown[0] if unknown else columns!r}: use {', '.join(COLUMNS)}"
+        )
+    cols = [COLUMNS[n] for n in names]
+
+    def row(values: list[str]) -> str:
+        cells = []
+        for (_, width, _), v in zip(cols, values, strict=True):
+            cells.append(f"{v[: max(width, 1) * 4]:<{width}}" if width else v)
+        return " ".join(cells).rstrip()
+
+    if not opts.noheader:
+        out(row([h for h, _, _ in cols]))
+    now = time.time()
+    shown = [(job_name(j), j) for j in jobs] if opts.array_tasks else fold_arrays(jobs)
+    for name, j in shown:
+        out(
+            row(
+                [
+                    name if n == "id" else fn(j, now)
+                    for n, (_, _, fn) in zip(names, cols, strict=True)
+                ]
+            )
+        )
+    return 0
+
+
+def _refs(words: list[str]) -> list[arrays.JobRef]:
+    """Job ids as squeue -j takes them (a,b, repeatable), each 17, 17_5 or 17_[1-3]."""
+    out = []
+    for w in words:
+        for part in _split_refs(w):
+            try:
+                out.append(arrays.parse_job_ref(part))
+            except arrays.ArrayError as e:
+                raise UsageError(str(e)) from None
+    if not out:
+        raise UsageError("give at least one job id")
+    return out
+
+
+def _split_refs(text: str) -> list[str]:
+    """a,b,17_[1,3] -> a, b, 17_[1,3]: commas inside brackets stay."""
+    parts, depth, cur = [], 0, ""
+    for ch in text:
+        depth += ch == "["
+        depth -= ch == "]"
+        if ch == "," and depth == 0:
+            parts.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    parts.append(cur)
+    return [p.strip() for p in parts if p.strip()]
+
+
+def _names_job(ref: arrays.JobRef, j: pb.Job) -> bool:
+    if ref.tasks is None:
+        return j.id == ref.job_id or j.array_id == ref.job_id
+    return j.array_id == ref.job_id and j.array_task in ref.tasks
 
 
 def job_name(j: pb.Job) -> str:
@@ -388,60 +655,32 @@ def list_jobs(c: Client, req: pb.ListJobsRequest, most: int = 0) -> tuple[list[p
         req.cursor = resp.next_cursor
 
 
-def cmd_list(c: Client, opts: argparse.Namespace, out: Callable[[str], None]) -> int:
-    req = pb.ListJobsRequest(all_users=opts.all, include_final=opts.finished)
-    jobs, more = list_jobs(c, req, opts.limit or 0)
-    if more:
-        print(
-            f"msub: {len(jobs)} jobs shown; there are more (raise --limit, or leave it out to "
-            "list them all)",
-            file=sys.stderr,
-        )
-    if opts.json:
-        out(jsonout.dumps(jobs))
-        return 0
-    out(
-        f"{'JOBID':>12} {'USER':<10} {'NAME':<18} {'STATE':<12} {'SITE':<10} {'SLURMID':>8} "
-        f"{'START (90% BY)':<26} REASON"
-    )
-    now = time.time()
-    shown = [(job_name(j), j) for j in jobs] if opts.array_tasks else fold_arrays(jobs)
-    for name, j in shown:
-        if j.started_at:
-            start = stamp(j.started_at)
-        elif j.estimate.start and not JobState.from_pb(j.state).is_final:
-            bound = duration(j.estimate.start_p90 - now) if j.estimate.start_p90 > now else "now"
-            start = f"{when(j.estimate.start, now)} ({bound})"
-        else:
-            start = "-"
-        out(
-            f"{name:>12} {j.user[:10]:<10} {j.spec.name[:18]:<18} {state_name(j.state):<12} "
-            f"{j.site or '-':<10} {j.slurm_job_id or '-':>8} {start:<26} "
-            f"{j.reason[:60]}"
-        )
-    return 0
-
-
 def show_text(j: pb.Job) -> list[str]:
+    s = j.spec
     lines = [
-        f"Job {job_name(j)} ({j.spec.name}) of {j.user}: {state_name(j.state)}"
+        f"Job {job_name(j)} ({s.name}) of {j.user}: {state_name(j.state)}"
         + ("  (held)" if j.held else ""),
         f"  site {j.site or '-'}  partition {j.partition or '-'}  slurm job {j.slurm_job_id or '-'}"
         f"  attempt {j.attempt}",
         f"  submitted {stamp(j.submitted_at)}  started {stamp(j.started_at)}"
-        f"  ended {stamp(j.ended_at)}",
+        f"  ended {stamp(j.ended_at)}" + (f"  elapsed {clock(elapsed(j))}" if j.started_at else ""),
     ]
     if JobState.from_pb(j.state).is_final:
-        lines.append(f"  exit code {j.exit_code}")
+        lines.append(f"  exit code {exit_text(j)}")
     elif j.estimate.start and not j.started_at:
         lines.append(f"  {estimate_text(j.estimate)} at {j.estimate.site}")
     if j.reason:
         lines.append(f"  reason: {j.reason}")
-    if j.spec.dependency:
-        lines.append(f"  dependency: {j.spec.dependency}")
+    if s.dependency:
+        lines.append(f"  dependency: {s.dependency}")
     lines.append(f"  output {j.stdout_path}")
     if j.stderr_path != j.stdout_path:
         lines.append(f"  error  {j.stderr_path}")
+    options = resolve.to_words(s)
+    if s.partition:
+        options.append(f"--partition={s.partition}")
+    if options:
+        lines.append("  options: " + " ".join(options))
     lines.append("  history:")
     for ev in j.events:
         where = f" {ev.site}" if ev.site else ""
@@ -473,53 +712,62 @@ def _resolve(c: Client, text: str) -> list[pb.Job]:
 
 
 def cmd_show(c: Client, opts: argparse.Namespace, out: Callable[[str], None]) -> int:
-    jobs = _resolve(c, opts.job_id)
-    if opts.script:  # (an array's tasks share one script)
-        s = c.call("GetJobScript", pb.GetJobScriptRequest(job_id=jobs[0].id))
-        if opts.json:
-            out(jsonout.dumps(s))
-        else:
-            sys.stdout.write(s.script)  # as submitted, byte for byte
-            sys.stdout.flush()
+    shown: list[list[pb.Job]] = []
+    for name in opts.jobs:
+        jobs = _resolve(c, name)
+        if opts.script:  # (an array's tasks share one script)
+            script = c.call("GetJobScript", pb.GetJobScriptRequest(job_id=jobs[0].id))
+            if opts.json:
+                out(jsonout.dumps(script))
+            else:
+                sys.stdout.write(script.script)  # as submitted, byte for byte
+                sys.stdout.flush()
+            continue
+        if len(jobs) == 1 and jobs[0].array_id:
+            jobs = [c.call("GetJob", pb.GetJobRequest(job_id=jobs[0].id))]  # with its history
+        shown.append(jobs)
+    if opts.script:
         return 0
-    if len(jobs) == 1 and jobs[0].array_id:
-        jobs = [c.call("GetJob", pb.GetJobRequest(job_id=jobs[0].id))]  # with its history
     if opts.json:
-        out(jsonout.dumps(jobs[0] if len(jobs) == 1 else jobs))
+        flat = [j for jobs in shown for j in jobs]
+        out(jsonout.dumps(flat[0] if len(flat) == 1 else flat))
         return 0
-    if len(jobs) == 1:
-        for line in show_text(jobs[0]):
+    for k, jobs in enumerate(shown):
+        if k:
+            out("")
+        for line in show_text(jobs[0]) if len(jobs) == 1 else array_text(jobs):
             out(line)
-        return 0
+    return 0
+
+
+def array_text(jobs: list[pb.Job]) -> list[str]:
     first = jobs[0]
     counts: dict[str, int] = {}
     for t in jobs:
         counts[state_name(t.state).lower()] = counts.get(state_name(t.state).lower(), 0) + 1
-    out(
+    lines = [
         f"Array job {first.array_id} ({first.spec.name}) of {first.user}: {len(jobs)} tasks, "
-        + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-    )
-    out(
+        + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())),
         f"  output {first.stdout_path}"
-        + ("" if first.stderr_path == first.stdout_path else f"  error {first.stderr_path}")
-    )
-    out(f"  {'TASK':>12} {'STATE':<12} {'SITE':<10} {'SLURMID':>8} EXIT")
+        + ("" if first.stderr_path == first.stdout_path else f"  error {first.stderr_path}"),
+        f"  {'TASK':>12} {'STATE':<12} {'SITE':<10} {'SLURMID':>8} EXIT",
+    ]
     for name, t in fold_arrays(jobs):
-        final = JobState.from_pb(t.state).is_final
-        out(
+        lines.append(
             f"  {name:>12} {state_name(t.state):<12} {t.site or '-':<10} "
-            f"{t.slurm_job_id or '-':>8} {t.exit_code if final else '-'}"
+            f"{t.slurm_job_id or '-':>8} {exit_text(t)}"
         )
-    return 0
+    return lines
 
 
 def _names(opts: argparse.Namespace) -> list[str]:
-    for name in opts.jobs:
+    names = [n for w in opts.jobs for n in _split_refs(w)]
+    for name in names:
         try:
             arrays.parse_job_ref(name)
         except arrays.ArrayError as e:
             raise UsageError(str(e)) from None
-    return list(opts.jobs)
+    return names
 
 
 def cmd_cancel(c: Client, opts: argparse.Namespace, out: Callable[[str], None]) -> int:
@@ -614,7 +862,7 @@ def cmd_watch(c: Client, opts: argparse.Namespace, out: Callable[[str], None]) -
         if JobState.from_pb(final.state) == JobState.LOST:  # no exit code is known
             out(f"job {final.id} ended {state_name(final.state)}: {final.reason}")
         else:
-            out(f"job {final.id} ended {state_name(final.state)}, exit code {final.exit_code}")
+            out(f"job {final.id} ended {state_name(final.state)}, exit code {exit_text(final)}")
     return 0 if final.id and JobState.from_pb(final.state) == JobState.COMPLETED else 1
 
 
@@ -650,43 +898,49 @@ def cmd_sites(c: Client, opts: argparse.Namespace, out: Callable[[str], None]) -
 
 
 def parser_for(command: str) -> argparse.ArgumentParser:
+    """The parser of a following command (status, show, ...); submit and plan take sbatch's
+    command line instead (parse_submission)."""
     p = _Parser(
-        prog=f"msub {command}" if command != "submit" else "msub",
+        prog=f"msub {command}",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
+        add_help=command not in ("status", "list"),  # -h is squeue's --noheader there
     )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--daemon", default=os.environ.get("METASCHED_DAEMON", DEFAULT_DAEMON))
-    if command in ("submit", "plan"):
-        _sbatch_options(p)
-        p.add_argument("script")
-    elif command in ("status", "list"):
-        p.add_argument("--all", action="store_true", help="every user's jobs (admins)")
+    if command in ("status", "list"):
+        p.add_argument("-a", "--all", action="store_true", help="every user's jobs (admins)")
         p.add_argument("--finished", action="store_true", help="include ended jobs")
+        p.add_argument("-u", "--user", help="only these users' jobs (a,b; others: admins)")
+        p.add_argument("-t", "--states", "--state", help="only jobs in these states (a,b)")
+        p.add_argument("-j", "--jobs", action="append", help="only these job ids (a,b)")
+        p.add_argument("-n", "--name", help="only jobs with these names (a,b)")
+        p.add_argument("-S", "--since", help="jobs submitted or ended since (sacct -S)")
+        p.add_argument("-o", "--format", help=f"columns: {','.join(COLUMNS)}")
+        p.add_argument("-h", "--noheader", action="store_true", help="no header line")
         p.add_argument(
             "-r", "--array", dest="array_tasks", action="store_true", help="one line a task"
         )
         p.add_argument(
             "--limit", type=_positive("limit"), help="at most N jobs (default: all of them)"
         )
-    elif command in ("cancel", "hold", "release"):
+        p.add_argument("--help", action="help")
+    elif command in ("show", "cancel", "hold", "release"):
         p.add_argument("jobs", nargs="+", metavar="ID", help="17, 17_5 or 17_[1-100]")
         p.set_defaults(command=command)
-    elif command in ("show", "output"):
-        p.add_argument("job_id", metavar="ID", help="17 or 17_5")
         if command == "show":
             p.add_argument("--script", action="store_true", help="print the job's batch script")
-        if command == "output":
-            p.add_argument("-f", "--follow", action="store_true", help="until the job ends")
-            p.add_argument("--error", action="store_true", help="the --error file")
+    elif command == "output":
+        p.add_argument("job_id", metavar="ID", help="17 or 17_5")
+        p.add_argument("-f", "--follow", action="store_true", help="until the job ends")
+        p.add_argument("--error", action="store_true", help="the --error file")
     elif command == "watch":
         p.add_argument("job_id", type=_positive("job id", 2**63 - 1))
     return p
 
 
-HANDLERS = {
-    "submit": cmd_submit,
-    "plan": cmd_plan,
+HANDLERS: dict[str, Callable[[Client, argparse.Namespace, Callable[[str], None]], int]] = {
     "status": cmd_list,
     "list": cmd_list,
     "show": cmd_show,
@@ -699,20 +953,51 @@ HANDLERS = {
 }
 
 
+def usage() -> str:
+    return __doc__ or ""
+
+
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     command = "submit"
     if args and args[0] in COMMANDS:
         command = args.pop(0)
+    elif args and not args[0].startswith("-") and "/" not in args[0] and not Path(args[0]).exists():
+        # sbatch would say "Unable to open file"; a bare word may as well be a mistyped command
+        word = errors.one_line(args[0])[:40]
+        return errors.run(
+            "msub",
+            lambda: _fail(
+                f"{word!r} is neither a command ({', '.join(COMMANDS)}) nor a script file"
+            ),
+            lambda: "",
+        )
     address = os.environ.get("METASCHED_DAEMON", DEFAULT_DAEMON)
+    printer: Callable[[str], None] = lambda line: print(line, flush=True)  # noqa: E731
 
     def body() -> int:
         nonlocal address
+        if command in ("submit", "plan"):
+            sub = parse_submission(args)
+            address = sub.daemon
+            if sub.msub.help:
+                printer(usage())
+                return 0
+            if sub.msub.version:
+                printer(f"msub (metasched) {version()}")
+                return 0
+            if command == "plan":
+                return cmd_plan(Client(sub.daemon), sub, printer)
+            return cmd_submit(Client(sub.daemon), sub, printer)
         opts = parser_for(command).parse_args(args)
         address = opts.daemon
-        return HANDLERS[command](Client(opts.daemon), opts, lambda line: print(line, flush=True))
+        return HANDLERS[command](Client(opts.daemon), opts, printer)
 
     return errors.run("msub", body, lambda: address)
+
+
+def _fail(message: str) -> int:
+    raise UsageError(message)
 
 
 if __name__ == "__main__":

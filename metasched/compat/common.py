@@ -67,8 +67,14 @@ def slurm_time(seconds: float) -> str:
     return f"{minutes}:{s:02d}"
 
 
-def limit_time(minutes: int) -> str:
-    return "UNLIMITED" if not minutes else slurm_time(minutes * 60)
+def limit_time(spec: pb.JobSpec) -> str:
+    """The job's time limit as Slurm shows it: UNLIMITED for -t 0/UNLIMITED; without -t the
+    site gives the partition's default, unknown here (Slurm's own word for that)."""
+    if spec.time_unlimited:
+        return "UNLIMITED"
+    if not spec.time_limit_minutes:
+        return "Partition_Limit"
+    return slurm_time(spec.time_limit_minutes * 60)
 
 
 def stamp(t: float) -> str:

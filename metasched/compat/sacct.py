@@ -68,7 +68,7 @@ FIELDS: list[tuple[str, Column]] = [
     ("Submit", Column("Submit", lambda j, n: common.stamp(j.submitted_at), 19, True)),
     (
         "Timelimit",
-        Column("Timelimit", lambda j, n: common.limit_time(j.spec.time_limit_minutes), 10, True),
+        Column("Timelimit", lambda j, n: common.limit_time(j.spec), 10, True),
     ),
     ("User", Column("User", lambda j, n: j.user, 9, True)),
     ("WorkDir", Column("WorkDir", lambda j, n: j.spec.workdir, 20, True)),
@@ -258,7 +258,7 @@ def _job_json(j: pb.Job, now: float) -> dict[str, object]:
             "elapsed": int(common.elapsed(j, now)),
             "limit": {
                 "set": bool(j.spec.time_limit_minutes),
-                "infinite": not j.spec.time_limit_minutes,
+                "infinite": j.spec.time_unlimited,
                 "number": j.spec.time_limit_minutes,
             },
         },

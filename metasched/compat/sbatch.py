@@ -1,10 +1,10 @@
 """sbatch for the federation: `sbatch [options] script [args]` queues the job in the global
 queue and prints `Submitted batch job <global id>` (or just the id with --parsable).
 
-Options are read by msub's own parser (metasched.cli.msub: the same options, the same
-#SBATCH handling); this module adds only what is sbatch's and not msub's: its output, the
-script on stdin, the submitter's environment exported by default (sbatch's --export=ALL)
-and the job-id prologue below.
+Options are read by msub's own parser (metasched.cli.msub.parse_submission: sbatch's
+options, SBATCH_* variables and #SBATCH lines, the script on stdin, the submitter's
+environment exported by default); this module adds only what is sbatch's and not msub's:
+its output and the job-id prologue below.
 
 Inside a job submitted through this command, SLURM_JOB_ID (and SLURM_JOBID) is the id this
 command printed, as it is for a job of a Slurm federation, so tools that name files after
@@ -19,20 +19,14 @@ from __future__ import annotations
 import os
 import re
 import sys
-import tempfile
 from pathlib import Path
 
-from metasched import jobenv
 from metasched.cli import msub
-from metasched.cli.errors import UsageError
 from metasched.compat import common
 from metasched.v1 import metasched_pb2 as pb
 
 PROLOGUE_MARK = "# metasched: this job's id is the federation's"
 _SH = re.compile(r"^#!\s*(/usr)?/bin/(env\s+)?(ba|da|k|z)?sh\b")
-# Never exported into a job: Slurm's own variables (the job gets its own), sbatch's option
-# variables, and the user's metasched token (it would travel to whichever site runs the job).
-_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 def _quoted(value: str) -> str:
@@ -82,65 +76,36 @@ def shim_dir() -> str:
     return here if here and (Path(here) / "srun").is_file() else ""
 
 
-def exported_environment() -> dict[str, str]:
-    """sbatch's --export=ALL: the submitter's environment, less what no job may be given
-    (jobenv's denylist: the loader's, Slurm's and metasched's own variables)."""
-    return jobenv.without_denied(
-        {k: v for k, v in os.environ.items() if _NAME.match(k) and "\0" not in v}
-    )
-
-
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
 
     def body() -> int:
-        parsable = "--parsable" in args
-        rest = [a for a in args if a != "--parsable"]
-        p = msub.parser_for("submit")
-        p.prog = "sbatch"
-        with tempfile.TemporaryDirectory(prefix="metasched-sbatch-") as tmp:
-            try:
-                opts = p.parse_args(rest)
-                stdin_script = False
-            except UsageError:
-                if sys.stdin.isatty():
-                    raise
-                # sbatch reads the script from stdin when none is named
-                stdin_path = Path(tmp) / "stdin"
-                stdin_path.write_bytes(sys.stdin.buffer.read())
-                opts = p.parse_args([*rest, str(stdin_path)])
-                stdin_script = True
-            source = Path(opts.script)
-            try:
-                text = source.read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError) as e:
-                raise UsageError(f"Unable to open file {opts.script}: {e}") from None
-            shims = shim_dir()
-            if shims:
-                copy = Path(tmp) / (source.name if not stdin_script else "sbatch")
-                copy.write_text(
-                    with_prologue(text, shims, export_all=opts.export is None), encoding="utf-8"
-                )
-                opts.script = str(copy)
-            spec = msub.build_spec(opts, opts.script, _warn)
-            if stdin_script and not opts.name:
-                spec.name = "sbatch"
-            if opts.export is None:  # sbatch's default is ALL (msub names what it exports)
-                for k, v in exported_environment().items():
-                    spec.environment.setdefault(k, v)
-            c = common.client()
-            resp = c.call("SubmitJob", pb.SubmitJobRequest(spec=spec, no_wait=True))
-        if parsable:
+        # msub's reading of sbatch's command line: every option, SBATCH_* variables, the
+        # script on stdin, its arguments, and the submitter's environment (--export=ALL)
+        sub = msub.parse_submission(args)
+        if sub.msub.help:
+            common.out(msub.usage())
+            return 0
+        if sub.msub.version:
+            common.out(f"slurm (metasched {msub.version()})")
+            return 0
+        shims = shim_dir()
+        if shims:
+            export_all = sub.spec.export_mode in ("", "all")
+            sub.spec.script = with_prologue(sub.spec.script, shims, export_all=export_all)
+        c = common.client()
+        if sub.msub.test_only:
+            return msub.cmd_plan(c, sub, common.out)
+        resp = c.call("SubmitJob", pb.SubmitJobRequest(spec=sub.spec, no_wait=True))
+        if sub.msub.parsable:
             common.out(str(resp.job_id))
-        else:
+        elif not sub.msub.quiet:
             common.out(f"Submitted batch job {resp.job_id}")
+        if sub.msub.wait:
+            return msub.wait_for(c, resp.job_id, bool(sub.spec.array), True, common.out)
         return 0
 
     return common.run("sbatch", body)
-
-
-def _warn(message: str) -> None:
-    print(f"sbatch: warning: {message}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -43,11 +43,11 @@ COLUMNS: dict[str, Column] = {
     "t": Column("ST", lambda j, n: common.slurm_state(j)[1], 2),
     "T": Column("STATE", lambda j, n: common.slurm_state(j)[0], 8),
     "M": Column("TIME", lambda j, n: common.slurm_time(common.elapsed(j, n)), 10, True),
-    "l": Column("TIME_LIMIT", lambda j, n: common.limit_time(j.spec.time_limit_minutes), 9),
+    "l": Column("TIME_LIMIT", lambda j, n: common.limit_time(j.spec), 9),
     "L": Column(
         "TIME_LEFT",
         lambda j, n: (
-            common.limit_time(j.spec.time_limit_minutes)
+            common.limit_time(j.spec)
             if not j.started_at or not j.spec.time_limit_minutes
             else common.slurm_time(j.spec.time_limit_minutes * 60 - common.elapsed(j, n))
         ),
@@ -137,7 +137,7 @@ def job_json(j: pb.Job, now: float) -> dict[str, Any]:
         "cpus": {"set": True, "infinite": False, "number": common.cpus(j)},
         "time_limit": {
             "set": bool(j.spec.time_limit_minutes),
-            "infinite": not j.spec.time_limit_minutes,
+            "infinite": j.spec.time_unlimited,
             "number": j.spec.time_limit_minutes,
         },
         "submit_time": _time_json(j.submitted_at),

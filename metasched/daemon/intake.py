@@ -81,6 +81,12 @@ class Intake(Activity):
         except jobspec.SpecError as e:
             raise Refused("INVALID_ARGUMENT", str(e)) from None
 
+    def retried(self, user: str, spec: pb.JobSpec) -> JobRow | None:
+        """The job an earlier submission with this idempotency key made (a retry whose answer
+        was lost gets it, not a second job), or None. Two at once with one key are told apart
+        by the store's writer."""
+        return self.store.job_of_key(user, spec.submit_key) if spec.submit_key else None
+
     def admit(self, user: str, spec: pb.JobSpec) -> pb.JobSpec:
         """The spec as it will be queued (checked, normalised); Refused, with the reason, when
         it will not be. Memory only, tens of microseconds: the asyncio server calls it on its
@@ -118,7 +124,7 @@ class Intake(Activity):
         return fut
 
     def submit(self, user: str, spec: pb.JobSpec, wait_placement: float = 0.0) -> JobRow:
-        job = self.enqueue(user, self.admit(user, spec)).result(60)
+        job = self.retried(user, spec) or self.enqueue(user, self.admit(user, spec)).result(60)
         if wait_placement > 0:
             job = self.placement.wait_placed(job.id, wait_placement)
         return job
@@ -126,6 +132,10 @@ class Intake(Activity):
     def _insert(self, b: Batch, user: str, spec: pb.JobSpec, array: ArraySpec | None) -> JobRow:
         """A job (or an array's tasks) that may wait: QUEUED if nothing holds it now, else
         WAITING with the reason; refused if its dependency can never be satisfied."""
+        if spec.submit_key:  # a retry that came in while the first was being written
+            made = b.job_of_key(user, spec.submit_key)
+            if made is not None:
+                return made
         now = b.now
         first = array.tasks[0] if array else 0
         probe = JobRow(0, user, spec, S.WAITING, now, now, held=spec.hold, array_task=first)

@@ -22,7 +22,7 @@ from metasched.daemon.learning import Learning
 from metasched.daemon.moves import requeue, retry_elsewhere
 from metasched.daemon.placing import PlacementPass
 from metasched.daemon.views import request_of
-from metasched.states import INFRASTRUCTURE_FAILURES, JobState, from_slurm
+from metasched.states import INFRASTRUCTURE_FAILURES, JobState, final_reason, from_slurm
 from metasched.store import Batch, JobRow, NoSuchJob
 from metasched.v1 import metasched_pb2 as pb
 
@@ -255,6 +255,8 @@ class Reconciler(Activity):
         if ours.is_final:
             fields["ended_at"] = sj.end_time or time.time()
             fields["exit_code"] = sj.exit_code
+            # the pending reason (Resources, Priority...) no longer applies: say why it ended
+            fields["reason"] = final_reason(ours, sj.exit_code)
         reason = sj.reason if sj.reason not in ("None", "") else ""
         if ours == S.PENDING and reason != job.reason:
             fields["reason"] = reason

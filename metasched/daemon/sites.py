@@ -117,6 +117,7 @@ def view_of(name: str, report: pb.SiteReport) -> SiteView:
             free_gpus={
                 t: max(0, c - _gpus(n.alloc_gpus).get(t, 0)) for t, c in _gpus(n.gpus).items()
             },
+            features=frozenset(n.features) if report.reports_features else None,
         )
         for n in report.nodes
     }

@@ -25,7 +25,7 @@ from metasched.daemon.settings import Refused
 from metasched.daemon.watchers import Completions, JobWatchers
 from metasched.placement.estimate import Estimate
 from metasched.placement.policy import Request
-from metasched.states import JobState, node_usable
+from metasched.states import JobState, final_reason, node_usable
 from metasched.store import MAX_JOB_ID, JobRow, NoSuchJob
 from metasched.v1 import metasched_pb2 as pb
 from metasched.v1 import metasched_pb2_grpc as pb_grpc
@@ -63,12 +63,17 @@ def job_estimate_pb(job: JobRow) -> pb.Estimate:
     )
 
 
+def _since(job: JobRow, t: float) -> bool:
+    return job.submitted_at >= t or job.ended_at >= t or not job.state.is_final
+
+
 def job_pb(job: JobRow, events: list[Any] | None = None, with_spec: bool = True) -> pb.Job:
     spec = job.spec
     ids = output_names.Ids(
         job.id, spec.name or f"metasched-{job.id}", job.user, job.array_id, job.array_task
     )
-    stdout = output_names.resolve(spec.output, ids, spec.workdir)
+    workdir = spec.workdir or spec.submit_dir  # sbatch's default: where it was submitted
+    stdout = output_names.resolve(spec.output, ids, workdir)
     out = pb.Job(
         id=job.id,
         user=job.user,
@@ -79,15 +84,19 @@ def job_pb(job: JobRow, events: list[Any] | None = None, with_spec: bool = True)
         slurm_job_id=job.slurm_job_id,
         attempt=job.attempt,
         submitted_at=job.submitted_at,
-        started_at=job.started_at,
-        ended_at=job.ended_at,
+        # Sites' clocks are not ours: never show a start before the submission, or an end
+        # before the start.
+        started_at=max(job.started_at, job.submitted_at) if job.started_at else 0.0,
+        ended_at=max(job.ended_at, job.started_at, job.submitted_at) if job.ended_at else 0.0,
+        # A job that did not exit on its own (time limit, node failure, cancel) has no exit
+        # code of its own: 0 there would read as success.
         exit_code=job.exit_code,
-        reason=job.reason,
+        reason=job.reason or final_reason(job.state, job.exit_code),
         array_id=job.array_id,
         array_task=job.array_task,
         held=job.held,
         stdout_path=stdout,
-        stderr_path=output_names.resolve(spec.error, ids, spec.workdir) if spec.error else stdout,
+        stderr_path=output_names.resolve(spec.error, ids, workdir) if spec.error else stdout,
     )
     if job.est_start and job.est_site:
         out.estimate.CopyFrom(job_estimate_pb(job))
@@ -167,8 +176,10 @@ class UserService(pb_grpc.SchedulerServicer):
         async def body(user: str) -> pb.SubmitJobResponse:
             self._limit_size(request)
             self._limit_rate(user)
-            spec = self.s.intake.admit(user, request.spec)
-            job = await self.completions.wrap(self.s.intake.enqueue(user, spec))
+            job = self.s.intake.retried(user, request.spec)
+            if job is None:
+                spec = self.s.intake.admit(user, request.spec)
+                job = await self.completions.wrap(self.s.intake.enqueue(user, spec))
             if not request.no_wait:
                 job = await self._placed(user, job, SUBMIT_WAIT_S)
             return pb.SubmitJobResponse(
@@ -235,46 +246,49 @@ class UserService(pb_grpc.SchedulerServicer):
             if bad:
                 raise Refused("INVALID_ARGUMENT", f"unknown job state {bad[0]}")
             states = [JobState.from_pb(s) for s in request.states] or None
+            users = list(dict.fromkeys(request.users))
+            if any(u != user for u in users) and not self.identity.is_admin(user):
+                raise Refused("PERMISSION_DENIED", "only admins may list other users' jobs")
+            owners: list[str | None] = [*users] or [None if request.all_users else user]
             after = cursor_id(request.cursor)
             limit = min(request.limit or DEFAULT_PAGE, MAX_PAGE)
-            owner = None if request.all_users else user
             return await self.calls.blocking(
-                user,
-                self._page,
-                owner,
-                states,
-                request.include_final,
-                after,
-                limit,
-                request.array_id,
+                user, self._page, request, owners, states, after, limit
             )
 
         return await self.calls.unary(context, self.identity.who, body, kind="listings")
 
     def _page(
         self,
-        owner: str | None,
+        request: pb.ListJobsRequest,
+        owners: list[str | None],
         states: list[JobState] | None,
-        include_final: bool,
         after: int,
         limit: int,
-        array_id: int = 0,
     ) -> pb.ListJobsResponse:
         """One page of a listing, at most PAGE_BYTES of jobs (at least one), built on the pool:
-        thousands of jobs are milliseconds of work the event loop should not wait on."""
-        if array_id:
-            wanted = set(states) if states else None
-            rows = [
-                t
-                for t in self.s.store.array_tasks(array_id, include_final=include_final)
-                if t.id > after
-                and (owner is None or t.user == owner)
-                and (wanted is None or t.state in wanted)
-                and (include_final or wanted is not None or not t.state.is_final)
-            ]
-            rows, more = rows[:limit], len(rows) > limit
+        thousands of jobs are milliseconds of work the event loop should not wait on.
+        The filters are squeue's and sacct's: -u owners, -j ids (an array's id: its tasks),
+        -n names, -S since; array_id: one array's tasks."""
+        if request.job_ids or request.array_id:
+            rows, more = self._named_page(request, owners, states, after, limit)
         else:
-            rows, more = self.s.store.page(owner, states, include_final, after, limit)
+            rows, more = [], False
+            for owner in owners:  # (one, unless squeue -u names several)
+                got, got_more = self.s.store.page(
+                    owner,
+                    states,
+                    request.include_final,
+                    after,
+                    limit,
+                    names=request.names,
+                    since=request.since,
+                )
+                rows += got
+                more = more or got_more
+            rows.sort(key=lambda j: j.id)
+            more = more or len(rows) > limit
+            rows = rows[:limit]
         out = pb.ListJobsResponse()
         size = 0
         for n, job in enumerate(rows):
@@ -287,6 +301,44 @@ class UserService(pb_grpc.SchedulerServicer):
         if more and rows:
             out.next_cursor = f"{_CURSOR}{rows[-1].id}"
         return out
+
+    def _named_page(
+        self,
+        request: pb.ListJobsRequest,
+        owners: list[str | None],
+        states: list[JobState] | None,
+        after: int,
+        limit: int,
+    ) -> tuple[list[JobRow], bool]:
+        """A page of the jobs a listing names (squeue -j, an array's tasks), filtered."""
+        wanted = set(states) if states else None
+        found: dict[int, JobRow] = {}
+        if request.array_id:
+            for t in self.s.store.array_tasks(request.array_id, include_final=True):
+                found[t.id] = t
+        for job_id in dict.fromkeys(request.job_ids):
+            job = self.s.store.job(job_id)
+            if job is not None and job.array_id == job_id:  # squeue -j ARRAY: its tasks
+                found.update((t.id, t) for t in self.s.store.array_tasks(job_id))
+            elif job is not None:
+                found[job.id] = job
+        names = set(request.names)
+        rows = [
+            job
+            for job_id, job in sorted(found.items())
+            if job_id > after
+            and (owners == [None] or job.user in owners)
+            and (wanted is None or job.state in wanted)
+            and (
+                request.include_final
+                or wanted is not None
+                or not job.state.is_final
+                or bool(request.job_ids)
+            )
+            and (not names or job.spec.name in names)
+            and (not request.since or _since(job, request.since))
+        ]
+        return rows[:limit], len(rows) > limit
 
     async def CancelJobs(
         self, request: pb.CancelJobsRequest, context: Context

@@ -38,7 +38,7 @@ def work_of_job(job: JobRow, now: float) -> Work:
         partition=job.partition,
         nodes=shape.nodes,
         cpus=shape.total_cpus,
-        gpus=shape.gpus_per_node * shape.nodes,
+        gpus=shape.total_gpus,
         gpu_type=shape.gpu_type,
         time_limit_s=shape.time_limit_minutes * 60.0,
         submit_time=job.submitted_at,

@@ -253,14 +253,30 @@ log_level = "debug"
         return box[0]
 
     def msub(
-        self, *args: str, check: bool = True, user: str | None = None
+        self,
+        *args: str,
+        check: bool = True,
+        user: str | None = None,
+        cwd: Path | None = None,
+        stdin: str | None = None,
+        env: dict[str, str] | None = None,
     ) -> subprocess.CompletedProcess[str]:
+        """msub as a real process; stdin: the text it reads there (default: nothing)."""
         argv = [sys.executable, "-m", "metasched.cli.msub", *args]
         if user and user != "root":
             # as that local user, from the kernel's point of view (see metasched.lab.asuser)
             argv = [sys.executable, "-m", "metasched.lab.asuser", user, "msub", *args]
-        env = {**os.environ, "METASCHED_DAEMON": f"unix:{self.socket}"}
-        proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
+        base = {k: v for k, v in os.environ.items() if not k.startswith(("SBATCH_", "SLURM_"))}
+        env = {**base, **(env or {}), "METASCHED_DAEMON": f"unix:{self.socket}"}
+        proc = subprocess.run(
+            argv,
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+            cwd=cwd,
+            input=stdin if stdin is not None else "",
+        )
         if check and proc.returncode != 0:
             raise AssertionError(f"msub {' '.join(args)} failed: {proc.stderr or proc.stdout}")
         return proc

@@ -354,6 +354,10 @@ class SlurmLab:
                 f"NodeName={name}-n[1-{site.nodes}] Name=gpu Type={site.gpu_type} "
                 f"File={d}/fakedev/nvidia[0-{site.gpu_count - 1}]\n"
             )
+        for entry in site.other_gres:
+            gname, _, count = entry.partition(":")
+            gres = f"{gres},{entry}" if gres else f" Gres={entry}"
+            gres_conf += f"NodeName={name}-n[1-{site.nodes}] Name={gname} Count={count}\n"
         (d / "gres.conf").write_text(gres_conf)
         lines.append("")
         lines.append("# ---- nodes: one slurmd per node, all on 127.0.0.1, one port each")
@@ -362,14 +366,15 @@ class SlurmLab:
                 f"NodeName={node} NodeHostname=localhost NodeAddr=127.0.0.1 "
                 f"Port={ctld_port + 10 + k} CPUs={site.cpus} Boards=1 "
                 f"SocketsPerBoard={site.sockets} CoresPerSocket={site.cores_per_socket} "
-                f"ThreadsPerCore=1 RealMemory={site.mem_mb}{gres} Feature={name} State=UNKNOWN"
+                f"ThreadsPerCore=1 RealMemory={site.mem_mb}{gres} "
+                f"Feature={','.join((name, *site.features))} State=UNKNOWN"
             )
         default = site.default_partition
         for p in site.partitions:
             max_time = str(p.max_time_minutes) if p.max_time_minutes else "UNLIMITED"
             lines.append(
                 f"PartitionName={p.name} Nodes=ALL Default={'YES' if p.name == default else 'NO'} "
-                f"DefaultTime={p.default_time_minutes} MaxTime={max_time} State=UP"
+                f"DefaultTime={p.default_time_minutes} MaxTime={max_time} State={p.state}"
             )
         lines = _apply_overrides(lines, self.overrides)
         (d / "slurm.conf").write_text("\n".join(lines) + "\n")

@@ -20,6 +20,7 @@ class Partition:
     max_time_minutes: int = 0  # 0 = unlimited
     default_time_minutes: int = 60
     default: bool = False
+    state: str = "UP"  # DOWN: takes jobs and runs none (they stay PENDING, PartitionDown)
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,8 @@ class SiteProfile:
     gpu_type: str = ""
     gpu_count: int = 0
     partitions: tuple[Partition, ...] = (Partition("batch", max_time_minutes=7 * 24 * 60),)
+    features: tuple[str, ...] = ()  # node features (-C) besides the site's own name
+    other_gres: tuple[str, ...] = ()  # count-only GRES per node, e.g. ("nvme:1000",)
 
     def __post_init__(self) -> None:
         if not _NAME_RE.match(self.name):

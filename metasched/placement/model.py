@@ -27,6 +27,7 @@ class NodeView:
     gpus: dict[str, int] = field(default_factory=dict)  # type -> count
     free_gpus: dict[str, int] = field(default_factory=dict)
     count: int = 1
+    features: frozenset[str] | None = None  # None: not reported (an older agent)
 
 
 @dataclass(frozen=True)

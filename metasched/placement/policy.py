@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from metasched.jobspec import Shape
+from metasched.jobspec import Shape, constraint_ok
 from metasched.placement.estimate import Calibrator, Estimate, build_profile
 from metasched.placement.model import NodeView, PartitionView, SiteView
 from metasched.placement.profile import Need, Profile
@@ -33,9 +33,16 @@ class Request:
     job_id: int
     user: str
     shape: Shape
-    partition: str = ""
+    partition: str = ""  # -p: one partition or several (a,b); any of them at any site
     sites: frozenset[str] = frozenset()  # empty = any
     exclude: frozenset[str] = frozenset()
+
+    @property
+    def partitions(self) -> frozenset[str]:
+        return frozenset(p for p in self.partition.split(",") if p) if self.partition else _ANY
+
+    def partition_ok(self, name: str) -> bool:
+        return not self.partition or name == self.partition or name in self.partitions
 
     @property
     def key(self) -> tuple[object, ...]:
@@ -65,8 +72,38 @@ class Choice:
     estimate: Estimate | None = None
 
 
+_ANY: frozenset[str] = frozenset()
+
+
+def node_units(node: NodeView, shape: Shape) -> int:
+    """How much of the job one empty node of this kind holds: for a job of a fixed node
+    count 1 (it holds one node's share) or 0; for one Slurm spreads over as many nodes as it
+    needs (-n without -N, or -N MIN-MAX), how many of its tasks."""
+    features = node.features
+    if shape.constraint and features is not None and not constraint_ok(shape.constraint, features):
+        return 0
+    if not shape.spread:
+        return 1 if _holds_share(node, shape) else 0
+    if shape.gpu_type:
+        gpus = node.gpus.get(shape.gpu_type, 0)
+    else:
+        gpus = max(node.gpus.values(), default=0)
+    if (shape.task_gpus or shape.total_gpus_asked) and not gpus:
+        return 0
+    return shape.tasks_on(node.cpus, node.mem_mb, gpus)
+
+
+def units_needed(shape: Shape) -> int:
+    """What node_units must add up to over a partition's nodes."""
+    return shape.tasks if shape.spread else shape.nodes
+
+
 def node_fits(node: NodeView, shape: Shape) -> bool:
-    """Could this node, empty, hold one node's share of the job?"""
+    """Could this node, empty, hold one node's share of the job (one task of a spread one)?"""
+    return node_units(node, shape) > 0
+
+
+def _holds_share(node: NodeView, shape: Shape) -> bool:
     if shape.cpus_per_node > node.cpus:
         return False
     if shape.mem_per_node_mb and shape.mem_per_node_mb > node.mem_mb:
@@ -83,25 +120,36 @@ def partition_refusal(site: SiteView, part: PartitionView, shape: Shape) -> str:
     if shape.precision and shape.precision not in part.precisions:
         offered = ", ".join(sorted(part.precisions)) or "none declared"
         return f"precision {shape.precision} not offered (offers {offered})"
-    if part.max_time_minutes and shape.time_limit_minutes > part.max_time_minutes:
-        return (
-            f"time limit {shape.time_limit_minutes} min over the partition's "
-            f"{part.max_time_minutes}"
-        )
+    why = shape.time_at(part.max_time_minutes)
+    if why:
+        return why
     if part.max_nodes_per_job and shape.nodes > part.max_nodes_per_job:
         return f"{shape.nodes} nodes over the partition's per-job limit {part.max_nodes_per_job}"
-    fitting = sum(
-        site.nodes[n].count
-        for n in part.nodes
-        if n in site.nodes and node_fits(site.nodes[n], shape)
+    members = [site.nodes[n] for n in part.nodes if n in site.nodes]
+    fitting = sum(node.count * node_units(node, shape) for node in members)
+    gpus_short = shape.total_gpus_asked and shape.total_gpus_asked > sum(
+        node.count
+        * (node.gpus.get(shape.gpu_type, 0) if shape.gpu_type else sum(node.gpus.values()))
+        for node in members
     )
-    if fitting < shape.nodes:
+    if fitting < units_needed(shape) or gpus_short:
         if (
-            shape.gpus_per_node
+            (shape.gpus_per_node or shape.task_gpus or shape.total_gpus_asked)
             and shape.gpu_type
-            and not any(shape.gpu_type in site.nodes[n].gpus for n in part.nodes if n in site.nodes)
+            and not any(shape.gpu_type in node.gpus for node in members)
         ):
             return f"no {shape.gpu_type} GPUs"
+        if shape.constraint and not any(
+            n.features is None or constraint_ok(shape.constraint, n.features) for n in members
+        ):
+            return f"no node with the features {shape.constraint!r}"
+        if shape.spread:
+            return (
+                f"shape does not fit: {shape.tasks} task(s) x {shape.cpus_per_task} CPUs"
+                + (f" x {shape.task_gpus} GPUs" if shape.task_gpus else "")
+                + (f", {shape.total_gpus_asked} GPUs in all" if shape.total_gpus_asked else "")
+                + f", room for {fitting} task(s)"
+            )
         return (
             f"shape does not fit: {shape.nodes} node(s) x {shape.cpus_per_node} CPUs"
             + (f" x {shape.gpus_per_node} GPUs" if shape.gpus_per_node else "")
@@ -125,7 +173,7 @@ def site_refusal(site: SiteView, req: Request, shape_only: bool = False) -> tupl
             return [], "draining (takes no new jobs)"
         if site.mapped_users is not None and req.user not in site.mapped_users:
             return [], f"user {req.user} has no account mapping here"
-    parts = [p for p in site.partitions if not req.partition or p.name == req.partition]
+    parts = [p for p in site.partitions if req.partition_ok(p.name)]
     if not parts:
         return [], f"no partition {req.partition!r}"
     reasons: list[str] = []
@@ -159,27 +207,64 @@ class _Partitions:
                 for prec in p.precisions:
                     self.by_precision.setdefault(prec, []).append(len(self.entries))
                 self.entries.append((site, p, gpus))
-        self._fitting: dict[tuple[int, int, int, str], list[int]] = {}
+        self._fitting: dict[tuple[object, ...], list[int]] = {}
+        self._gpus: dict[str, list[int]] = {}
 
     def fitting(self, shape: Shape) -> list[int]:
-        """Per entry, how many of its nodes could each hold one node's share of the shape."""
-        key = (shape.cpus_per_node, shape.mem_per_node_mb, shape.gpus_per_node, shape.gpu_type)
+        """Per entry, how much of the shape its nodes hold (node_units: nodes that hold one
+        node's share, or tasks of a spread job; 0 where --gpus asks more than it has)."""
+        key: tuple[object, ...] = (
+            shape.cpus_per_node,
+            shape.mem_per_node_mb,
+            shape.gpus_per_node,
+            shape.gpu_type,
+        )
+        if shape.spread:
+            key = (*key, shape.task_mem_mb, shape.task_gpus, shape.total_gpus_asked)
+        if shape.constraint:
+            key = (*key, shape.constraint)
         counts = self._fitting.get(key)
         if counts is None:
             counts = self._fitting[key] = [
                 sum(
-                    site.nodes[n].count
+                    site.nodes[n].count * node_units(site.nodes[n], shape)
                     for n in p.nodes
-                    if n in site.nodes and node_fits(site.nodes[n], shape)
+                    if n in site.nodes
                 )
                 for site, p, _ in self.entries
             ]
+            if shape.total_gpus_asked:  # --gpus: the job's GPUs in all must be there too
+                gpus = self.gpus(shape.gpu_type)
+                counts[:] = [
+                    c if g >= shape.total_gpus_asked else 0
+                    for c, g in zip(counts, gpus, strict=True)
+                ]
         return counts
+
+    def gpus(self, gpu_type: str) -> list[int]:
+        """Per entry, its GPUs (of that type; "" = any) over all its nodes."""
+        totals = self._gpus.get(gpu_type)
+        if totals is None:
+            totals = self._gpus[gpu_type] = [
+                sum(
+                    site.nodes[n].count
+                    * (
+                        site.nodes[n].gpus.get(gpu_type, 0)
+                        if gpu_type
+                        else sum(site.nodes[n].gpus.values())
+                    )
+                    for n in p.nodes
+                    if n in site.nodes
+                )
+                for site, p, _ in self.entries
+            ]
+        return totals
 
     def eligible(self, req: Request) -> list[int]:
         """Indices of the entries the request may use."""
         shape = req.shape
         fitting = self.fitting(shape)
+        need = units_needed(shape)
         entries = self.entries
         ok = []
         if shape.precision:
@@ -194,19 +279,19 @@ class _Partitions:
                 continue
             if site.mapped_users is not None and req.user not in site.mapped_users:
                 continue
-            if req.partition and p.name != req.partition:
+            if req.partition and not req.partition_ok(p.name):
                 continue
-            if p.max_time_minutes and shape.time_limit_minutes > p.max_time_minutes:
+            if p.max_time_minutes and shape.time_at(p.max_time_minutes):
                 continue
             if p.max_nodes_per_job and shape.nodes > p.max_nodes_per_job:
                 continue
-            if fitting[i] >= shape.nodes:
+            if fitting[i] >= need:
                 ok.append(i)
         return ok
 
 
 def need_of(shape: Shape, runtime_s: float) -> Need:
-    return Need(shape.total_cpus, shape.gpus_per_node * shape.nodes, runtime_s)
+    return Need(shape.total_cpus, shape.total_gpus, runtime_s)
 
 
 @dataclass
@@ -387,7 +472,7 @@ class Placer:
                 # exact only when it reaches the top: most partitions never need it.
                 # Between equal starts, CPU-only work prefers partitions without accelerators
                 # (pref 0): it should not take a GPU site's CPUs while a CPU site is as free.
-                cpu_job = not req.shape.gpus_per_node
+                cpu_job = not req.shape.total_gpus
                 entries = fresh.setdefault((gpu_type, cpu_job), {})
                 heap: list[tuple[float, int, str, str, int, Profile]] = []
                 for i in open_parts.eligible(req):

@@ -129,7 +129,12 @@ Global___JobState: _TypeAlias = JobState  # noqa: Y015
 class JobSpec(_message.Message):
     """---------------------------------------------------------------- jobs
 
-    What a user asks for. Mirrors sbatch's options; sizes are per node unless named otherwise.
+    What a user asks for: sbatch's options, one field per option the daemon understands
+    (docs/sbatch.md has the whole table). Every field is "not given" when unset, and the
+    site's sbatch is told exactly the options given, so Slurm sizes and limits the job as it
+    would have. The script's own #SBATCH lines are read by the daemon and merged under these
+    fields, as sbatch merges them under its command line. Sizes are per node unless named
+    otherwise.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -172,12 +177,34 @@ class JobSpec(_message.Message):
     ERROR_FIELD_NUMBER: _builtins.int
     ENVIRONMENT_FIELD_NUMBER: _builtins.int
     ACCOUNT_FIELD_NUMBER: _builtins.int
+    MAX_NODES_FIELD_NUMBER: _builtins.int
+    NTASKS_PER_NODE_FIELD_NUMBER: _builtins.int
+    GPUS_FIELD_NUMBER: _builtins.int
+    GPUS_PER_TASK_FIELD_NUMBER: _builtins.int
+    CPUS_PER_GPU_FIELD_NUMBER: _builtins.int
+    MEM_PER_CPU_MB_FIELD_NUMBER: _builtins.int
+    MEM_PER_GPU_MB_FIELD_NUMBER: _builtins.int
+    MEM_WHOLE_NODE_FIELD_NUMBER: _builtins.int
+    TIME_UNLIMITED_FIELD_NUMBER: _builtins.int
+    QOS_FIELD_NUMBER: _builtins.int
+    CONSTRAINT_FIELD_NUMBER: _builtins.int
+    EXCLUDE_NODES_FIELD_NUMBER: _builtins.int
+    EXCLUSIVE_FIELD_NUMBER: _builtins.int
+    COMMENT_FIELD_NUMBER: _builtins.int
+    OTHER_GRES_FIELD_NUMBER: _builtins.int
+    EXPORT_MODE_FIELD_NUMBER: _builtins.int
+    SUBMIT_DIR_FIELD_NUMBER: _builtins.int
+    SCRIPT_ARGS_FIELD_NUMBER: _builtins.int
+    SBATCH_OPTIONS_FIELD_NUMBER: _builtins.int
+    IGNORE_PBS_FIELD_NUMBER: _builtins.int
+    SUBMIT_KEY_FIELD_NUMBER: _builtins.int
     ARRAY_FIELD_NUMBER: _builtins.int
     DEPENDENCY_FIELD_NUMBER: _builtins.int
     BEGIN_TIME_FIELD_NUMBER: _builtins.int
     HOLD_FIELD_NUMBER: _builtins.int
     KEEP_INVALID_DEPENDENCY_FIELD_NUMBER: _builtins.int
     name: _builtins.str
+    """-J; any text on one line"""
     script: _builtins.str
     """The batch script, text, at most the daemon's max_script_bytes. Sent in SubmitJob, Plan and
     SubmitCommand; jobs read back (GetJob, ListJobs, WatchJob) leave it empty: GetJobScript.
@@ -185,29 +212,72 @@ class JobSpec(_message.Message):
     precision: _builtins.str
     """fp64 fp32 tf32 bf16 fp16 fp8 int8; empty = no requirement"""
     nodes: _builtins.int
-    """-N; 0 = 1"""
+    """-N (the fewest with a range); 0 = Slurm decides (1 unless the tasks need more)"""
     ntasks: _builtins.int
-    """-n; 0 = nodes (one task per node)"""
+    """-n; 0 = Slurm's default (one per node, or ntasks_per_node x nodes)"""
     cpus_per_task: _builtins.int
     """-c; 0 = 1"""
     mem_per_node_mb: _builtins.int
-    """--mem; 0 = site default (DefMemPerCPU)"""
+    """--mem; 0 = not given (site default: DefMemPerCPU...)"""
     gpus_per_node: _builtins.int
     """--gres=gpu[:type]:N / --gpus-per-node"""
     gpu_type: _builtins.str
-    """e.g. a100; empty = any type that offers the precision"""
+    """e.g. a100 (case-sensitive, as Slurm); empty = any type"""
     time_limit_minutes: _builtins.int
-    """-t; 0 = daemon default"""
+    """-t; 0 = not given: the partition's default limit"""
     partition: _builtins.str
-    """-p; empty = any partition that fits"""
+    """-p, one or a comma-separated list; empty = any partition that fits"""
     workdir: _builtins.str
-    """-D; empty = the site's default (user's home)"""
+    """-D, absolute; empty = submit_dir"""
     output: _builtins.str
     """-o"""
     error: _builtins.str
     """-e"""
     account: _builtins.str
-    """-A, passed through to the site"""
+    """-A, per site (a site that refuses it is skipped)"""
+    max_nodes: _builtins.int
+    """-N MIN-MAX: the most nodes; 0 = no range given"""
+    ntasks_per_node: _builtins.int
+    """--ntasks-per-node"""
+    gpus: _builtins.int
+    """-G/--gpus: GPUs for the whole job"""
+    gpus_per_task: _builtins.int
+    """--gpus-per-task"""
+    cpus_per_gpu: _builtins.int
+    """--cpus-per-gpu"""
+    mem_per_cpu_mb: _builtins.int
+    """--mem-per-cpu"""
+    mem_per_gpu_mb: _builtins.int
+    """--mem-per-gpu"""
+    mem_whole_node: _builtins.bool
+    """--mem=0: all the memory of each node"""
+    time_unlimited: _builtins.bool
+    """-t 0 / UNLIMITED (only partitions without MaxTime run it)"""
+    qos: _builtins.str
+    """-q, per site, as account"""
+    constraint: _builtins.str
+    """-C node features, per site, as account"""
+    exclude_nodes: _builtins.str
+    """-x node names; each site is told the ones it has"""
+    exclusive: _builtins.str
+    """--exclusive[=user|mcs|topo] -> exclusive|user|mcs|topo; -s -> oversubscribe"""
+    comment: _builtins.str
+    """--comment, kept as given (metasched's tag is added beside it)"""
+    other_gres: _builtins.str
+    """--gres entries other than GPUs (e.g. "nvme:1"), or "none" """
+    export_mode: _builtins.str
+    """all (or empty): environment is the submitter's whole environment (sbatch's default);
+    none: no variables given, the job starts from the user's login environment at the site;
+    list: --export=A,B=x: just these, over the login environment; nil: none at all.
+    """
+    submit_dir: _builtins.str
+    """where the user submitted from: the default workdir, base of a relative -D"""
+    ignore_pbs: _builtins.bool
+    """--ignore-pbs: #PBS/#BSUB lines are comments"""
+    submit_key: _builtins.str
+    """A retried submission with the same key (same user, within the daemon's window) gets
+    the job the first one made instead of a second job. msub sends one by default.
+    """
     array: _builtins.str
     """Arrays and dependencies (docs/arrays.md). Text in sbatch's own syntax, parsed by
     metasched.jobspec (parse_array, parse_dependency) in msub and again in the daemon.
@@ -225,7 +295,7 @@ class JobSpec(_message.Message):
     """
     @_builtins.property
     def sites(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """--site: only these sites (empty = any)"""
+        """--site (or -M): only these sites (empty = any)"""
 
     @_builtins.property
     def exclude_sites(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -233,7 +303,17 @@ class JobSpec(_message.Message):
 
     @_builtins.property
     def environment(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
-        """exported into the job (SBATCH --export style)"""
+        """the variables the job gets, with their values (see export_mode)"""
+
+    @_builtins.property
+    def script_args(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """arguments after the script (sbatch script.sh ARGS...)"""
+
+    @_builtins.property
+    def sbatch_options(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """sbatch options passed to the site's sbatch unchanged, "--name" or "--name=value", in the
+        order sbatch would have read them; only options the table passes through are accepted.
+        """
 
     def __init__(
         self,
@@ -256,6 +336,27 @@ class JobSpec(_message.Message):
         error: _builtins.str = ...,
         environment: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         account: _builtins.str = ...,
+        max_nodes: _builtins.int = ...,
+        ntasks_per_node: _builtins.int = ...,
+        gpus: _builtins.int = ...,
+        gpus_per_task: _builtins.int = ...,
+        cpus_per_gpu: _builtins.int = ...,
+        mem_per_cpu_mb: _builtins.int = ...,
+        mem_per_gpu_mb: _builtins.int = ...,
+        mem_whole_node: _builtins.bool = ...,
+        time_unlimited: _builtins.bool = ...,
+        qos: _builtins.str = ...,
+        constraint: _builtins.str = ...,
+        exclude_nodes: _builtins.str = ...,
+        exclusive: _builtins.str = ...,
+        comment: _builtins.str = ...,
+        other_gres: _builtins.str = ...,
+        export_mode: _builtins.str = ...,
+        submit_dir: _builtins.str = ...,
+        script_args: _abc.Iterable[_builtins.str] | None = ...,
+        sbatch_options: _abc.Iterable[_builtins.str] | None = ...,
+        ignore_pbs: _builtins.bool = ...,
+        submit_key: _builtins.str = ...,
         array: _builtins.str = ...,
         dependency: _builtins.str = ...,
         begin_time: _builtins.float = ...,
@@ -264,7 +365,7 @@ class JobSpec(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "array", b"array", "begin_time", b"begin_time", "cpus_per_task", b"cpus_per_task", "dependency", b"dependency", "environment", b"environment", "error", b"error", "exclude_sites", b"exclude_sites", "gpu_type", b"gpu_type", "gpus_per_node", b"gpus_per_node", "hold", b"hold", "keep_invalid_dependency", b"keep_invalid_dependency", "mem_per_node_mb", b"mem_per_node_mb", "name", b"name", "nodes", b"nodes", "ntasks", b"ntasks", "output", b"output", "partition", b"partition", "precision", b"precision", "script", b"script", "sites", b"sites", "time_limit_minutes", b"time_limit_minutes", "workdir", b"workdir"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "array", b"array", "begin_time", b"begin_time", "comment", b"comment", "constraint", b"constraint", "cpus_per_gpu", b"cpus_per_gpu", "cpus_per_task", b"cpus_per_task", "dependency", b"dependency", "environment", b"environment", "error", b"error", "exclude_nodes", b"exclude_nodes", "exclude_sites", b"exclude_sites", "exclusive", b"exclusive", "export_mode", b"export_mode", "gpu_type", b"gpu_type", "gpus", b"gpus", "gpus_per_node", b"gpus_per_node", "gpus_per_task", b"gpus_per_task", "hold", b"hold", "ignore_pbs", b"ignore_pbs", "keep_invalid_dependency", b"keep_invalid_dependency", "max_nodes", b"max_nodes", "mem_per_cpu_mb", b"mem_per_cpu_mb", "mem_per_gpu_mb", b"mem_per_gpu_mb", "mem_per_node_mb", b"mem_per_node_mb", "mem_whole_node", b"mem_whole_node", "name", b"name", "nodes", b"nodes", "ntasks", b"ntasks", "ntasks_per_node", b"ntasks_per_node", "other_gres", b"other_gres", "output", b"output", "partition", b"partition", "precision", b"precision", "qos", b"qos", "sbatch_options", b"sbatch_options", "script", b"script", "script_args", b"script_args", "sites", b"sites", "submit_dir", b"submit_dir", "submit_key", b"submit_key", "time_limit_minutes", b"time_limit_minutes", "time_unlimited", b"time_unlimited", "workdir", b"workdir"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -590,6 +691,10 @@ class ListJobsRequest(_message.Message):
     INCLUDE_FINAL_FIELD_NUMBER: _builtins.int
     LIMIT_FIELD_NUMBER: _builtins.int
     CURSOR_FIELD_NUMBER: _builtins.int
+    JOB_IDS_FIELD_NUMBER: _builtins.int
+    USERS_FIELD_NUMBER: _builtins.int
+    SINCE_FIELD_NUMBER: _builtins.int
+    NAMES_FIELD_NUMBER: _builtins.int
     ARRAY_ID_FIELD_NUMBER: _builtins.int
     all_users: _builtins.bool
     """admins only; others see their own jobs"""
@@ -597,11 +702,25 @@ class ListJobsRequest(_message.Message):
     limit: _builtins.int
     cursor: _builtins.str
     """opaque: a previous page's next_cursor; empty = the first page"""
+    since: _builtins.float
+    """only jobs submitted, or ended, at or after this time (sacct -S)"""
     array_id: _builtins.int
     """only this array's tasks (0 = any job)"""
     @_builtins.property
     def states(self) -> _containers.RepeatedScalarFieldContainer[Global___JobState.ValueType]:
-        """empty = not final"""
+        """empty = not final (or any state, with include_final)"""
+
+    @_builtins.property
+    def job_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """only these jobs (squeue -j)"""
+
+    @_builtins.property
+    def users(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """only these users' jobs (squeue -u; others' need admin)"""
+
+    @_builtins.property
+    def names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """only jobs with these names (squeue -n)"""
 
     def __init__(
         self,
@@ -611,11 +730,15 @@ class ListJobsRequest(_message.Message):
         include_final: _builtins.bool = ...,
         limit: _builtins.int = ...,
         cursor: _builtins.str = ...,
+        job_ids: _abc.Iterable[_builtins.int] | None = ...,
+        users: _abc.Iterable[_builtins.str] | None = ...,
+        since: _builtins.float = ...,
+        names: _abc.Iterable[_builtins.str] | None = ...,
         array_id: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["all_users", b"all_users", "array_id", b"array_id", "cursor", b"cursor", "include_final", b"include_final", "limit", b"limit", "states", b"states"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["all_users", b"all_users", "array_id", b"array_id", "cursor", b"cursor", "include_final", b"include_final", "job_ids", b"job_ids", "limit", b"limit", "names", b"names", "since", b"since", "states", b"states", "users", b"users"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1092,6 +1215,7 @@ class NodeReport(_message.Message):
     ALLOC_MEM_MB_FIELD_NUMBER: _builtins.int
     GPUS_FIELD_NUMBER: _builtins.int
     ALLOC_GPUS_FIELD_NUMBER: _builtins.int
+    FEATURES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     state: _builtins.str
     """idle, mixed, allocated, down, drained, ..."""
@@ -1105,6 +1229,10 @@ class NodeReport(_message.Message):
     def gpus(self) -> _containers.RepeatedCompositeFieldContainer[Global___GpuCount]: ...
     @_builtins.property
     def alloc_gpus(self) -> _containers.RepeatedCompositeFieldContainer[Global___GpuCount]: ...
+    @_builtins.property
+    def features(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """the node's active features (-C/--constraint)"""
+
     def __init__(
         self,
         *,
@@ -1117,10 +1245,11 @@ class NodeReport(_message.Message):
         alloc_mem_mb: _builtins.int = ...,
         gpus: _abc.Iterable[Global___GpuCount] | None = ...,
         alloc_gpus: _abc.Iterable[Global___GpuCount] | None = ...,
+        features: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["alloc_cpus", b"alloc_cpus", "alloc_gpus", b"alloc_gpus", "alloc_mem_mb", b"alloc_mem_mb", "cpus", b"cpus", "gpus", b"gpus", "mem_mb", b"mem_mb", "name", b"name", "partitions", b"partitions", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alloc_cpus", b"alloc_cpus", "alloc_gpus", b"alloc_gpus", "alloc_mem_mb", b"alloc_mem_mb", "cpus", b"cpus", "features", b"features", "gpus", b"gpus", "mem_mb", b"mem_mb", "name", b"name", "partitions", b"partitions", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1223,6 +1352,7 @@ class SiteReport(_message.Message):
     ERROR_FIELD_NUMBER: _builtins.int
     MAPPED_USERS_FIELD_NUMBER: _builtins.int
     MAPS_ALL_USERS_FIELD_NUMBER: _builtins.int
+    REPORTS_FEATURES_FIELD_NUMBER: _builtins.int
     slurm_version: _builtins.str
     backend: _builtins.str
     """"cli" or "pyslurm" """
@@ -1231,6 +1361,8 @@ class SiteReport(_message.Message):
     """why slurm is unreachable"""
     maps_all_users: _builtins.bool
     """identity mapping ("*"): every global user is a local user"""
+    reports_features: _builtins.bool
+    """nodes' features are reported (an older agent's are unknown)"""
     @_builtins.property
     def partitions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Partition]: ...
     @_builtins.property
@@ -1255,10 +1387,11 @@ class SiteReport(_message.Message):
         error: _builtins.str = ...,
         mapped_users: _abc.Iterable[_builtins.str] | None = ...,
         maps_all_users: _builtins.bool = ...,
+        reports_features: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "error", b"error", "jobs", b"jobs", "mapped_users", b"mapped_users", "maps_all_users", b"maps_all_users", "nodes", b"nodes", "partitions", b"partitions", "slurm_reachable", b"slurm_reachable", "slurm_version", b"slurm_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "error", b"error", "jobs", b"jobs", "mapped_users", b"mapped_users", "maps_all_users", b"maps_all_users", "nodes", b"nodes", "partitions", b"partitions", "reports_features", b"reports_features", "slurm_reachable", b"slurm_reachable", "slurm_version", b"slurm_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

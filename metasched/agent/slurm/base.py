@@ -51,27 +51,39 @@ class LocalAccount:
 
 @dataclass(frozen=True)
 class SubmitRequest:
-    """What the agent asks Slurm to run: a validated job, placed on this site."""
+    """What the agent asks Slurm to run: a validated job, placed on this site.
+
+    `options` are the user's own sbatch options (metasched.sbatch.resolve.to_words), which
+    Slurm sizes and limits the job from exactly as sbatch would have; the script's own
+    #SBATCH lines are already neutralised. The fields below them are what the agent decides
+    for this site. The shape fields (0 = not given) are for callers without options."""
 
     script: str
-    tag: str  # goes into --comment; how we find the job again after a crash
+    tag: str  # goes into --comment (before the user's own); how we find the job after a crash
+    options: tuple[str, ...] = ()
     name: str = ""
-    partition: str = ""
-    nodes: int = 1
-    ntasks: int = 1
-    cpus_per_task: int = 1
+    partition: str = ""  # one, or a comma-separated list (all at this site)
+    nodes: int = 0
+    ntasks: int = 0
+    cpus_per_task: int = 0
     mem_per_node_mb: int = 0  # 0 = site default
     gpus_per_node: int = 0
     gpu_type: str = ""
-    time_limit_minutes: int = 60
+    time_limit_minutes: int = 0  # 0 = the partition's default
     workdir: str = ""
     output: str = ""
     error: str = ""
     account: str = ""
+    comment: str = ""  # the user's --comment
+    exclude_nodes: str = ""  # the user's --exclude, only the names this site has
     # the job's own variables, already checked by metasched.jobenv (the agent builds every
     # SubmitRequest through SiteAgent.submit): they go to the job only, never into the
     # environment of a process the agent runs
     environment: dict[str, str] = field(default_factory=dict)
+    # all: environment is the job's whole environment; none/list/"": the user's login
+    # environment at the site, with environment over it; nil: nothing (see JobSpec)
+    export_mode: str = ""
+    script_args: tuple[str, ...] = ()
     local_user: str = ""  # run as this account (agent runs as root); "" = the agent's own
     # Slurm's own variables the agent sets for the job (an array task's SLURM_ARRAY_*: each
     # task runs as a plain Slurm job). Never the user's: their SLURM_* names are refused.
@@ -123,6 +135,7 @@ class Node:
     alloc_mem_mb: int
     gpus: dict[str, int] = field(default_factory=dict)  # type -> count ("" = untyped)
     alloc_gpus: dict[str, int] = field(default_factory=dict)
+    features: tuple[str, ...] = ()  # active features (what -C/--constraint matches)
 
     @property
     def usable(self) -> bool:

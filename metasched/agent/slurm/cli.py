@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from metasched import jobenv
+from metasched import jobenv, tags
 from metasched.agent.slurm import parse
 from metasched.agent.slurm.base import (
     JobRefused,
@@ -142,26 +142,27 @@ class CliBackend(SlurmBackend):
         return self._version
 
     # ------------------------------------------------------------ submit / cancel
-    def sbatch_args(self, req: SubmitRequest, env_fd: int) -> list[str]:
-        """The sbatch options for req (the script goes on stdin, the job's variables in the
-        file env_fd). Every value is one `--option=value` element: a value that starts with
-        '-' or holds commas or spaces stays that option's value."""
-        args = [
-            "--parsable",
-            f"--nodes={req.nodes}",
-            f"--ntasks={req.ntasks}",
-            f"--cpus-per-task={req.cpus_per_task}",
-            f"--time={max(1, req.time_limit_minutes)}",
-            f"--comment={req.tag}",
-        ]
-        if not self.has_slurmdbd():
+    def sbatch_args(self, req: SubmitRequest, env_fd: int, script_fd: int = -1) -> list[str]:
+        """sbatch's command line for req, each option its own argv element (the script goes
+        on stdin, or in the file script_fd when it has arguments; the job's variables in the
+        file env_fd). Every option is here: the
+        script's #SBATCH lines are neutralised, and --ignore-pbs keeps #PBS / #BSUB lines
+        from being translated. A value that starts with '-' or holds commas or spaces stays
+        that option's value."""
+        args = ["--parsable", "--ignore-pbs", f"--comment={tags.comment(req.tag, req.comment)}"]
+        if not self.has_slurmdbd() and not any(o.startswith("--wckey=") for o in req.options):
             # jobcomp/filetxt (22.05) keeps no comment but does keep the WCKey: with the tag
-            # there too, a job that left squeue can still be found by tag after a crash.
+            # there too, a job that left squeue can still be found by tag after a crash
+            # (a job with the user's own --wckey is found by the id the journal keeps).
             args.append(f"--wckey={req.tag}")
-        if req.name:
-            args.append(f"--job-name={req.name}")
-        if req.partition:
-            args.append(f"--partition={req.partition}")
+        for flag, number in (
+            ("--nodes", req.nodes),
+            ("--ntasks", req.ntasks),
+            ("--cpus-per-task", req.cpus_per_task),
+            ("--time", req.time_limit_minutes),
+        ):
+            if number:
+                args.append(f"{flag}={number}")
         if req.mem_per_node_mb:
             args.append(f"--mem={req.mem_per_node_mb}M")
         if req.gpus_per_node:
@@ -170,27 +171,42 @@ class CliBackend(SlurmBackend):
         account = submitter(req)
         home = account.home if account else pwd.getpwuid(os.geteuid()).pw_dir
         for flag, value in (
+            ("--job-name", req.name),
+            ("--partition", req.partition),
             # sbatch runs in "/" (see _run): without a workdir the job starts in its
             # user's home, as a login shell would, never in the agent's directory
             ("--chdir", req.workdir or home),
             ("--output", req.output),
             ("--error", req.error),
             ("--account", req.account),
+            ("--exclude", req.exclude_nodes),
         ):
             if value:
                 if "\n" in value or "\x00" in value:
                     raise JobRefused(f"bad {flag[2:]} {value[:40]!r}")
                 args.append(f"{flag}={value}")
-        # The job's environment: the user's login environment at this site (as a batch job
-        # started by hand there gets), then the job's own variables from the export file on
-        # top. Checked on Slurm 22.05 and in 25.11's sbatch.c: with --export-file, sbatch
-        # clears its own environment first, so nothing of the agent's reaches the job;
-        # --export=<names> keeps the file and makes slurmd load the login environment (the
-        # names are looked up in sbatch's own, empty, environment: they add nothing).
-        # It is the path Slurm took before (the job's names, values from sbatch's own
-        # environment); --export=NONE would drop the file, ALL the login environment.
-        first = min({*req.environment, *req.slurm_environment}, default="")
-        args += [f"--export-file={env_fd}", f"--export={first or 'NONE'}"]
+        args.extend(req.options)
+        # The job's environment, from the export file (checked on Slurm 22.05 and in
+        # 25.11's sbatch.c: with --export-file, sbatch clears its own environment first, so
+        # nothing of the agent's reaches the job):
+        # - all (sbatch's default, what msub sends): --export=ALL, the job's environment is
+        #   the file's, the submitter's as msub captured it;
+        # - none, a list, or a client that names none: --export=<one of its names> keeps the
+        #   file and makes slurmd load the user's login environment under it (the names are
+        #   looked up in sbatch's own, empty, environment: they add nothing); --export=NONE
+        #   (no variable at all) would drop the file;
+        # - nil: nothing at all.
+        if req.export_mode == "all":
+            export = "ALL"
+        elif req.export_mode == "nil":
+            export = "NIL"
+        else:
+            export = min({*req.environment, *req.slurm_environment}, default="") or "NONE"
+        args += [f"--export-file={env_fd}", f"--export={export}"]
+        if req.script_args:
+            # sbatch takes arguments only after a script path: the script's anonymous file
+            # (not /dev/stdin: sbatch runs as the user, who may not open the agent's pipe)
+            args += [f"/proc/self/fd/{script_fd}", *req.script_args]
         return args
 
     def _sbatch(
@@ -202,23 +218,28 @@ class CliBackend(SlurmBackend):
             data = jobenv.export_file({**req.environment, **req.slurm_environment})
         except ValueError as e:
             raise JobRefused(str(e)) from None
-        fd = os.memfd_create("metasched-job-env", 0)
+        fds = [os.memfd_create("metasched-job-env", 0)]
         try:
-            _write_all(fd, data)
-            os.lseek(fd, 0, os.SEEK_SET)
-            args = self.sbatch_args(req, fd)
+            _write_all(fds[0], data)
+            os.lseek(fds[0], 0, os.SEEK_SET)
+            if req.script_args:
+                fds.append(os.memfd_create("metasched-job-script", 0))
+                _write_all(fds[1], req.script.encode("utf-8", "surrogatepass"))
+                os.lseek(fds[1], 0, os.SEEK_SET)
+            args = self.sbatch_args(req, *fds)
             if test_only:
                 args = ["--test-only", *(a for a in args if a != "--parsable")]
             return self._run(
                 "sbatch",
                 args,
-                stdin=req.script,
+                stdin="" if req.script_args else req.script,
                 check=False,
                 as_user=submitter(req),
-                pass_fds=(fd,),
+                pass_fds=tuple(fds),
             )
         finally:
-            os.close(fd)
+            for fd in fds:
+                os.close(fd)
 
     def submit(self, req: SubmitRequest) -> str:
         proc = self._sbatch(req)

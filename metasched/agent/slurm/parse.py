@@ -235,9 +235,19 @@ def parse_sinfo_json(text: str) -> list[Node]:
                 alloc_mem_mb=number(n.get("alloc_memory")),
                 gpus=parse_gres(n.get("gres")),
                 alloc_gpus=parse_gres(n.get("gres_used")),
+                features=features(n.get("active_features") or n.get("features")),
             )
         )
     return out
+
+
+def features(value: Any) -> tuple[str, ...]:
+    """A node's features: "a,b" (22.05), {"active": "a,b", "total": ...} (23.11+) or a list."""
+    if isinstance(value, Mapping):
+        value = value.get("active") or value.get("total")
+    if isinstance(value, str):
+        value = value.split(",")
+    return tuple(str(f).strip() for f in value or () if str(f).strip())
 
 
 def _nodes_from_sinfo_entries(entries: Iterable[JsonObj]) -> list[Node]:
@@ -270,6 +280,7 @@ def _nodes_from_sinfo_entries(entries: Iterable[JsonObj]) -> list[Node]:
                 alloc_mem_mb=number(mem.get("allocated")) // k,
                 gpus=total_gpus,
                 alloc_gpus=used_gpus,
+                features=features(e.get("features")),
             )
     return list(by_name.values())
 

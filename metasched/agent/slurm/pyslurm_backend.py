@@ -16,6 +16,7 @@ import pwd
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
+from metasched import jobspec, tags
 from metasched.agent.slurm import parse
 from metasched.agent.slurm.base import (
     Node,
@@ -26,6 +27,7 @@ from metasched.agent.slurm.base import (
     SlurmUnavailable,
     SubmitRequest,
 )
+from metasched.sbatch import argv as sargv
 
 # Slurm errnos meaning "could not talk to slurmctld" (slurm_errno.h: communication errors
 # 1000-1010, protocol socket errors 5000-5010).
@@ -94,6 +96,7 @@ def node_from_pyslurm(node: Any) -> Node:
         alloc_mem_mb=_num(getattr(node, "allocated_memory", 0)),
         gpus=_gres_counts(getattr(node, "configured_gres", None)),
         alloc_gpus=_gres_counts(getattr(node, "allocated_gres", None)),
+        features=parse.features(getattr(node, "active_features", None)),
     )
 
 
@@ -110,20 +113,141 @@ def partition_from_pyslurm(part: Any) -> PartitionInfo:
     )
 
 
+# sbatch options -> pyslurm 25.11 JobSubmitDescription attributes (its documented names):
+# (attribute, how the value is given): "str" as written, "int" a number, "minutes" a time
+# limit in minutes (pyslurm takes an int there: "10" raises TypeError), "list" appended to
+# a comma list (--mail-type adds up), or a constant for flags.
+_ATTRS: dict[str, tuple[str, Any]] = {
+    "job-name": ("name", "str"),
+    "account": ("account", "str"),
+    "qos": ("qos", "str"),
+    "constraint": ("constraints", "str"),
+    "nodes": ("nodes", "str"),
+    "ntasks": ("ntasks", "int"),
+    "ntasks-per-node": ("ntasks_per_node", "int"),
+    "cpus-per-task": ("cpus_per_task", "int"),
+    "mem": ("memory_per_node", "str"),
+    "mem-per-cpu": ("memory_per_cpu", "str"),
+    "mem-per-gpu": ("memory_per_gpu", "str"),
+    "gres": ("gres_per_node", "str"),
+    "gpus": ("gpus", "str"),
+    "gpus-per-task": ("gpus_per_task", "str"),
+    "gpus-per-socket": ("gpus_per_socket", "str"),
+    "cpus-per-gpu": ("cpus_per_gpu", "int"),
+    "time": ("time_limit", "minutes"),
+    "time-min": ("time_limit_min", "minutes"),
+    "output": ("standard_output", "str"),
+    "error": ("standard_error", "str"),
+    "input": ("standard_in", "str"),
+    "mail-type": ("mail_types", "list"),
+    "mail-user": ("mail_user", "str"),
+    "nice": ("nice", "int"),
+    "priority": ("priority", "int"),
+    "licenses": ("licenses", "str"),
+    "reservation": ("reservations", "str"),
+    "nodelist": ("required_nodes", "str"),
+    "distribution": ("distribution", "str"),
+    "deadline": ("deadline", "str"),
+    "tmp": ("temporary_disk_per_node", "str"),
+    "mincpus": ("min_cpus_per_node", "str"),
+    "sockets-per-node": ("sockets_per_node", "int"),
+    "cores-per-socket": ("cores_per_socket", "int"),
+    "threads-per-core": ("threads_per_core", "int"),
+    "ntasks-per-core": ("ntasks_per_core", "int"),
+    "ntasks-per-socket": ("ntasks_per_socket", "int"),
+    "ntasks-per-gpu": ("ntasks_per_gpu", "int"),
+    "core-spec": ("cores_reserved_for_system", "int"),
+    "thread-spec": ("threads_reserved_for_system", "int"),
+    "switches": ("switches", "str"),
+    "signal": ("signal", "str"),
+    "wckey": ("wckey", "str"),
+    "network": ("network", "str"),
+    "mcs-label": ("mcs_label", "str"),
+    "container": ("container", "str"),
+    "container-id": ("container_id", "str"),
+    "gpu-bind": ("gpu_binding", "str"),
+    "open-mode": ("log_files_open_mode", "str"),
+    "cluster-constraint": ("cluster_constraints", "str"),
+    "batch": ("batch_constraints", "str"),
+    "extra": ("extra", "str"),
+    "delay-boot": ("delay_boot_time", "str"),
+    "acctg-freq": ("accounting_gather_frequency", "str"),
+    "cpu-freq": ("cpu_frequency", "str"),
+    "segment": ("segment_size", "int"),
+    "exclusive": ("resource_sharing", "exclusive"),
+    "oversubscribe": ("resource_sharing", "oversubscribe"),
+    "no-requeue": ("is_requeueable", False),
+    "requeue": ("is_requeueable", True),
+    "contiguous": ("requires_contiguous_nodes", True),
+    "reboot": ("requires_node_reboot", True),
+    "overcommit": ("overcommit", True),
+    "spread-job": ("spreads_over_nodes", True),
+    "use-min-nodes": ("use_min_nodes", True),
+    "no-kill": ("kill_on_node_fail", False),
+    "kill-on-invalid-dep": ("kill_on_invalid_dependency", "yes"),
+    "wait-all-nodes": ("wait_all_nodes", "1"),
+}
+_ATTRS["tasks-per-node"] = _ATTRS["ntasks-per-node"]
+
+
+def option_kwargs(words: tuple[str, ...]) -> dict[str, Any]:
+    """The user's sbatch options (SubmitRequest.options) as JobSubmitDescription arguments.
+    An option pyslurm has no attribute for cannot be given at this site: refused, so the
+    daemon tries another site."""
+    given, rest = sargv.parse(list(words), sargv.CLI)
+    if rest:
+        raise SlurmError(f"bad option {rest[0][:40]!r}")
+    kw: dict[str, Any] = {}
+    for g in given:
+        name, value = g.option.name, g.value
+        if name not in _ATTRS:
+            raise SlurmError(f"--{name} cannot be given to this site's Slurm (pyslurm backend)")
+        attr, how = _ATTRS[name]
+        if how == "str":
+            kw[attr] = value
+        elif how == "int":
+            kw[attr] = int(value or 0)
+        elif how == "minutes":
+            minutes = jobspec.parse_time(value or "")
+            if not minutes:
+                raise SlurmError(f"--{name}=UNLIMITED cannot be given to the pyslurm backend")
+            kw[attr] = minutes
+        elif how == "list":
+            kw[attr] = ",".join(x for x in (kw.get(attr, ""), value or "") if x)
+        elif how == "exclusive":
+            kw[attr] = (value or "exclusive").lower()
+        elif how in ("yes", "1"):
+            kw[attr] = (value or "").lower() == how
+        elif isinstance(how, bool):
+            kw[attr] = how if value is None else (value or "").lower() not in ("off", "no")
+        else:
+            kw[attr] = how
+    return kw
+
+
 def submit_kwargs(req: SubmitRequest, uid: int | None, gid: int | None) -> dict[str, Any]:
     """JobSubmitDescription arguments for req. The environment is always given: pyslurm
     otherwise copies the agent's whole environment into the job."""
+    if req.script_args:
+        raise SlurmError("script arguments cannot be given to the pyslurm backend (script text)")
+    if req.export_mode == "nil":
+        raise SlurmError("--export=NIL cannot be given to the pyslurm backend")
     kw: dict[str, Any] = {
         "script": req.script,
-        "nodes": req.nodes,
-        "ntasks": req.ntasks,
-        "cpus_per_task": req.cpus_per_task,
-        "time_limit": max(1, req.time_limit_minutes),  # an int: "10" raises TypeError
-        "comment": req.tag,
+        "comment": tags.comment(req.tag, req.comment),
         "environment": {**req.environment, **req.slurm_environment},
-        # as sbatch --export=NONE/names: start from the user's login environment
-        "get_user_environment": True,
+        # as sbatch --export=NONE/names: start from the user's login environment; ALL: the
+        # environment given is the job's whole environment
+        "get_user_environment": req.export_mode != "all",
     }
+    for attr, number in (
+        ("nodes", req.nodes),
+        ("ntasks", req.ntasks),
+        ("cpus_per_task", req.cpus_per_task),
+        ("time_limit", req.time_limit_minutes),  # an int: "10" raises TypeError
+    ):
+        if number:
+            kw[attr] = number
     optional = {
         "name": req.name,
         "partitions": req.partition,
@@ -131,6 +255,7 @@ def submit_kwargs(req: SubmitRequest, uid: int | None, gid: int | None) -> dict[
         "standard_output": req.output,
         "standard_error": req.error,
         "account": req.account,
+        "excluded_nodes": req.exclude_nodes,
     }
     kw.update({k: v for k, v in optional.items() if v})
     if req.mem_per_node_mb:
@@ -138,6 +263,7 @@ def submit_kwargs(req: SubmitRequest, uid: int | None, gid: int | None) -> dict[
     if req.gpus_per_node:
         gtype = f"{req.gpu_type}:" if req.gpu_type else ""
         kw["gres_per_node"] = f"gpu:{gtype}{req.gpus_per_node}"
+    kw.update(option_kwargs(req.options))
     if uid is not None:
         kw["user_id"] = uid
         kw["group_id"] = gid  # user_id alone runs the job with gid root

@@ -21,7 +21,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +37,8 @@ T = TypeVar("T")
 # 2: array tasks (jobs.array_id/array_task, their shared spec in `arrays`) and holds
 # (jobs.held). A version-1 file is upgraded in place; a version-1 daemon refuses a version-2
 # file (its task rows keep their spec in `arrays`, which it would not know to read).
+# jobs.priority and jobs.admin_held (admins' priority and holds) are added in place to a file
+# without them, with no new version: a metaschedd that does not know them reads the rest.
 SCHEMA_VERSION = 2
 MAX_BATCH = 2000
 # Rows per multi-row INSERT of new jobs: 7 parameters a row stays under SQLite's oldest
@@ -95,6 +97,8 @@ class JobRow:
     array_id: int = 0
     array_task: int = 0
     held: bool = False  # held by its user (msub hold / --hold) until released
+    admin_held: bool = False  # held by an admin: only an admin releases it
+    priority: int = 0  # set by an admin: the global queue is placed by priority, then id
 
 
 @dataclass(frozen=True)
@@ -140,6 +144,8 @@ _JOB_COLUMNS = {
     "array_id": int,
     "array_task": int,
     "held": int,
+    "admin_held": int,
+    "priority": int,
 }
 
 
@@ -179,6 +185,8 @@ def _row_to_job(r: sqlite3.Row, spec: pb.JobSpec | None = None) -> JobRow:
         array_id=r["array_id"] or 0,
         array_task=r["array_task"] or 0,
         held=bool(r["held"]),
+        admin_held=bool(r["admin_held"]),
+        priority=r["priority"] or 0,
     )
 
 
@@ -207,6 +215,8 @@ _UPDATABLE = (
     "cancel_requested",
     "avoid_sites",
     "held",
+    "admin_held",
+    "priority",
 )
 
 
@@ -238,7 +248,7 @@ def _keep_first_estimate(old: JobRow, fields: dict[str, Any]) -> dict[str, Any]:
 def _db_value(name: str, value: Any) -> Any:
     if name == "state":
         return str(value)
-    if name in ("cancel_requested", "held"):
+    if name in ("cancel_requested", "held", "admin_held"):
         return int(bool(value))
     if name == "avoid_sites":
         return ",".join(value)
@@ -504,6 +514,18 @@ class Batch:
 
 def _insert_one(nj: NewJob) -> Callable[[Batch], JobRow]:
     return lambda b: b.insert_jobs([nj])[0]  # the spec is serialised already
+
+
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    """A job's run, clipped to the window Store.history was asked about."""
+
+    job_id: int
+    user: str
+    site: str
+    start: float
+    end: float
+    spec: pb.JobSpec
 
 
 @dataclass(frozen=True, slots=True)
@@ -965,17 +987,39 @@ class Store:
         rows = [self._job_of_row(conn, r) for r in conn.execute(sql, args)]
         return sorted(rows, key=lambda j: j.id)
 
-    def history(self, since: float, until: float) -> list[tuple[str, str, float, float, bytes]]:
-        """(user, site, started_at, ended_at, spec) of every job that ran at some time in
-        [since, until): usage accounting and the status page's plots. A read, off the writer."""
-        return [
-            (r[0], r[1], r[2], r[3], r[4])
-            for r in self._reader().execute(
-                "SELECT user, site, started_at, ended_at, spec FROM jobs WHERE started_at > 0 "
-                "AND started_at < ? AND (ended_at = 0 OR ended_at >= ?)",
-                (until, since),
+    def history(self, since: float, until: float) -> Iterator[RunRecord]:
+        """Every job that ran at some time in [since, until), with the part of its run in
+        that window: usage accounting and the status page's plots. A read, off the writer,
+        one job at a time (a long window holds many jobs, and their scripts).
+        A job that ended without an end time (cancelled while running, lost) ended when it
+        became final; one still running runs until `until`."""
+        finals = tuple(str(s) for s in FINAL_STATES)
+        conn = self._reader()
+        rows = conn.execute(
+            # (a column a job never set is NULL, not 0)
+            "SELECT id, user, site, started_at, ended_at, updated_at, state, spec, array_id "
+            "FROM jobs WHERE started_at > 0 AND started_at < ? AND (ended_at >= ? OR "
+            "(IFNULL(ended_at, 0) = 0 AND (state NOT IN ({}) OR updated_at >= ?)))".format(
+                ",".join("?" * len(finals))
+            ),
+            (until, since, *finals, since),
+        )
+        for r in rows:
+            ended = r["ended_at"] or (r["updated_at"] if r["state"] in finals else until)
+            array_id = r["array_id"]
+            if array_id:
+                spec = self.array_spec(array_id, conn)
+            else:
+                spec = pb.JobSpec()
+                spec.ParseFromString(r["spec"] or b"")
+            yield RunRecord(
+                r["id"],
+                r["user"],
+                r["site"] or "",
+                max(since, r["started_at"]),
+                min(until, max(ended, r["started_at"])),
+                spec,
             )
-        ]
 
     def live_at(self, site: str) -> list[JobRow]:
         """The live jobs last sent to `site` (any state; callers filter), oldest first."""

@@ -102,7 +102,7 @@ class AgentService(pb_grpc.AgentServiceServicer):
         if first.WhichOneof("body") != "hello":
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message must be Hello")
         site = self._authenticate(first.hello, context)
-        link = AgentLink(site, context.peer())
+        link = AgentLink(site, context.peer(), first.hello.agent_version)
         old = self.s.sites.connect(site, link)
         if old is not None:
             old.close()

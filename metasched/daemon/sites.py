@@ -25,9 +25,10 @@ ADMIN_STATES = ("online", "draining", "retired")
 class AgentLink:
     """The daemon's end of one agent stream: an outbox the stream's response generator drains."""
 
-    def __init__(self, site: str, peer: str) -> None:
+    def __init__(self, site: str, peer: str, agent_version: str = "") -> None:
         self.site = site
         self.peer = peer
+        self.agent_version = agent_version
         self.outbox: queue.Queue[pb.DaemonMessage | None] = queue.Queue()
         self.closed = threading.Event()
 
@@ -47,6 +48,7 @@ class Site:
     report: pb.SiteReport | None = None
     last_seen: float = 0.0
     link: AgentLink | None = None
+    agent_version: str = ""  # of the agent last connected
     online: bool = False
     # derived from the report once per report, for placement
     view_base: SiteView | None = None
@@ -175,6 +177,7 @@ class SiteRegistry:
         with self._lock:
             site = self.ensure(name)
             old, site.link = site.link, link
+            site.agent_version = link.agent_version
             self.version += 1
             return old
 

@@ -79,6 +79,23 @@ def _started(j: SlurmJob) -> bool:
     return bool(j.node_names) or (j.start_time > 0 and j.end_time - j.start_time >= 1)
 
 
+def _cancelled(before: SlurmJob | None, after: SlurmJob | None) -> tuple[bool, str]:
+    """Whether our scancel ended the job, from how the site's queue showed it just before and
+    just after (done, else why not). Ended: gone, final, or COMPLETING when it was not before
+    (Slurm ends a cancelled running job at once and shows it COMPLETING until its nodes are
+    clean; 23.11+ say CANCELLED first, 22.05 only COMPLETING)."""
+    if after is None:
+        return True, ""
+    state = from_slurm(after.state)
+    if state is not None and state.is_final:
+        return True, ""
+    if after.state == "COMPLETING":
+        if before is None or before.state != "COMPLETING":
+            return True, ""
+        return False, "it was already ending (COMPLETING) when the cancel came; its end follows"
+    return False, f"still {after.state or 'in the queue'} after scancel"
+
+
 def _gpu_counts(d: dict[str, int]) -> list[pb.GpuCount]:
     return [pb.GpuCount(type=t, count=c) for t, c in sorted(d.items()) if c]
 
@@ -412,8 +429,7 @@ class SiteAgent:
             if cmd.only_if_pending:
                 res.done, res.error = self._recalled(sid, cmd.tag, after)
             else:
-                state = from_slurm(after.state) if after else None
-                res.done = after is None or (state is not None and state.is_final)
+                res.done, res.error = _cancelled(found, after)
         else:
             res.done = True  # never reached Slurm, and now never will
         return res
@@ -452,10 +468,10 @@ class SiteAgent:
         after = self._by_tag(fresh=True) if todo else {}
         out = pb.CancelResults()
         for c in cmd.jobs:
-            left = after.get(c.tag)
-            state = from_slurm(left.state) if left else None
-            done = left is None or (state is not None and state.is_final)
-            out.results.append(pb.CancelResult(job_id=c.job_id, attempt=c.attempt, done=done))
+            done, error = _cancelled(queued.get(c.tag), after.get(c.tag))
+            out.results.append(
+                pb.CancelResult(job_id=c.job_id, attempt=c.attempt, done=done, error=error)
+            )
         return out
 
     def _by_tag(self, fresh: bool) -> dict[str, SlurmJob]:

@@ -19,7 +19,7 @@ import os
 import shlex
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -402,7 +402,8 @@ def cmd_list(c: Client, opts: argparse.Namespace, out: Callable[[str], None]) ->
 def show_text(j: pb.Job) -> list[str]:
     lines = [
         f"Job {job_name(j)} ({j.spec.name}) of {j.user}: {state_name(j.state)}"
-        + ("  (held)" if j.held else ""),
+        + ("  (held by an admin)" if j.held_by_admin else "  (held)" if j.held else "")
+        + (f"  priority {j.priority}" if j.priority else ""),
         f"  site {j.site or '-'}  partition {j.partition or '-'}  slurm job {j.slurm_job_id or '-'}"
         f"  attempt {j.attempt}",
         f"  submitted {stamp(j.submitted_at)}  started {stamp(j.started_at)}"
@@ -591,16 +592,24 @@ def cmd_sites(c: Client, opts: argparse.Namespace, out: Callable[[str], None]) -
     if opts.json:
         out(jsonout.dumps(list(resp.sites)))
         return 0
-    out(
+    for line in sites_table(resp.sites):
+        out(line)
+    return 0
+
+
+def wait_text(s: pb.SiteSummary) -> str:
+    """A site's WAIT: "none" only when a one-core job would start there at once."""
+    if s.est_wait_seconds < 0 or s.state != "online":
+        return "-"
+    return "none" if s.est_wait_seconds == 0 else duration(max(1.0, s.est_wait_seconds))
+
+
+def sites_table(sites: Sequence[pb.SiteSummary]) -> list[str]:
+    lines = [
         f"{'SITE':<12} {'STATE':<9} {'CPUS FREE':>11} {'GPUS FREE':>10} {'RUN':>4} {'PEND':>5} "
         f"{'WAIT (1 cpu,1h)':<16} PARTITIONS / PRECISIONS"
-    )
-    for s in resp.sites:
-        wait = (
-            "-"
-            if s.est_wait_seconds < 0 or s.state != "online"
-            else (duration(s.est_wait_seconds) if s.est_wait_seconds > 60 else "none")
-        )
+    ]
+    for s in sites:
         parts = "; ".join(
             f"{p.name}: {p.nodes}x{p.cpus_per_node}c"
             + "".join(f"+{g.count}x{g.type}" for g in p.gpus_per_node)
@@ -609,12 +618,12 @@ def cmd_sites(c: Client, opts: argparse.Namespace, out: Callable[[str], None]) -
             + "]"
             for p in s.partitions
         )
-        out(
+        lines.append(
             f"{s.name:<12} {s.state:<9} {s.free_cpus:>5}/{s.total_cpus:<5} "
             f"{s.free_gpus:>4}/{s.total_gpus:<5} {s.running_jobs:>4} {s.pending_jobs:>5} "
-            f"{wait:<16} {parts}"
+            f"{wait_text(s):<16} {parts}"
         )
-    return 0
+    return lines
 
 
 def parser_for(command: str) -> argparse.ArgumentParser:

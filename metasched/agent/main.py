@@ -9,6 +9,7 @@ import threading
 
 from metasched import log
 from metasched.agent import config as agent_config
+from metasched.agent import metrics
 from metasched.agent.journal import Journal
 from metasched.agent.site_agent import SiteAgent
 from metasched.agent.slurm import make_backend
@@ -65,10 +66,22 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     journal = Journal(cfg.state_dir / "journal.db")
     agent = SiteAgent(cfg, backend, journal, keys)
+    metrics_at = None
+    if cfg.metrics_listen:
+        try:
+            metrics_at = metrics.serve(agent.metrics, cfg.metrics_listen)
+        except OSError as e:
+            print(
+                f"metasched-agent: cannot serve metrics on {cfg.metrics_listen}: {e}",
+                file=sys.stderr,
+            )
+            return 1
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    log.get(site=cfg.site).info("agent_started", daemon=cfg.daemon, backend=backend.name)
+    log.get(site=cfg.site).info(
+        "agent_started", daemon=cfg.daemon, backend=backend.name, metrics=metrics_at
+    )
     agent.run(stop)
     journal.close()
     return 0

@@ -30,6 +30,7 @@ from metasched import arrays, catalog, jobenv, log, output_names, tags
 from metasched.agent import output
 from metasched.agent.config import AgentConfig
 from metasched.agent.journal import Journal
+from metasched.agent.metrics import AgentMetrics
 from metasched.agent.slurm.base import (
     JobRefused,
     Node,
@@ -96,6 +97,24 @@ def _cancelled(before: SlurmJob | None, after: SlurmJob | None) -> tuple[bool, s
     return False, f"still {after.state or 'in the queue'} after scancel"
 
 
+def _outcome(answer: pb.AgentMessage | None) -> str:
+    """A command's outcome as the agent's metrics count it, from its answer."""
+    if answer is None:
+        return "still_queued"  # a resolve of a job still in the queue: its report tells
+    kind = answer.WhichOneof("body")
+    if kind == "submit_result":
+        return "submitted" if answer.submit_result.slurm_job_id else "refused"
+    if kind == "cancel_result":
+        return "done" if answer.cancel_result.done else "not_done"
+    if kind == "cancel_results":
+        return "done" if all(r.done for r in answer.cancel_results.results) else "not_done"
+    if kind == "job_update":
+        return "no_record" if answer.job_update.resolved_from == "none" else "resolved"
+    if kind == "output":
+        return "error" if answer.output.error else "read"
+    return "answered"
+
+
 def _gpu_counts(d: dict[str, int]) -> list[pb.GpuCount]:
     return [pb.GpuCount(type=t, count=c) for t, c in sorted(d.items()) if c]
 
@@ -148,12 +167,18 @@ def job_ids(
 
 class SiteAgent:
     def __init__(
-        self, cfg: AgentConfig, backend: SlurmBackend, journal: Journal, keys: TagKeys
+        self,
+        cfg: AgentConfig,
+        backend: SlurmBackend,
+        journal: Journal,
+        keys: TagKeys,
+        metrics: AgentMetrics | None = None,
     ) -> None:
         self.cfg = cfg
         self.backend = backend
         self.journal = journal
         self.keys = keys
+        self.metrics = metrics or AgentMetrics(cfg.site, AGENT_VERSION, backend.name, journal)
         self._forged_seen: set[tuple[str, str]] = set()
         # (Slurm id, comment, owner) -> its tag if ours, None if not: verdicts that hold
         self._verdicts: dict[tuple[str, str, str], tags.Tag | None] = {}
@@ -218,6 +243,9 @@ class SiteAgent:
             )
         ours = self._ours(jobs)
         rep.jobs.extend(job_report(j, ours.get(j.job_id)) for j in jobs)
+        self.metrics.queue_seen(
+            Counter(j.state for j in jobs), Counter(j.state for j in jobs if j.job_id in ours)
+        )
         rep.maps_all_users = self.cfg.users.identity
         rep.mapped_users.extend(sorted(self.cfg.users.accounts))
         return rep
@@ -282,6 +310,7 @@ class SiteAgent:
         if len(self._forged_seen) > 100_000:
             self._forged_seen.clear()
         self._forged_seen.add(key)
+        self.metrics.forged_tags.inc()
         self.log.warning(
             "forged_tag_ignored", slurm_job_id=j.job_id, user=j.user, tag=j.comment, why=why
         )
@@ -376,7 +405,8 @@ class SiteAgent:
         )
         self.journal.record(cmd.tag, cmd.job_id, cmd.attempt, "intent", local_user=local)
         try:
-            sid = self.backend.submit(req)
+            with self.metrics.sbatch_seconds.time():
+                sid = self.backend.submit(req)
         except SlurmUnavailable as e:
             # Unknown whether it reached Slurm: answer nothing; the daemon asks again and the
             # journal's intent makes us look before submitting a second time.
@@ -527,25 +557,37 @@ class SiteAgent:
 
     def handle(self, msg: pb.DaemonMessage) -> pb.AgentMessage | None:
         kind = msg.WhichOneof("body")
+        outcome = "unknown"
         try:
-            if kind == "submit":
-                return pb.AgentMessage(submit_result=self.submit(msg.submit))
-            if kind == "cancel":
-                return pb.AgentMessage(cancel_result=self.cancel(msg.cancel))
-            if kind == "resolve":
-                upd = self.resolve(msg.resolve)
-                return pb.AgentMessage(job_update=upd) if upd else None
-            if kind == "cancel_jobs":
-                return pb.AgentMessage(cancel_results=self.cancel_jobs(msg.cancel_jobs))
-            if kind == "read_output":
-                return pb.AgentMessage(output=self.read_output(msg.read_output))
+            answer = self._carry_out(kind, msg)
+            outcome = _outcome(answer)
+            return answer
         except SlurmUnavailable as e:
+            outcome = "deferred"
             self.log.warning("command_deferred", kind=kind, error=str(e))
         except SlurmError as e:
             # Unanswered on purpose: the daemon re-sends it, and every command is idempotent.
+            outcome = "failed"
             self.log.warning("command_failed", kind=kind, error=str(e))
         except Exception:
+            outcome = "crashed"
             self.log.exception("command_crashed", kind=kind)
+        finally:
+            self.metrics.commands.labels(kind or "none", outcome).inc()
+        return None
+
+    def _carry_out(self, kind: str | None, msg: pb.DaemonMessage) -> pb.AgentMessage | None:
+        if kind == "submit":
+            return pb.AgentMessage(submit_result=self.submit(msg.submit))
+        if kind == "cancel":
+            return pb.AgentMessage(cancel_result=self.cancel(msg.cancel))
+        if kind == "resolve":
+            upd = self.resolve(msg.resolve)
+            return pb.AgentMessage(job_update=upd) if upd else None
+        if kind == "cancel_jobs":
+            return pb.AgentMessage(cancel_results=self.cancel_jobs(msg.cancel_jobs))
+        if kind == "read_output":
+            return pb.AgentMessage(output=self.read_output(msg.read_output))
         return None
 
     # ---------------------------------------------------------------- the stream
@@ -607,6 +649,7 @@ class SiteAgent:
             stream = pb_grpc.AgentServiceStub(channel).Connect(requests())
             for msg in stream:
                 if msg.WhichOneof("body") == "welcome":
+                    self.metrics.connected(True)
                     self.report_interval = msg.welcome.report_interval or self.report_interval
                     self.log.info(
                         "connected_to_daemon",
@@ -622,6 +665,7 @@ class SiteAgent:
                 if stop.is_set():
                     break
         finally:
+            self.metrics.connected(False)
             ended.set()
             outbox.put(None)
             channel.close()
@@ -636,11 +680,14 @@ class SiteAgent:
         last_sent = 0.0
         while not stop.is_set() and not ended.is_set():
             try:
+                t0 = time.perf_counter()
                 rep = self.report()
+                self.metrics.polled(time.perf_counter() - t0, rep.slurm_reachable)
                 body = rep.SerializeToString(deterministic=True)
                 now = time.monotonic()
                 if body != last or now - last_sent >= self.report_interval:
                     outbox.put(pb.AgentMessage(report=rep))
+                    self.metrics.report_sent(len(body))
                     last, last_sent = body, now
             except Exception:
                 # The poller is the site's heartbeat: it must outlive any one bad poll.

@@ -84,6 +84,7 @@ class AgentMetrics(Collector):
         self._connected = False
         self._slurm_up: bool | None = None  # None: not polled yet
         self._last_poll = math.nan
+        self._polled_at = 0.0
         self._report_bytes = 0
         self._report_sent = 0.0  # time.monotonic() of the last report sent; 0 = none yet
         self._jobs: Counter[tuple[str, str]] = Counter()
@@ -93,12 +94,19 @@ class AgentMetrics(Collector):
 
     def connected(self, up: bool) -> None:
         self._connected = up
+        self._polled_at = time.monotonic()  # the poller starts with the session
+
+    def since_last_poll(self) -> float | None:
+        """Seconds since a poll of Slurm last ended (or the session began); None between
+        sessions, when the agent polls nothing."""
+        return time.monotonic() - self._polled_at if self._connected else None
 
     def polled(self, seconds: float, reached_slurm: bool) -> None:
         self.poll_seconds.observe(seconds)
         if not reached_slurm:
             self.poll_failures.inc()
         self._slurm_up, self._last_poll = reached_slurm, seconds
+        self._polled_at = time.monotonic()
 
     def report_sent(self, size: int) -> None:
         with self._lock:

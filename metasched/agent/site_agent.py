@@ -592,6 +592,13 @@ class SiteAgent:
 
     # ---------------------------------------------------------------- the stream
 
+    def polling(self, limit: float) -> bool:
+        """False only when, connected, no poll of Slurm has ended for `limit` seconds: a
+        wedged poller, which systemd's watchdog restarts. Between sessions the agent is
+        reconnecting (with backoff), not wedged."""
+        since = self.metrics.since_last_poll()
+        return since is None or since < limit
+
     def run(self, stop: threading.Event) -> None:
         """Stay connected until `stop` is set, reconnecting with backoff."""
         delay = 1.0

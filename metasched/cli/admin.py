@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 from typing import Any, NoReturn
 
-from metasched import auth
+from metasched import __version__, auth
 from metasched.cli import errors, jsonout
 from metasched.cli.errors import UsageError
 from metasched.v1 import metasched_pb2 as pb
@@ -102,6 +102,7 @@ def parser() -> argparse.ArgumentParser:
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
     p.add_argument("--daemon", default=os.environ.get("METASCHED_DAEMON", DEFAULT_DAEMON))
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--version", action="version", version=f"metasched-admin {__version__}")
     sub = p.add_subparsers(dest="area", required=True, parser_class=_Parser)
     tok = sub.add_parser("token", parents=[common], help="user tokens for remote access")
     tsub = tok.add_subparsers(dest="action", required=True, parser_class=_Parser)

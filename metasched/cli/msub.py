@@ -25,7 +25,7 @@ from typing import Any, NoReturn
 
 import grpc
 
-from metasched import arrays, auth, jobspec
+from metasched import __version__, arrays, auth, jobspec
 from metasched.cli import errors, jsonout
 from metasched.cli.errors import UsageError
 from metasched.states import JobState
@@ -634,6 +634,7 @@ def parser_for(command: str) -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--daemon", default=os.environ.get("METASCHED_DAEMON", DEFAULT_DAEMON))
+    p.add_argument("--version", action="version", version=f"msub {__version__}")
     if command in ("submit", "plan"):
         _sbatch_options(p)
         p.add_argument("script")

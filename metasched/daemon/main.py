@@ -9,6 +9,7 @@ import sys
 import threading
 from concurrent import futures
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2_grpc
@@ -42,9 +43,14 @@ class Daemon:
         self.store = Store(cfg.db_path, synchronous=cfg.synchronous)
         self.sites = SiteRegistry(cfg.site_grace_seconds)
         self.scheduler = Scheduler(self.store, self.sites, cfg.settings)
-        self.metrics = DaemonMetrics(self.store, self.sites)
-        self.store.on_commit = self.metrics.commit_seconds.observe
-        self.scheduler.instrument(self.metrics.timed)
+        # Metrics only where something can read them (http_listen): unserved, they would be
+        # work on every submission and commit for nobody (bench/metrics_cost.py).
+        self.metrics: DaemonMetrics | None = None
+        interceptors: list[grpc.ServerInterceptor[Any, Any]] = [MalformedRequests()]
+        if cfg.http_listen:
+            self.metrics = DaemonMetrics(self.store, self.sites)
+            self.metrics.attach(self.scheduler)
+            interceptors.insert(0, RpcMetrics(self.metrics))
         for name in cfg.site_tokens:
             self.sites.ensure(name)
         self.local_tokens = auth.LocalTokens()
@@ -61,7 +67,7 @@ class Daemon:
                 ("grpc.keepalive_permit_without_calls", 1),
             ],
             maximum_concurrent_rpcs=4096,
-            interceptors=[RpcMetrics(self.metrics), MalformedRequests()],
+            interceptors=interceptors,
         )
         pb_grpc.add_SchedulerServicer_to_server(
             UserService(
@@ -95,7 +101,7 @@ class Daemon:
             [*names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server
         )
         self.web: WebServer | None = None
-        if cfg.http_listen:
+        if self.metrics is not None:
             self.web = WebServer(
                 cfg.http_listen,
                 self.scheduler,
@@ -161,7 +167,6 @@ class Daemon:
             self.ident.start()
         if self.cfg.socket:
             os.chmod(self.cfg.socket, 0o666)  # every local user may talk to the daemon
-        self.store.add_listener(self.metrics.on_changes)
         self.scheduler.start()
         self.health.run_cycle()  # the first probe, answered before the loop's next look
         self._health_loop.start()

@@ -24,6 +24,8 @@ from metasched.states import JobState
 from metasched.store import JobRow, Store
 
 if TYPE_CHECKING:
+    from metasched.daemon.scheduler import Scheduler
+
     _Interceptor = grpc.ServerInterceptor[Any, Any]
 else:
     _Interceptor = grpc.ServerInterceptor
@@ -71,10 +73,18 @@ class DaemonMetrics(Collector):
             buckets=_ERROR,
             registry=self.registry,
         )
+        self.uses = SiteUses()
         # updated by the store's listener, once per commit
         self.submitted = 0
         self.ended: Counter[str] = Counter()
         self.registry.register(self)
+
+    def attach(self, scheduler: Scheduler) -> None:
+        """Hooks the metrics into the daemon: the store's commits and changes, and every
+        service's cycle."""
+        self.store.on_commit = self.commit_seconds.observe
+        self.store.add_listener(self.on_changes)
+        scheduler.instrument(self.timed)
 
     # ---------------------------------------------------------------- at commit
 
@@ -168,7 +178,7 @@ class DaemonMetrics(Collector):
                 state.add_metric([name, s], 1.0 if site.state == s else 0.0)
             age.add_metric([name], now - site.last_seen if site.last_seen else float("nan"))
             ours.add_metric([name], len(self.store.live_at(name)))
-            use = site_use(site.report) if site.report is not None else None
+            use = self.uses.of(name, site.report) if site.report is not None else None
             if use is None:
                 continue
             for kind in ("total", "alloc"):
@@ -208,6 +218,23 @@ class SiteUse:
         self.gpus = {"total": 0, "alloc": 0}
         self.jobs: Counter[str] = Counter()
         self.precisions: dict[str, dict[str, int]] = {}
+
+
+class SiteUses:
+    """Each site's SiteUse, computed again only when its report changed: the registry keeps a
+    site's report object until a report differs. At 1,000 sites (56,000 nodes) computing
+    them all was 1 of a scrape's 1.6 CPU s, every scrape, holding the GIL."""
+
+    def __init__(self) -> None:
+        self._by_site: dict[str, tuple[Any, SiteUse]] = {}
+
+    def of(self, site: str, report: Any) -> SiteUse:
+        hit = self._by_site.get(site)
+        if hit is not None and hit[0] is report:
+            return hit[1]
+        use = site_use(report)
+        self._by_site[site] = (report, use)  # one dict store: concurrent scrapes are safe
+        return use
 
 
 def site_use(report: Any) -> SiteUse:

@@ -137,7 +137,9 @@ def insert(store: Store, jobs: list[NewJob]) -> None:
         return b.insert_jobs(jobs)
 
     store.run(op, timeout=600)
-    store.run(lambda b: None)  # the writer is done with the batch (and its log lines) too
+    store.run(
+        lambda b: None, timeout=600
+    )  # the writer is done with the batch (and its log lines) too
 
 
 class Timed:

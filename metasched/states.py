@@ -76,8 +76,9 @@ TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     # QUEUED: its dependencies, begin time and hold all allow it now
     _S.WAITING: frozenset({_S.QUEUED, _S.CANCELLED, _S.FAILED}),
     _S.FORWARDING: frozenset(
-        # QUEUED: the site refused it or was lost before the Slurm id was confirmed
-        {_S.QUEUED, _S.PENDING, _S.RUNNING, _S.CANCELLING, _S.FAILED, *FINAL_STATES}
+        # QUEUED: the site refused it or was lost before the Slurm id was confirmed;
+        # RECALLING: an admin's requeue (the agent cancels it only if it is still pending)
+        {_S.QUEUED, _S.PENDING, _S.RUNNING, _S.CANCELLING, _S.RECALLING, _S.FAILED, *FINAL_STATES}
     ),
     _S.PENDING: frozenset({_S.RUNNING, _S.CANCELLING, _S.RECALLING, _S.QUEUED, *FINAL_STATES}),
     _S.RUNNING: frozenset({_S.PENDING, _S.CANCELLING, _S.QUEUED, *FINAL_STATES}),

@@ -35,7 +35,7 @@ import stat
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +53,8 @@ T = TypeVar("T")
 # (jobs.held). A version-1 file is upgraded in place; a version-1 daemon refuses a version-2
 # file (its task rows keep their spec in `arrays`, which it would not know to read).
 # 3: scripts in their own table (job_scripts), not inside jobs.spec or arrays.spec.
+# jobs.priority and jobs.admin_held (admins' priority and holds) are added in place to a file
+# without them, with no new version: a metaschedd that does not know them reads the rest.
 SCHEMA_VERSION = 3
 MAX_BATCH = 2000
 # Rows per multi-row INSERT of new jobs: 7 parameters a row stays under SQLite's oldest
@@ -134,6 +136,8 @@ class JobRow:
     array_id: int = 0
     array_task: int = 0
     held: bool = False  # held by its user (msub hold / --hold) until released
+    admin_held: bool = False  # held by an admin: only an admin releases it
+    priority: int = 0  # set by an admin: the global queue is placed by priority, then id
 
 
 @dataclass(frozen=True)
@@ -180,6 +184,8 @@ _JOB_COLUMNS = {
     "array_task": int,
     "held": int,
     "submit_key": str,  # the submission's idempotency key (JobSpec.submit_key), or NULL
+    "admin_held": int,
+    "priority": int,
 }
 
 
@@ -226,6 +232,8 @@ def _row_to_job(r: sqlite3.Row, spec: pb.JobSpec | None = None) -> JobRow:
             array_id=int(r["array_id"] or 0),
             array_task=int(r["array_task"] or 0),
             held=bool(r["held"]),
+            admin_held=bool(r["admin_held"]),
+            priority=int(r["priority"] or 0),
         )
     except (DecodeError, ValueError, TypeError, OverflowError) as e:
         raise DamagedRow(r["id"], f"{type(e).__name__}: {e}") from None
@@ -285,6 +293,8 @@ _UPDATABLE = (
     "cancel_requested",
     "avoid_sites",
     "held",
+    "admin_held",
+    "priority",
 )
 
 
@@ -316,7 +326,7 @@ def _keep_first_estimate(old: JobRow, fields: dict[str, Any]) -> dict[str, Any]:
 def _db_value(name: str, value: Any) -> Any:
     if name == "state":
         return str(value)
-    if name in ("cancel_requested", "held"):
+    if name in ("cancel_requested", "held", "admin_held"):
         return int(bool(value))
     if name == "avoid_sites":
         return ",".join(value)
@@ -668,6 +678,18 @@ class Batch:
 
 def _insert_one(nj: NewJob) -> Callable[[Batch], JobRow]:
     return lambda b: b.insert_jobs([nj])[0]  # the spec is serialised already
+
+
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    """A job's run, clipped to the window Store.history was asked about."""
+
+    job_id: int
+    user: str
+    site: str
+    start: float
+    end: float
+    spec: pb.JobSpec
 
 
 @dataclass(frozen=True, slots=True)
@@ -1410,17 +1432,39 @@ class Store:
         found = conn.execute(sql, [*args, limit + 1]).fetchall()
         return self._decoded(conn, found[:limit]), len(found) > limit
 
-    def history(self, since: float, until: float) -> list[tuple[str, str, float, float, bytes]]:
-        """(user, site, started_at, ended_at, spec) of every job that ran at some time in
-        [since, until): usage accounting and the status page's plots. A read, off the writer."""
-        return [
-            (r[0], r[1], r[2], r[3], r[4])
-            for r in self._reader().execute(
-                "SELECT user, site, started_at, ended_at, spec FROM jobs WHERE started_at > 0 "
-                "AND started_at < ? AND (ended_at = 0 OR ended_at >= ?)",
-                (until, since),
+    def history(self, since: float, until: float) -> Iterator[RunRecord]:
+        """Every job that ran at some time in [since, until), with the part of its run in
+        that window: usage accounting and the status page's plots. A read, off the writer,
+        one job at a time (a long window holds many jobs, and their scripts).
+        A job that ended without an end time (cancelled while running, lost) ended when it
+        became final; one still running runs until `until`."""
+        finals = tuple(str(s) for s in FINAL_STATES)
+        conn = self._reader()
+        rows = conn.execute(
+            # (a column a job never set is NULL, not 0)
+            "SELECT id, user, site, started_at, ended_at, updated_at, state, spec, array_id "
+            "FROM jobs WHERE started_at > 0 AND started_at < ? AND (ended_at >= ? OR "
+            "(IFNULL(ended_at, 0) = 0 AND (state NOT IN ({}) OR updated_at >= ?)))".format(
+                ",".join("?" * len(finals))
+            ),
+            (until, since, *finals, since),
+        )
+        for r in rows:
+            ended = r["ended_at"] or (r["updated_at"] if r["state"] in finals else until)
+            array_id = r["array_id"]
+            if array_id:
+                spec = self.array_spec(array_id, conn)
+            else:
+                spec = pb.JobSpec()
+                spec.ParseFromString(r["spec"] or b"")
+            yield RunRecord(
+                r["id"],
+                r["user"],
+                r["site"] or "",
+                max(since, r["started_at"]),
+                min(until, max(ended, r["started_at"])),
+                spec,
             )
-        ]
 
     def live_at(self, site: str) -> list[JobRow]:
         """The live jobs last sent to `site` (any state; callers filter), oldest first."""

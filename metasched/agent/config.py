@@ -41,6 +41,8 @@ class AgentConfig:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_ca: Path | None = None
+    # Prometheus /metrics (host:port); "" = none. The metrics name no user and no job.
+    metrics_listen: str = ""
 
 
 def from_file(path: str | Path) -> AgentConfig:
@@ -64,6 +66,9 @@ def from_dict(raw: dict[str, Any], where: str = "config") -> AgentConfig:
     for k, v in tls.items():
         if v and not Path(v).is_file():
             raise ConfigError(f"{w}.{k}: no such file {v}")
+    metrics_listen = config.get(a, "metrics_listen", str, "", w)
+    if metrics_listen and not metrics_listen.rpartition(":")[2].isdigit():
+        raise ConfigError(f"{w}.metrics_listen {metrics_listen!r}: use host:port")
     backend = config.get(a, "backend", str, "auto", w)
     if backend not in ("auto", "cli", "pyslurm"):
         raise ConfigError(f"{w}.backend must be auto, cli or pyslurm, not {backend!r}")
@@ -108,6 +113,7 @@ def from_dict(raw: dict[str, Any], where: str = "config") -> AgentConfig:
         tls_cert=Path(tls["tls_cert"]) if tls["tls_cert"] else None,
         tls_key=Path(tls["tls_key"]) if tls["tls_key"] else None,
         tls_ca=Path(tls["tls_ca"]) if tls["tls_ca"] else None,
+        metrics_listen=metrics_listen,
     )
     if not cfg.token and cfg.tls_cert is None:
         raise ConfigError(f"{w}: needs tls_cert/tls_key/tls_ca or a token to authenticate")

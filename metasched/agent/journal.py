@@ -11,6 +11,7 @@ journal has a different Slurm id for is not ours, whatever its comment says (see
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 import time
@@ -31,6 +32,7 @@ class Journal:
         if "local_user" not in columns:  # journals written before tags were signed
             self._conn.execute("ALTER TABLE submissions ADD COLUMN local_user TEXT")
         self._lock = threading.Lock()
+        self.path = path
 
     def get(self, tag: str) -> tuple[str, str] | None:
         """(state, slurm_job_id) of a tag: state is intent, submitted or cancelled."""
@@ -92,6 +94,22 @@ class Journal:
             except BaseException:
                 self._conn.execute("ROLLBACK")
                 raise
+
+    def entries(self) -> int:
+        """How many submissions the journal remembers (the agent's metrics). Its highest
+        rowid, read from the table's b-tree at no cost: rows are updated in place, and only
+        forget_older_than removes any (nothing calls it yet: the journal only grows)."""
+        with self._lock:
+            row = self._conn.execute("SELECT MAX(rowid) FROM submissions").fetchone()
+        return int(row[0] or 0)
+
+    def size_bytes(self) -> int:
+        """The journal's files on disk: the database and its write-ahead log."""
+        total = 0
+        for f in (self.path, self.path.with_name(self.path.name + "-wal")):
+            with contextlib.suppress(FileNotFoundError):  # no WAL between checkpoints
+                total += f.stat().st_size
+        return total
 
     def forget_older_than(self, seconds: float) -> None:
         with self._lock:

@@ -7,8 +7,9 @@ import signal
 import sys
 import threading
 
-from metasched import log
+from metasched import __version__, log, sdnotify
 from metasched.agent import config as agent_config
+from metasched.agent import metrics
 from metasched.agent.journal import Journal
 from metasched.agent.site_agent import SiteAgent
 from metasched.agent.slurm import make_backend
@@ -20,6 +21,7 @@ from metasched.config import ConfigError
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="metasched-agent", description=__doc__)
     ap.add_argument("-c", "--config", default="/etc/metasched/agent.toml")
+    ap.add_argument("--version", action="version", version=f"metasched-agent {__version__}")
     ap.add_argument(
         "--check",
         action="store_true",
@@ -65,11 +67,35 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     journal = Journal(cfg.state_dir / "journal.db")
     agent = SiteAgent(cfg, backend, journal, keys)
+    metrics_at = None
+    if cfg.metrics_listen:
+        try:
+            metrics_at = metrics.serve(agent.metrics, cfg.metrics_listen)
+        except OSError as e:
+            print(
+                f"metasched-agent: cannot serve metrics on {cfg.metrics_listen}: {e}",
+                file=sys.stderr,
+            )
+            return 1
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    log.get(site=cfg.site).info("agent_started", daemon=cfg.daemon, backend=backend.name)
-    agent.run(stop)
+    log.get(site=cfg.site).info(
+        "agent_started", daemon=cfg.daemon, backend=backend.name, metrics=metrics_at
+    )
+    runner = threading.Thread(target=agent.run, args=(stop,), name="agent")
+    runner.start()
+    # systemd (Type=notify): ready once running; the watchdog is fed while the poller keeps
+    # polling Slurm (a poll stuck in a Slurm command stops it: WatchdogSec in the unit)
+    sdnotify.notify("READY=1", f"STATUS=site {cfg.site}, daemon {cfg.daemon}")
+    interval = sdnotify.watchdog_interval()
+    stuck_after = max(4 * cfg.poll_interval, 120.0)
+    while runner.is_alive() and not stop.wait(interval or 1.0):
+        if interval and agent.polling(stuck_after):
+            sdnotify.notify("WATCHDOG=1")
+    sdnotify.notify("STOPPING=1")
+    stop.set()
+    runner.join()
     journal.close()
     return 0
 

@@ -30,6 +30,7 @@ from metasched import arrays, catalog, jobenv, jobspec, log, output_names, tags
 from metasched.agent import output
 from metasched.agent.config import AgentConfig
 from metasched.agent.journal import Journal
+from metasched.agent.metrics import AgentMetrics
 from metasched.agent.slurm import parse
 from metasched.agent.slurm.base import (
     JobRefused,
@@ -80,6 +81,41 @@ def _started(j: SlurmJob) -> bool:
     """Whether a cancelled Slurm job had started: it held nodes, or ran for a second or more
     (Slurm gives a job cancelled while pending a start time equal to its end)."""
     return bool(j.node_names) or (j.start_time > 0 and j.end_time - j.start_time >= 1)
+
+
+def _cancelled(before: SlurmJob | None, after: SlurmJob | None) -> tuple[bool, str]:
+    """Whether our scancel ended the job, from how the site's queue showed it just before and
+    just after (done, else why not). Ended: gone, final, or COMPLETING when it was not before
+    (Slurm ends a cancelled running job at once and shows it COMPLETING until its nodes are
+    clean; 23.11+ say CANCELLED first, 22.05 only COMPLETING)."""
+    if after is None:
+        return True, ""
+    state = from_slurm(after.state)
+    if state is not None and state.is_final:
+        return True, ""
+    if after.state == "COMPLETING":
+        if before is None or before.state != "COMPLETING":
+            return True, ""
+        return False, "it was already ending (COMPLETING) when the cancel came; its end follows"
+    return False, f"still {after.state or 'in the queue'} after scancel"
+
+
+def _outcome(answer: pb.AgentMessage | None) -> str:
+    """A command's outcome as the agent's metrics count it, from its answer."""
+    if answer is None:
+        return "still_queued"  # a resolve of a job still in the queue: its report tells
+    kind = answer.WhichOneof("body")
+    if kind == "submit_result":
+        return "submitted" if answer.submit_result.slurm_job_id else "refused"
+    if kind == "cancel_result":
+        return "done" if answer.cancel_result.done else "not_done"
+    if kind == "cancel_results":
+        return "done" if all(r.done for r in answer.cancel_results.results) else "not_done"
+    if kind == "job_update":
+        return "no_record" if answer.job_update.resolved_from == "none" else "resolved"
+    if kind == "output":
+        return "error" if answer.output.error else "read"
+    return "answered"
 
 
 def _gpu_counts(d: dict[str, int]) -> list[pb.GpuCount]:
@@ -134,12 +170,18 @@ def job_ids(
 
 class SiteAgent:
     def __init__(
-        self, cfg: AgentConfig, backend: SlurmBackend, journal: Journal, keys: TagKeys
+        self,
+        cfg: AgentConfig,
+        backend: SlurmBackend,
+        journal: Journal,
+        keys: TagKeys,
+        metrics: AgentMetrics | None = None,
     ) -> None:
         self.cfg = cfg
         self.backend = backend
         self.journal = journal
         self.keys = keys
+        self.metrics = metrics or AgentMetrics(cfg.site, AGENT_VERSION, backend.name, journal)
         self._forged_seen: set[tuple[str, str]] = set()
         # (Slurm id, comment, owner) -> its tag if ours, None if not: verdicts that hold
         self._verdicts: dict[tuple[str, str, str], tags.Tag | None] = {}
@@ -211,6 +253,9 @@ class SiteAgent:
         rep.reports_features = True
         ours = self._ours(jobs)
         rep.jobs.extend(job_report(j, ours.get(j.job_id)) for j in jobs)
+        self.metrics.queue_seen(
+            Counter(j.state for j in jobs), Counter(j.state for j in jobs if j.job_id in ours)
+        )
         rep.maps_all_users = self.cfg.users.identity
         rep.mapped_users.extend(sorted(self.cfg.users.accounts))
         return rep
@@ -275,6 +320,7 @@ class SiteAgent:
         if len(self._forged_seen) > 100_000:
             self._forged_seen.clear()
         self._forged_seen.add(key)
+        self.metrics.forged_tags.inc()
         self.log.warning(
             "forged_tag_ignored", slurm_job_id=j.job_id, user=j.user, tag=j.comment, why=why
         )
@@ -382,7 +428,8 @@ class SiteAgent:
         req = self.request_of(cmd, local)
         self.journal.record(cmd.tag, cmd.job_id, cmd.attempt, "intent", local_user=local)
         try:
-            sid = self.backend.submit(req)
+            with self.metrics.sbatch_seconds.time():
+                sid = self.backend.submit(req)
         except SlurmUnavailable as e:
             # Unknown whether it reached Slurm: answer nothing; the daemon asks again and the
             # journal's intent makes us look before submitting a second time.
@@ -435,8 +482,7 @@ class SiteAgent:
             if cmd.only_if_pending:
                 res.done, res.error = self._recalled(sid, cmd.tag, after)
             else:
-                state = from_slurm(after.state) if after else None
-                res.done = after is None or (state is not None and state.is_final)
+                res.done, res.error = _cancelled(found, after)
         else:
             res.done = True  # never reached Slurm, and now never will
         return res
@@ -475,10 +521,10 @@ class SiteAgent:
         after = self._by_tag(fresh=True) if todo else {}
         out = pb.CancelResults()
         for c in cmd.jobs:
-            left = after.get(c.tag)
-            state = from_slurm(left.state) if left else None
-            done = left is None or (state is not None and state.is_final)
-            out.results.append(pb.CancelResult(job_id=c.job_id, attempt=c.attempt, done=done))
+            done, error = _cancelled(queued.get(c.tag), after.get(c.tag))
+            out.results.append(
+                pb.CancelResult(job_id=c.job_id, attempt=c.attempt, done=done, error=error)
+            )
         return out
 
     def _by_tag(self, fresh: bool) -> dict[str, SlurmJob]:
@@ -534,28 +580,47 @@ class SiteAgent:
 
     def handle(self, msg: pb.DaemonMessage) -> pb.AgentMessage | None:
         kind = msg.WhichOneof("body")
+        outcome = "unknown"
         try:
-            if kind == "submit":
-                return pb.AgentMessage(submit_result=self.submit(msg.submit))
-            if kind == "cancel":
-                return pb.AgentMessage(cancel_result=self.cancel(msg.cancel))
-            if kind == "resolve":
-                upd = self.resolve(msg.resolve)
-                return pb.AgentMessage(job_update=upd) if upd else None
-            if kind == "cancel_jobs":
-                return pb.AgentMessage(cancel_results=self.cancel_jobs(msg.cancel_jobs))
-            if kind == "read_output":
-                return pb.AgentMessage(output=self.read_output(msg.read_output))
+            answer = self._carry_out(kind, msg)
+            outcome = _outcome(answer)
+            return answer
         except SlurmUnavailable as e:
+            outcome = "deferred"
             self.log.warning("command_deferred", kind=kind, error=str(e))
         except SlurmError as e:
             # Unanswered on purpose: the daemon re-sends it, and every command is idempotent.
+            outcome = "failed"
             self.log.warning("command_failed", kind=kind, error=str(e))
         except Exception:
+            outcome = "crashed"
             self.log.exception("command_crashed", kind=kind)
+        finally:
+            self.metrics.commands.labels(kind or "none", outcome).inc()
+        return None
+
+    def _carry_out(self, kind: str | None, msg: pb.DaemonMessage) -> pb.AgentMessage | None:
+        if kind == "submit":
+            return pb.AgentMessage(submit_result=self.submit(msg.submit))
+        if kind == "cancel":
+            return pb.AgentMessage(cancel_result=self.cancel(msg.cancel))
+        if kind == "resolve":
+            upd = self.resolve(msg.resolve)
+            return pb.AgentMessage(job_update=upd) if upd else None
+        if kind == "cancel_jobs":
+            return pb.AgentMessage(cancel_results=self.cancel_jobs(msg.cancel_jobs))
+        if kind == "read_output":
+            return pb.AgentMessage(output=self.read_output(msg.read_output))
         return None
 
     # ---------------------------------------------------------------- the stream
+
+    def polling(self, limit: float) -> bool:
+        """False only when, connected, no poll of Slurm has ended for `limit` seconds: a
+        wedged poller, which systemd's watchdog restarts. Between sessions the agent is
+        reconnecting (with backoff), not wedged."""
+        since = self.metrics.since_last_poll()
+        return since is None or since < limit
 
     def run(self, stop: threading.Event) -> None:
         """Stay connected until `stop` is set, reconnecting with backoff."""
@@ -614,6 +679,7 @@ class SiteAgent:
             stream = pb_grpc.AgentServiceStub(channel).Connect(requests())
             for msg in stream:
                 if msg.WhichOneof("body") == "welcome":
+                    self.metrics.connected(True)
                     self.report_interval = msg.welcome.report_interval or self.report_interval
                     self.log.info(
                         "connected_to_daemon",
@@ -629,6 +695,7 @@ class SiteAgent:
                 if stop.is_set():
                     break
         finally:
+            self.metrics.connected(False)
             ended.set()
             outbox.put(None)
             channel.close()
@@ -643,11 +710,14 @@ class SiteAgent:
         last_sent = 0.0
         while not stop.is_set() and not ended.is_set():
             try:
+                t0 = time.perf_counter()
                 rep = self.report()
+                self.metrics.polled(time.perf_counter() - t0, rep.slurm_reachable)
                 body = rep.SerializeToString(deterministic=True)
                 now = time.monotonic()
                 if body != last or now - last_sent >= self.report_interval:
                     outbox.put(pb.AgentMessage(report=rep))
+                    self.metrics.report_sent(len(body))
                     last, last_sent = body, now
             except Exception:
                 # The poller is the site's heartbeat: it must outlive any one bad poll.

@@ -3,12 +3,24 @@
   metasched-admin token create USER [--expires 30d|12h|never] [--note TEXT]
   metasched-admin token list [--user USER] [--revoked]
   metasched-admin token revoke ID
+  metasched-admin site list            every site: state, Slurm and agent versions, backend,
+                                       last report's age, capacity and use
   metasched-admin site drain NAME      no new jobs go there; jobs there carry on
   metasched-admin site resume NAME     back to normal
   metasched-admin site retire NAME --yes
                                        give up on the site for good: jobs that never started
                                        there are placed elsewhere, running ones are retried
                                        as after a node failure (docs/security.md)
+  metasched-admin job hold JOB...      any user's jobs in the global queue; only an admin
+  metasched-admin job release JOB...   releases an admin's hold (JOB: 17, 17_5, 17_[1-9])
+  metasched-admin job requeue JOB... [--hold]
+                                       pull jobs that have not started back to the global
+                                       queue (cancelled at their site only while pending)
+  metasched-admin job priority N JOB...
+                                       place them ahead of (N > 0) or behind (N < 0) the rest
+                                       of the global queue; 0 = back to submission order
+  metasched-admin usage [--since 30d] [--until now] [--by user|site|precision]
+                                       core-hours and GPU-hours of the jobs that ran then
   metasched-admin backup DEST [--force]
                                        an online, consistent copy of the database (DEST must
                                        not be a symbolic link, nor in a directory other users
@@ -24,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime
 import os
 import sqlite3
 import stat
@@ -33,7 +46,7 @@ import time
 from pathlib import Path
 from typing import Any, NoReturn
 
-from metasched import auth
+from metasched import __version__, auth
 from metasched.cli import errors, jsonout
 from metasched.cli.errors import UsageError
 from metasched.v1 import metasched_pb2 as pb
@@ -61,6 +74,25 @@ def parse_duration(text: str) -> float:
     return float(int(num) * UNITS[unit])
 
 
+def parse_time(text: str, now: float | None = None) -> float:
+    """When, for --since/--until: 'now', a duration ago ('30d', '12h'), a date
+    ('2024-05-01', '2024-05-01T12:00', local time) or seconds since the epoch."""
+    now = time.time() if now is None else now
+    t = text.strip()
+    if t.lower() == "now":
+        return now
+    if t.replace(".", "", 1).isdigit() and len(t) >= 9:
+        return float(t)
+    if t[-1:].lower() in UNITS and t[:-1].isdigit():
+        return now - parse_duration(t)
+    try:
+        return datetime.datetime.fromisoformat(t).timestamp()
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"bad time {text!r}: use now, 30d (ago), 2024-05-01, 2024-05-01T12:00 or epoch seconds"
+        ) from None
+
+
 def when(t: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(t)) if t else "never"
 
@@ -77,6 +109,7 @@ def parser() -> argparse.ArgumentParser:
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
     p.add_argument("--daemon", default=os.environ.get("METASCHED_DAEMON", DEFAULT_DAEMON))
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--version", action="version", version=f"metasched-admin {__version__}")
     sub = p.add_subparsers(dest="area", required=True, parser_class=_Parser)
     tok = sub.add_parser("token", parents=[common], help="user tokens for remote access")
     tsub = tok.add_subparsers(dest="action", required=True, parser_class=_Parser)
@@ -89,10 +122,35 @@ def parser() -> argparse.ArgumentParser:
     ls.add_argument("--revoked", action="store_true", help="include revoked tokens")
     rv = tsub.add_parser("revoke", parents=[common], help="a token stops working at once")
     rv.add_argument("id")
-    site = sub.add_parser("site", parents=[common], help="drain, resume or retire a site")
-    site.add_argument("action", choices=("drain", "resume", "retire"))
-    site.add_argument("name")
-    site.add_argument("--yes", action="store_true", help="confirm a retire")
+    site = sub.add_parser("site", parents=[common], help="list, drain, resume or retire sites")
+    ssub = site.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    ssub.add_parser("list", parents=[common], help="every site, its agent and capacity")
+    for action, what in (
+        ("drain", "no new jobs go there"),
+        ("resume", "back to normal"),
+        ("retire", "give up on it for good (--yes)"),
+    ):
+        sp = ssub.add_parser(action, parents=[common], help=what)
+        sp.add_argument("name")
+        sp.add_argument("--yes", action="store_true", help="confirm a retire")
+    job = sub.add_parser("job", parents=[common], help="any user's jobs")
+    jsub = job.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    for action, what in (
+        ("hold", "an admin's hold: only an admin releases it"),
+        ("release", "release any hold"),
+        ("requeue", "back to the global queue, if it has not started"),
+    ):
+        jp = jsub.add_parser(action, parents=[common], help=what)
+        jp.add_argument("jobs", nargs="+", metavar="JOB")
+        if action == "requeue":
+            jp.add_argument("--hold", action="store_true", help="held once back in the queue")
+    pr = jsub.add_parser("priority", parents=[common], help="order in the global queue")
+    pr.add_argument("priority", type=int, metavar="N")
+    pr.add_argument("jobs", nargs="+", metavar="JOB")
+    us = sub.add_parser("usage", parents=[common], help="core-hours and GPU-hours")
+    us.add_argument("--since", type=parse_time, default=None, help="default: 30d ago")
+    us.add_argument("--until", type=parse_time, default=None, help="default: now")
+    us.add_argument("--by", choices=("user", "site", "precision"), default="user")
     bk = sub.add_parser("backup", parents=[common], help="online copy of the database to DEST")
     bk.add_argument("dest")
     bk.add_argument("--force", action="store_true", help="replace DEST if it exists")
@@ -103,11 +161,16 @@ def parser() -> argparse.ArgumentParser:
 class Admin:
     def __init__(self, address: str) -> None:
         self.address = address
-        self.stub = pb_grpc.AdminStub(auth.client_channel(address))
+        channel = auth.client_channel(address)
+        self.stub = pb_grpc.AdminStub(channel)
+        self.users = pb_grpc.SchedulerStub(channel)  # what admins read as users do
         self.metadata = auth.client_metadata(address)
 
     def call(self, method: str, request: Any, timeout: float = 60) -> Any:
         return getattr(self.stub, method)(request, metadata=self.metadata, timeout=timeout)
+
+    def scheduler(self, method: str, request: Any, timeout: float = 60) -> Any:
+        return getattr(self.users, method)(request, metadata=self.metadata, timeout=timeout)
 
 
 def token_line(t: pb.TokenInfo) -> str:
@@ -158,6 +221,29 @@ def run(opts: argparse.Namespace, out: Any) -> int:
             else:
                 out(f"token {r.id} of {r.user} revoked")
         return 0
+    if opts.area == "site" and opts.action == "list":
+        sites = list(a.scheduler("ListSites", pb.ListSitesRequest()).sites)
+        if emit:
+            emit(sites)
+        else:
+            for line in site_table(sites):
+                out(line)
+        return 0
+    if opts.area == "job":
+        return jobs(a, opts, out, emit)
+    if opts.area == "usage":
+        now = time.time()
+        since = opts.since if opts.since is not None else now - 30 * 86400
+        until = opts.until if opts.until is not None else now
+        if until <= since:
+            raise UsageError(f"--until ({when(until)}) must be after --since ({when(since)})")
+        r = a.call("Usage", pb.UsageRequest(since=since, until=until, by=opts.by))
+        if emit:
+            emit(r)
+        else:
+            for line in usage_table(r):
+                out(line)
+        return 0
     if opts.area == "site":
         state = {"drain": "draining", "resume": "online", "retire": "retired"}[opts.action]
         r = a.call("SetSiteState", pb.SetSiteStateRequest(site=opts.name, state=state))
@@ -186,6 +272,77 @@ def run(opts: argparse.Namespace, out: Any) -> int:
                 out("no job is quarantined")
         return 0
     return backup(a, Path(opts.dest), out)
+
+
+def age(seconds: float) -> str:
+    if seconds < 0:
+        return "never"
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 2 * 3600:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+
+
+def site_table(sites: list[pb.SiteSummary]) -> list[str]:
+    lines = [
+        f"{'SITE':<12} {'STATE':<9} {'SLURM':<9} {'BACKEND':<8} {'AGENT':<8} {'REPORTED':>9} "
+        f"{'NODES':>9} {'CPUS FREE':>13} {'GPUS FREE':>11} {'RUN':>5} {'PEND':>5}"
+    ]
+    for s in sites:
+        lines.append(
+            f"{s.name:<12} {s.state:<9} {s.slurm_version or '-':<9} {s.backend or '-':<8} "
+            f"{s.agent_version or '-':<8} {age(s.report_age_seconds) + ' ago':>9} "
+            f"{f'{s.usable_nodes}/{s.nodes}':>9} {f'{s.free_cpus}/{s.total_cpus}':>13} "
+            f"{f'{s.free_gpus}/{s.total_gpus}':>11} {s.running_jobs:>5} {s.pending_jobs:>5}"
+        )
+    return lines
+
+
+def usage_table(r: pb.UsageResponse) -> list[str]:
+    lines = [
+        f"usage {when(r.since)} .. {when(r.until)}, by {r.by}",
+        f"{r.by.upper():<16} {'JOBS':>7} {'CORE-HOURS':>12} {'GPU-HOURS':>10}",
+    ]
+    for row in r.rows:
+        lines.append(f"{row.key:<16} {row.jobs:>7} {row.core_hours:>12.2f} {row.gpu_hours:>10.2f}")
+    lines.append(
+        f"{'total':<16} {sum(x.jobs for x in r.rows):>7} "
+        f"{sum(x.core_hours for x in r.rows):>12.2f} {sum(x.gpu_hours for x in r.rows):>10.2f}"
+    )
+    return lines
+
+
+def job_line(j: pb.Job) -> str:
+    name = f"{j.array_id}_{j.array_task}" if j.array_id else str(j.id)
+    state = jsonout.enum_name(pb.JobState.DESCRIPTOR, j.state)
+    where = f" at {j.site}" if j.site else ""
+    held = ", held by an admin" if j.held_by_admin else ", held" if j.held else ""
+    prio = f", priority {j.priority}" if j.priority else ""
+    return f"job {name} of {j.user}: {state}{where}{held}{prio}"
+
+
+def jobs(a: Admin, opts: argparse.Namespace, out: Any, emit: Any) -> int:
+    names = list(opts.jobs)
+    if opts.action in ("hold", "release"):
+        r = a.call("HoldJobs", pb.HoldJobsRequest(jobs=names, release=opts.action == "release"))
+    elif opts.action == "requeue":
+        r = a.call("RequeueJobs", pb.RequeueJobsRequest(jobs=names, hold=opts.hold))
+    else:
+        r = a.call("SetJobPriority", pb.SetJobPriorityRequest(jobs=names, priority=opts.priority))
+    if emit:
+        emit(list(r.jobs))
+        return 0
+    for j in r.jobs:
+        line = job_line(j)
+        if opts.action == "requeue" and j.state == pb.JOB_STATE_RECALLING:
+            line += " (back in the global queue once the site confirms it never started)"
+        elif opts.action == "priority" and j.site:
+            line += " (at its site, the site's own queue order applies)"
+        out(line)
+    return 0
 
 
 def check_backup_dest(dest: Path, force: bool) -> None:

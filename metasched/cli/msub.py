@@ -27,15 +27,14 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any, NoReturn
 
 import grpc
 
-from metasched import arrays, auth, jobspec
+from metasched import __version__, arrays, auth, jobspec
 from metasched.cli import errors, jsonout
 from metasched.cli.errors import UsageError
 from metasched.sbatch import argv as sargv
@@ -306,13 +305,6 @@ class Client:
 
 def _warn(message: str) -> None:
     print(f"msub: warning: {message}", file=sys.stderr)
-
-
-def version() -> str:
-    try:
-        return metadata.version("metasched")
-    except metadata.PackageNotFoundError:
-        return "unknown"
 
 
 def cmd_submit(c: Client, sub: Submission, out: Callable[[str], None]) -> int:
@@ -659,7 +651,8 @@ def show_text(j: pb.Job) -> list[str]:
     s = j.spec
     lines = [
         f"Job {job_name(j)} ({s.name}) of {j.user}: {state_name(j.state)}"
-        + ("  (held)" if j.held else ""),
+        + ("  (held by an admin)" if j.held_by_admin else "  (held)" if j.held else "")
+        + (f"  priority {j.priority}" if j.priority else ""),
         f"  site {j.site or '-'}  partition {j.partition or '-'}  slurm job {j.slurm_job_id or '-'}"
         f"  attempt {j.attempt}",
         f"  submitted {stamp(j.submitted_at)}  started {stamp(j.started_at)}"
@@ -871,16 +864,24 @@ def cmd_sites(c: Client, opts: argparse.Namespace, out: Callable[[str], None]) -
     if opts.json:
         out(jsonout.dumps(list(resp.sites)))
         return 0
-    out(
+    for line in sites_table(resp.sites):
+        out(line)
+    return 0
+
+
+def wait_text(s: pb.SiteSummary) -> str:
+    """A site's WAIT: "none" only when a one-core job would start there at once."""
+    if s.est_wait_seconds < 0 or s.state != "online":
+        return "-"
+    return "none" if s.est_wait_seconds == 0 else duration(max(1.0, s.est_wait_seconds))
+
+
+def sites_table(sites: Sequence[pb.SiteSummary]) -> list[str]:
+    lines = [
         f"{'SITE':<12} {'STATE':<9} {'CPUS FREE':>11} {'GPUS FREE':>10} {'RUN':>4} {'PEND':>5} "
         f"{'WAIT (1 cpu,1h)':<16} PARTITIONS / PRECISIONS"
-    )
-    for s in resp.sites:
-        wait = (
-            "-"
-            if s.est_wait_seconds < 0 or s.state != "online"
-            else (duration(s.est_wait_seconds) if s.est_wait_seconds > 60 else "none")
-        )
+    ]
+    for s in sites:
         parts = "; ".join(
             f"{p.name}: {p.nodes}x{p.cpus_per_node}c"
             + "".join(f"+{g.count}x{g.type}" for g in p.gpus_per_node)
@@ -889,12 +890,12 @@ def cmd_sites(c: Client, opts: argparse.Namespace, out: Callable[[str], None]) -
             + "]"
             for p in s.partitions
         )
-        out(
+        lines.append(
             f"{s.name:<12} {s.state:<9} {s.free_cpus:>5}/{s.total_cpus:<5} "
             f"{s.free_gpus:>4}/{s.total_gpus:<5} {s.running_jobs:>4} {s.pending_jobs:>5} "
-            f"{wait:<16} {parts}"
+            f"{wait_text(s):<16} {parts}"
         )
-    return 0
+    return lines
 
 
 def parser_for(command: str) -> argparse.ArgumentParser:
@@ -909,6 +910,7 @@ def parser_for(command: str) -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--daemon", default=os.environ.get("METASCHED_DAEMON", DEFAULT_DAEMON))
+    p.add_argument("--version", action="version", version=f"msub {__version__}")
     if command in ("status", "list"):
         p.add_argument("-a", "--all", action="store_true", help="every user's jobs (admins)")
         p.add_argument("--finished", action="store_true", help="include ended jobs")
@@ -984,7 +986,7 @@ def main(argv: list[str] | None = None) -> int:
                 printer(usage())
                 return 0
             if sub.msub.version:
-                printer(f"msub (metasched) {version()}")
+                printer(f"msub {__version__}")
                 return 0
             if command == "plan":
                 return cmd_plan(Client(sub.daemon), sub, printer)

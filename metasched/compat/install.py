@@ -13,6 +13,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from metasched import __version__
 from metasched.compat.srun import TASK_PROLOG, TASK_PROLOG_TEXT
 
 COMMANDS = ("sbatch", "squeue", "scancel", "sacct", "srun")
@@ -54,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    ap.add_argument("--version", action="version", version=f"metasched-compat {__version__}")
     sub = ap.add_subparsers(dest="command", required=True)
     ins = sub.add_parser("install", help="write the Slurm command names into DIR")
     ins.add_argument("dir")

@@ -4,13 +4,17 @@ tokens  create / list / revoke user tokens for remote access (stored hashed)
 sites   drain (no new jobs), resume, retire (give up on a site for good: its jobs move away)
 backup  an online, consistent copy of the database (SQLite's backup API), streamed back
 quarantine  the jobs whose records cannot be decoded (left out of the queue, kept in the file)
+jobs    any user's: hold / release (an admin's hold), requeue, priority
+usage   core-hours and GPU-hours by user, site or precision, from the queue's history
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import tempfile
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -20,11 +24,16 @@ from metasched.daemon.identity import Identity
 from metasched.daemon.scheduler import Scheduler
 from metasched.daemon.settings import Refused
 from metasched.daemon.tokens import NoSuchToken, TokenRecord, TokenStore
+from metasched.daemon.usage import BY, usage
+from metasched.daemon.user_api import job_pb
+from metasched.store import JobRow
 from metasched.v1 import metasched_pb2 as pb
 from metasched.v1 import metasched_pb2_grpc as pb_grpc
 
 CHUNK = 1 << 20
 MAX_TTL_S = 10 * 366 * 24 * 3600.0
+# The widest usage window one call reads (the history is read whole, off the writer).
+MAX_USAGE_WINDOW_S = 5 * 366 * 24 * 3600.0
 
 
 def token_pb(r: TokenRecord) -> pb.TokenInfo:
@@ -156,3 +165,75 @@ class AdminService(pb_grpc.AdminServicer):
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(name)
+
+    # ---------------------------------------------------------------- any user's jobs
+
+    async def _jobs(
+        self, context: Context, what: str, fn: Callable[[str], list[JobRow]]
+    ) -> list[pb.Job]:
+        async def body(admin: str) -> list[pb.Job]:
+            jobs = await self.calls.blocking(admin, fn, admin)
+            return [job_pb(j, with_spec=False) for j in jobs]
+
+        return await self.calls.unary(context, self._admin(what), body)
+
+    async def HoldJobs(self, request: pb.HoldJobsRequest, context: Context) -> pb.HoldJobsResponse:
+        jobs = await self._jobs(
+            context,
+            "hold or release other users' jobs",
+            lambda admin: self.s.intake.hold_named(
+                admin, True, list(request.jobs), request.release, as_admin=True
+            ),
+        )
+        return pb.HoldJobsResponse(jobs=jobs)
+
+    async def RequeueJobs(
+        self, request: pb.RequeueJobsRequest, context: Context
+    ) -> pb.RequeueJobsResponse:
+        jobs = await self._jobs(
+            context,
+            "requeue jobs",
+            lambda admin: self.s.job_admin.requeue(admin, list(request.jobs), request.hold),
+        )
+        return pb.RequeueJobsResponse(jobs=jobs)
+
+    async def SetJobPriority(
+        self, request: pb.SetJobPriorityRequest, context: Context
+    ) -> pb.SetJobPriorityResponse:
+        jobs = await self._jobs(
+            context,
+            "set jobs' priority",
+            lambda admin: self.s.job_admin.set_priority(
+                admin, list(request.jobs), request.priority
+            ),
+        )
+        return pb.SetJobPriorityResponse(jobs=jobs)
+
+    async def Usage(self, request: pb.UsageRequest, context: Context) -> pb.UsageResponse:
+        async def body(admin: str) -> pb.UsageResponse:
+            until = request.until or time.time()
+            since = request.since
+            if request.by not in BY:
+                raise Refused(
+                    "INVALID_ARGUMENT", f"usage by {request.by!r}: use one of {', '.join(BY)}"
+                )
+            if not (math.isfinite(since) and math.isfinite(until)) or since < 0 or until <= since:
+                raise Refused("INVALID_ARGUMENT", "the window must have since < until (seconds)")
+            if until - since > MAX_USAGE_WINDOW_S:
+                raise Refused("INVALID_ARGUMENT", "the window is over 5 years: ask in parts")
+            rows = await self.calls.blocking(
+                admin, lambda: usage(self.s.store.history(since, until), request.by)
+            )
+            return pb.UsageResponse(
+                since=since,
+                until=until,
+                by=request.by,
+                rows=[
+                    pb.UsageRow(
+                        key=r.key, jobs=r.jobs, core_hours=r.core_hours, gpu_hours=r.gpu_hours
+                    )
+                    for r in rows
+                ],
+            )
+
+        return await self.calls.unary(context, self._admin("read usage"), body)

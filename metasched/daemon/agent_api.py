@@ -128,7 +128,7 @@ class AgentService(pb_grpc.AgentServiceServicer):
         def wake() -> None:  # any thread
             loop.call_soon_threadsafe(ready.set)
 
-        link = AgentLink(site, context.peer(), wake=wake)
+        link = AgentLink(site, context.peer(), wake=wake, agent_version=first.hello.agent_version)
         old = self.s.sites.connect(site, link)
         if old is not None:
             old.close()

@@ -19,7 +19,7 @@ from metasched.daemon.placing import PlacementPass
 from metasched.daemon.settings import Refused
 from metasched.daemon.sites import SiteRegistry
 from metasched.daemon.views import request_of_spec, site_views
-from metasched.daemon.waiting import WaitingJobs
+from metasched.daemon.waiting import HELD_BY_ADMIN, HELD_BY_USER, WaitingJobs
 from metasched.placement.policy import Choice, Request, site_refusal
 from metasched.states import JobState
 from metasched.store import Batch, IllegalTransition, JobRow
@@ -178,26 +178,38 @@ class Intake(Activity):
         self.dispatch.cancel_many([j for j in out if j.state == S.CANCELLING])
         return out
 
-    def hold_named(self, user: str, admin: bool, names: list[str], release: bool) -> list[JobRow]:
+    def hold_named(
+        self, user: str, admin: bool, names: list[str], release: bool, as_admin: bool = False
+    ) -> list[JobRow]:
         """Hold (release=False) or release the named jobs still in the global queue; a held job
         is WAITING until released. Tasks already at a site are left alone; naming only jobs
-        that are not in the global queue is refused."""
+        that are not in the global queue is refused. as_admin: an admin's hold, which only an
+        admin releases (Slurm's JobHeldAdmin), and an admin's release, which releases any."""
         jobs = self.named(user, admin, names)
         now_states = (S.WAITING,) if release else (S.QUEUED, S.WAITING)
+        who = "an admin" if as_admin else "the user"
 
         def op(b: Batch) -> list[JobRow]:
             out = []
             for named in jobs:
                 job = b.job(named.id)
-                if job.state not in now_states or job.held == (not release):
+                if job.state not in now_states:
                     continue
                 try:
                     if release:
-                        job = self._release(b, job)
+                        if not job.held or (job.admin_held and not as_admin):
+                            continue
+                        job = self._release(b, job, who)
                     else:
-                        reason = "JobHeldUser: held by its user (msub release)"
+                        if job.held and (job.admin_held or not as_admin):
+                            continue
                         job = b.move(
-                            job.id, S.WAITING, "held by the user", held=True, reason=reason
+                            job.id,
+                            S.WAITING,
+                            f"held by {who}",
+                            held=True,
+                            admin_held=as_admin,
+                            reason=HELD_BY_ADMIN if as_admin else HELD_BY_USER,
                         )
                 except IllegalTransition:
                     continue
@@ -205,7 +217,13 @@ class Intake(Activity):
             if not out:
                 j = jobs[0]
                 what = "released" if release else "held"
-                if release:
+                code = "FAILED_PRECONDITION"
+                if release and j.admin_held and not as_admin:
+                    code = "PERMISSION_DENIED"
+                    why = (
+                        f"job {tasks.display_id(j)} is held by an admin; only an admin releases it"
+                    )
+                elif release:
                     why = f"job {tasks.display_id(j)} is not held"
                 elif j.state.is_final:
                     why = f"job {tasks.display_id(j)} has already ended ({j.state})"
@@ -216,13 +234,13 @@ class Intake(Activity):
                         f"job {tasks.display_id(j)} is already at site {j.site} ({j.state}); "
                         "only jobs still in the global queue can be held"
                     )
-                raise Refused("FAILED_PRECONDITION", f"nothing {what}: {why}")
+                raise Refused(code, f"nothing {what}: {why}")
             return out
 
         return self.store.run(op)
 
-    def _release(self, b: Batch, job: JobRow) -> JobRow:
-        unheld = b.move(job.id, S.WAITING, "released by the user", held=False)
+    def _release(self, b: Batch, job: JobRow, who: str) -> JobRow:
+        unheld = b.move(job.id, S.WAITING, f"released by {who}", held=False, admin_held=False)
         verdict, reason, _ = self.waiting.evaluate(b, unheld, b.now)
         if verdict == "ready":
             return b.move(job.id, S.QUEUED, "released: nothing holds it now", reason="")

@@ -75,10 +75,14 @@ class Daemon:
         self.store = Store(cfg.db_path, synchronous=cfg.synchronous)
         self.sites = SiteRegistry(cfg.site_grace_seconds)
         self.scheduler = Scheduler(self.store, self.sites, cfg.settings)
-        self.metrics = DaemonMetrics(self.store, self.sites)
-        self.rpc_metrics = RpcMetrics(self.metrics)
-        self.store.on_commit = self.metrics.commit_seconds.observe
-        self.scheduler.instrument(self.metrics.timed)
+        # Metrics only where something can read them (http_listen): unserved, they would be
+        # work on every submission and commit for nobody (bench/metrics_cost.py).
+        self.metrics: DaemonMetrics | None = None
+        self.rpc_metrics: RpcMetrics | None = None
+        if cfg.http_listen:
+            self.metrics = DaemonMetrics(self.store, self.sites)
+            self.metrics.attach(self.scheduler)
+            self.rpc_metrics = RpcMetrics(self.metrics)
         for name in cfg.site_tokens:
             self.sites.ensure(name)
         self.local_tokens = auth.LocalTokens()
@@ -118,7 +122,7 @@ class Daemon:
         self.health = StoreHealth(self.store, LoopHealth(self.health_servicer, self.loop))
         self._health_loop = Service("health", HEALTH_PERIOD, self.health.run_cycle, log.get())
         self.web: WebServer | None = None
-        if cfg.http_listen:
+        if self.metrics is not None:
             self.web = WebServer(
                 cfg.http_listen,
                 self.scheduler,
@@ -147,7 +151,7 @@ class Daemon:
             # Per user, calls.Limits bounds what is open; this is only a backstop.
             maximum_concurrent_rpcs=100_000,
         )
-        observe = self.rpc_metrics.observe
+        observe = self.rpc_metrics.observe if self.rpc_metrics is not None else None
         add_service(server, pb_grpc.add_SchedulerServicer_to_server, self.users, observe)
         add_service(server, pb_grpc.add_AdminServicer_to_server, self.admin, observe)
         add_service(server, pb_grpc.add_AgentServiceServicer_to_server, self.agents, observe)
@@ -210,7 +214,6 @@ class Daemon:
     def start(self) -> None:
         self._loop_thread.start()
         self._run(self._listen())
-        self.store.add_listener(self.metrics.on_changes)
         self.scheduler.start()
         self.health.run_cycle()  # the first probe, answered before the loop's next look
         self._health_loop.start()

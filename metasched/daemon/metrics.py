@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from prometheus_client import CollectorRegistry, Histogram
@@ -22,6 +22,9 @@ from prometheus_client.registry import Collector
 from metasched.daemon.sites import SiteRegistry
 from metasched.states import JobState
 from metasched.store import JobRow, Store
+
+if TYPE_CHECKING:
+    from metasched.daemon.scheduler import Scheduler
 
 _FAST = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 # How far a job's start was from the estimate it was given at submission (before
@@ -66,10 +69,18 @@ class DaemonMetrics(Collector):
             buckets=_ERROR,
             registry=self.registry,
         )
+        self.uses = SiteUses()
         # updated by the store's listener, once per commit
         self.submitted = 0
         self.ended: Counter[str] = Counter()
         self.registry.register(self)
+
+    def attach(self, scheduler: Scheduler) -> None:
+        """Hooks the metrics into the daemon: the store's commits and changes, and every
+        service's cycle."""
+        self.store.on_commit = self.commit_seconds.observe
+        self.store.add_listener(self.on_changes)
+        scheduler.instrument(self.timed)
 
     # ---------------------------------------------------------------- at commit
 
@@ -163,7 +174,7 @@ class DaemonMetrics(Collector):
                 state.add_metric([name, s], 1.0 if site.state == s else 0.0)
             age.add_metric([name], now - site.last_seen if site.last_seen else float("nan"))
             ours.add_metric([name], len(self.store.live_at(name)))
-            use = site_use(site.report) if site.report is not None else None
+            use = self.uses.of(name, site.report) if site.report is not None else None
             if use is None:
                 continue
             for kind in ("total", "alloc"):
@@ -203,6 +214,23 @@ class SiteUse:
         self.gpus = {"total": 0, "alloc": 0}
         self.jobs: Counter[str] = Counter()
         self.precisions: dict[str, dict[str, int]] = {}
+
+
+class SiteUses:
+    """Each site's SiteUse, computed again only when its report changed: the registry keeps a
+    site's report object until a report differs. At 1,000 sites (56,000 nodes) computing
+    them all was 1 of a scrape's 1.6 CPU s, every scrape, holding the GIL."""
+
+    def __init__(self) -> None:
+        self._by_site: dict[str, tuple[Any, SiteUse]] = {}
+
+    def of(self, site: str, report: Any) -> SiteUse:
+        hit = self._by_site.get(site)
+        if hit is not None and hit[0] is report:
+            return hit[1]
+        use = site_use(report)
+        self._by_site[site] = (report, use)  # one dict store: concurrent scrapes are safe
+        return use
 
 
 def site_use(report: Any) -> SiteUse:

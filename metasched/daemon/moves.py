@@ -5,12 +5,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from metasched.daemon.waiting import HELD_BY_ADMIN, HELD_BY_USER
 from metasched.states import JobState
 from metasched.store import Batch, JobRow
 
 
 def requeue(b: Batch, job: JobRow, detail: str, **fields: Any) -> JobRow:
-    """Back to the queue: it never started where it was (recalled, refused, retired site)."""
+    """Back to the queue: it never started where it was (recalled, refused, retired site).
+    A job an admin requeued to be held waits there, held, until an admin releases it."""
     cleared: dict[str, Any] = {
         "site": "",
         "partition": "",
@@ -18,7 +20,11 @@ def requeue(b: Batch, job: JobRow, detail: str, **fields: Any) -> JobRow:
         "est_at": 0.0,
         "reason": detail,
     }
-    return b.move(job.id, JobState.QUEUED, detail, **(cleared | fields))
+    back = b.move(job.id, JobState.QUEUED, detail, **(cleared | fields))
+    if back.held:
+        why = HELD_BY_ADMIN if back.admin_held else HELD_BY_USER
+        return b.move(job.id, JobState.WAITING, "held", reason=why)
+    return back
 
 
 def retry_elsewhere(b: Batch, job: JobRow, detail: str, reason: str) -> JobRow:

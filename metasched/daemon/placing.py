@@ -5,6 +5,10 @@ least every placement_interval. A full pass re-plans the whole queue from fresh 
 in between, a pass places only the jobs submitted since, by continuing the last plan (see
 run_cycle). Each forwarded job becomes FORWARDING(site, attempt) durably, in one transaction
 with the pass's other decisions, before its submit command is sent.
+
+The queue is placed in priority order: job id (first come, first served), except for the few
+jobs an admin gave a priority (metasched-admin job priority): those with a higher one go
+first, those with a negative one after every other job.
 """
 
 from __future__ import annotations
@@ -47,6 +51,15 @@ class PlacementPass(Activity):
         # full ones takes its new jobs from here instead of scanning every live job.
         self._arrivals: deque[int] = deque()
         self.store.add_listener(self._on_changes)
+        # Jobs an admin gave a priority (a few): told by prioritize(), not found by a scan
+        # of every job each pass.
+        self._ranked: set[int] = {j.id for j in list(self.store.live.values()) if j.priority}
+        self._behind = False  # the last full pass planned jobs ranked behind new ones
+
+    def prioritize(self, job_ids: list[int]) -> None:
+        """An admin set these jobs' priority: the next pass re-plans the queue in its order."""
+        self._ranked.update(job_ids)
+        self.replan()
 
     def replan(self) -> None:
         """Something placement depends on changed (besides site reports, which move
@@ -92,6 +105,12 @@ class PlacementPass(Activity):
             since >= took and (changed or since >= self.settings.placement_interval)
         )
         arrived = self._take_arrivals()
+        if not full and self._behind:
+            # New jobs go ahead of jobs ranked behind every other, which the last plan has
+            # already placed: only a full pass places them in their turn (as soon as one may
+            # run; until then they wait, as behind a re-plan of a long queue).
+            self._replan_due = self._replan_due or bool(arrived)
+            return 0
         if not full:
             live = self.store.live
             new = sorted(
@@ -131,9 +150,30 @@ class PlacementPass(Activity):
         views = site_views(self.sites, self.store, now)
         self._full_views = views
         self._placed_upto = queued[-1].id if queued else self._placed_upto
+        queued = self._in_priority_order(queued)
         admitted, deferred = self.throttle.admit(queued)
         decisions = self.placer.place([self._request(j) for j in admitted], views, now)
         return self._commit(decisions, queued, views, now, deferred)
+
+    def _in_priority_order(self, queued: list[JobRow]) -> list[JobRow]:
+        """The queued jobs (in id order) in priority order: the ranked ones moved to the
+        front (higher priority first) or the back; the rest, the bulk, keep their order."""
+        self._behind = False
+        if not self._ranked:
+            return queued
+        live = self.store.live
+        self._ranked = {i for i in self._ranked if (j := live.get(i)) is not None and j.priority}
+        ranked = sorted(
+            (j for i in self._ranked if (j := live.get(i)) is not None and j.state == S.QUEUED),
+            key=lambda j: (-j.priority, j.id),
+        )
+        if not ranked:
+            return queued
+        ids = {j.id for j in ranked}
+        ahead = [j for j in ranked if j.priority > 0]
+        behind = [j for j in ranked if j.priority < 0]
+        self._behind = bool(behind)
+        return [*ahead, *(j for j in queued if j.id not in ids), *behind]
 
     def _commit(
         self,

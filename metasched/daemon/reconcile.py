@@ -142,12 +142,14 @@ class Reconciler(Activity):
             if res.done:
                 done.append(res)
             else:
+                # not (yet) done, and why: a recall of a job that has started, a job still
+                # ending; the cancel is sent again, and the site's reports settle the job
                 self.log.warning(
                     "cancel_not_done",
                     site=site_name,
                     job_id=res.job_id,
                     attempt=res.attempt,
-                    error=res.error,
+                    error=res.error or "no reason given (an agent older than the daemon)",
                 )
         if not done:
             return
@@ -162,7 +164,13 @@ class Reconciler(Activity):
                 if job.site != site_name or job.attempt != res.attempt:
                     continue
                 if job.state == S.CANCELLING:
-                    b.move(job.id, S.CANCELLED, f"cancel confirmed by {site_name}")
+                    # a job cancelled while it ran ended now (its usage counts until then)
+                    b.move(
+                        job.id,
+                        S.CANCELLED,
+                        f"cancel confirmed by {site_name}",
+                        ended_at=b.now if job.started_at else job.ended_at,
+                    )
                 elif job.state == S.RECALLING:
                     requeue(b, job, f"recalled from {site_name}")
 
@@ -245,6 +253,9 @@ class Reconciler(Activity):
         lost: list[JobRow],
     ) -> None:
         fields: dict[str, Any] = {}
+        if job.held and job.state == S.RECALLING and ours != S.PENDING:
+            # an admin's requeue --hold came too late: it will not be back to be held
+            fields.update(held=False, admin_held=False)
         if sj.slurm_job_id and sj.slurm_job_id != job.slurm_job_id:
             fields["slurm_job_id"] = sj.slurm_job_id
             if job.state == S.CANCELLING:

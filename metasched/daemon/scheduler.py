@@ -9,6 +9,7 @@ Each activity is a module of its own, with its own loop shape (Balsam's site ser
     recall.py      pull back jobs stuck pending (rebalancing)      every rebalance_interval
     dispatch.py    commands to agents; re-send what is unanswered  every second (upkeep)
     site_admin.py  drain / resume / retire                         per call
+    job_admin.py   admins' requeue and priority of any user's job  per call
     learning.py    run times and start calibration                 per report / per start
     waiting.py     dependencies, begin times, holds (WAITING jobs)  settled before each pass
     outputs.py     a job's output, read at its site (msub output)   per call
@@ -31,6 +32,7 @@ from metasched import log
 from metasched.daemon.core import Core
 from metasched.daemon.dispatch import Dispatcher
 from metasched.daemon.intake import Intake
+from metasched.daemon.job_admin import JobAdmin
 from metasched.daemon.learning import Learning
 from metasched.daemon.outputs import OutputRelay
 from metasched.daemon.placing import PlacementPass
@@ -69,6 +71,7 @@ class Scheduler:
         self.reconcile = Reconciler(core, self.learning, self.placement)
         self.recall = Recall(core)
         self.site_admin = SiteAdmin(core, self.placement)
+        self.job_admin = JobAdmin(core, self.intake, self.placement)
         self.learning.from_history()
         self._services = [
             Service(

@@ -29,9 +29,16 @@ class AgentLink:
     not, so the stream's coroutine sleeps until there is something to send instead of
     holding a thread (it calls `drained()` before each look at the outbox)."""
 
-    def __init__(self, site: str, peer: str, wake: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        site: str,
+        peer: str,
+        wake: Callable[[], None] | None = None,
+        agent_version: str = "",
+    ) -> None:
         self.site = site
         self.peer = peer
+        self.agent_version = agent_version
         self.outbox: queue.Queue[pb.DaemonMessage | None] = queue.Queue()
         self.closed = threading.Event()
         self._wake = wake
@@ -65,6 +72,7 @@ class Site:
     report: pb.SiteReport | None = None
     last_seen: float = 0.0
     link: AgentLink | None = None
+    agent_version: str = ""  # of the agent last connected
     online: bool = False
     # derived from the report once per report, for placement
     view_base: SiteView | None = None
@@ -194,6 +202,7 @@ class SiteRegistry:
         with self._lock:
             site = self.ensure(name)
             old, site.link = site.link, link
+            site.agent_version = link.agent_version
             self.version += 1
             return old
 

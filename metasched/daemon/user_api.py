@@ -95,6 +95,8 @@ def job_pb(job: JobRow, events: list[Any] | None = None, with_spec: bool = True)
         array_id=job.array_id,
         array_task=job.array_task,
         held=job.held,
+        held_by_admin=job.admin_held,
+        priority=job.priority,
         stdout_path=stdout,
         stderr_path=output_names.resolve(spec.error, ids, workdir) if spec.error else stdout,
     )
@@ -442,25 +444,35 @@ class UserService(pb_grpc.SchedulerServicer):
 
 
 def site_summaries(s: Scheduler, now: float) -> list[pb.SiteSummary]:
-    """Every site as users see it (ListSites, the status page): state, capacity and use
-    from its last report, and the estimated wait of a one-core, one-hour job."""
+    """Every site as users and admins see it (ListSites, metasched-admin site list, the status
+    page): state, agent, capacity and use from its last report, and the estimated wait of a
+    one-core, one-hour job there (0: it would start at once; -1: it could not run there)."""
     views = {v.name: v for v in s.views(now)}
     probe = Request(0, "", jobspec.shape_of(pb.JobSpec(time_limit_minutes=60)))
     out = []
     for site in s.sites.all():
-        summary = pb.SiteSummary(name=site.name, state=site.state, last_seen=site.last_seen)
+        summary = pb.SiteSummary(
+            name=site.name,
+            state=site.state,
+            last_seen=site.last_seen,
+            agent_version=site.agent_version,
+            report_age_seconds=max(0.0, now - site.last_seen) if site.last_seen else -1.0,
+        )
         rep = site.report
         if rep is not None:
             summary.partitions.extend(rep.partitions)
             summary.slurm_version = rep.slurm_version
+            summary.backend = rep.backend
+            summary.nodes = len(rep.nodes)
             for n in rep.nodes:
                 summary.total_cpus += n.cpus
                 total_g = sum(g.count for g in n.gpus)
                 summary.total_gpus += total_g
-                if site.state != "online" or not node_usable(n.state):
-                    # drained, down, not responding..., or a site that is not taking
-                    # jobs (its last picture may be old): nothing there is free
+                if not node_usable(n.state):
                     continue
+                summary.usable_nodes += 1
+                if site.state != "online":
+                    continue  # a site not taking jobs (its last picture may be old): none free
                 summary.free_cpus += max(0, n.cpus - n.alloc_cpus)
                 summary.free_gpus += max(0, total_g - sum(g.count for g in n.alloc_gpus))
             summary.running_jobs = sum(1 for j in rep.jobs if j.state == "RUNNING")
@@ -469,10 +481,17 @@ def site_summaries(s: Scheduler, now: float) -> list[pb.SiteSummary]:
         if view is not None and view.partitions:
             choices = s.placer.plan(probe, [view], now)
             est = choices[0].estimate if choices and choices[0].eligible else None
-            if est is not None and est.start != math.inf:
-                summary.est_wait_seconds = max(0.0, est.start - now)
-            else:
+            if est is None or est.start == math.inf:
                 summary.est_wait_seconds = -1
+            elif est.point <= now:
+                # It fits now: it waits only for the site's next scheduling pass, which the
+                # calibrated median (a few seconds) is not worth showing as a wait.
+                summary.est_wait_seconds = 0.0
+            else:
+                # No room now: at least until something there ends. Never shown as no wait,
+                # however soon that is expected (a full site said "none" when its running
+                # jobs' predicted ends were under a minute away).
+                summary.est_wait_seconds = max(1.0, est.start - now)
         out.append(summary)
     return out
 

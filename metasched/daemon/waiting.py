@@ -34,6 +34,9 @@ Verdict = Literal["ready", "wait", "never"]
 Key = tuple[int, int | None]  # (job or array id, task or None)
 
 _FINAL = tuple(str(s) for s in FINAL_STATES)
+# Why a held job waits, in Slurm's words (squeue's reasons JobHeldUser / JobHeldAdmin).
+HELD_BY_USER = "JobHeldUser: held by its user (msub release)"
+HELD_BY_ADMIN = "JobHeldAdmin: held by an admin (only an admin releases it)"
 
 
 def _keys_of(row: JobRow) -> tuple[Key, ...]:
@@ -215,7 +218,7 @@ class WaitingJobs:
             if verdict == "wait":
                 return "wait", f"Dependency: waiting for {dep}", again
         if job.held:
-            return "wait", "JobHeldUser: held by its user (msub release)", 0.0
+            return "wait", HELD_BY_ADMIN if job.admin_held else HELD_BY_USER, 0.0
         if job.spec.begin_time > now:
             when = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(job.spec.begin_time))
             return "wait", f"BeginTime: not before {when}", job.spec.begin_time

@@ -26,10 +26,9 @@ from metasched.daemon.health import StoreHealth
 from metasched.daemon.identity import Identity
 from metasched.daemon.metrics import DaemonMetrics, site_use
 from metasched.daemon.scheduler import Scheduler
+from metasched.daemon.usage import hourly_by_site
 from metasched.daemon.user_api import site_summaries
-from metasched.jobspec import shape_of
 from metasched.states import JobState
-from metasched.v1 import metasched_pb2 as pb
 
 COOKIE = "metasched_token"
 USAGE_HOURS = 24
@@ -42,10 +41,13 @@ def esc(value: object) -> str:
 
 
 def wait_text(seconds: float, state: str) -> str:
+    """A site's estimated wait: "now" only when a one-core job would start there at once."""
     if state != "online" or seconds < 0:
         return "-"
-    if seconds < 60:
+    if seconds == 0:
         return "now"
+    if seconds < 60:
+        return "< 1 min"
     if seconds < 5400:
         return f"{round(seconds / 60)} min"
     return f"{seconds / 3600:.1f} h"
@@ -158,19 +160,7 @@ class StatusPage:
     def _usage(self, now: float) -> list[str]:
         """Core-hours per hour over the last day, stacked by site: an inline SVG plot."""
         start = now - USAGE_HOURS * 3600
-        per: dict[str, list[float]] = {}
-        for _user, site, started, ended, blob in self.s.store.history(start, now):
-            spec = pb.JobSpec()
-            spec.ParseFromString(blob)
-            shape = shape_of(spec)
-            cores = shape.tasks * shape.cpus_per_task
-            row = per.setdefault(site or "?", [0.0] * USAGE_HOURS)
-            a, b = max(started, start), min(ended or now, now)
-            for h in range(USAGE_HOURS):
-                lo = start + h * 3600
-                overlap = min(b, lo + 3600) - max(a, lo)
-                if overlap > 0:
-                    row[h] += cores * overlap / 3600
+        per = hourly_by_site(self.s.store, start, USAGE_HOURS)
         width, height, bar = 720, 160, 720 / USAGE_HOURS
         peak = max((sum(r[h] for r in per.values()) for h in range(USAGE_HOURS)), default=0)
         scale = (height - 20) / peak if peak else 0

@@ -52,6 +52,7 @@ class Federation:
         users: dict[str, str] | None = None,
         daemon_extra: str = "",
         tls: bool = True,
+        agent_metrics: bool = False,
     ) -> None:
         self.lab = lab
         self.root = Path(root)
@@ -67,6 +68,10 @@ class Federation:
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.poll_interval = poll_interval
         self.users = users if users is not None else {"*": "*"}
+        # site -> the URL of its agent's Prometheus endpoint (agent_metrics=True)
+        self.agent_metrics = (
+            {name: f"http://127.0.0.1:{free_port()}" for name in lab.sites} if agent_metrics else {}
+        )
         self.daemon_config = self.root / "metaschedd.toml"
         sites = "\n".join(
             f'[sites.{n}]\ntoken_sha256 = "{auth.sha256_hex(t)}"\n' for n, t in self.tokens.items()
@@ -104,15 +109,17 @@ log_level = "debug"
 
     def _agent_toml(self, site: str) -> str:
         users = "\n".join(f'"{k}" = "{v}"' for k, v in self.users.items())
-        tls = ""
+        extra = ""
         if self.tls:
             c = self.site_certs[site]
-            tls = f'tls_cert = "{c.cert}"\ntls_key = "{c.key}"\ntls_ca = "{self.ca.cert}"\n'
+            extra = f'tls_cert = "{c.cert}"\ntls_key = "{c.key}"\ntls_ca = "{self.ca.cert}"\n'
+        if site in self.agent_metrics:
+            extra += f'metrics_listen = "{self.agent_metrics[site].removeprefix("http://")}"\n'
         return f"""[agent]
 site = "{site}"
 daemon = "{self.address}"
 token = "{self.tokens[site]}"
-{tls}state_dir = "{self.root / f"agent-{site}"}"
+{extra}state_dir = "{self.root / f"agent-{site}"}"
 poll_interval = {self.poll_interval}
 backend = "cli"
 slurm_conf = "{self.lab.slurm_conf(site)}"

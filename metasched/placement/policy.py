@@ -150,12 +150,50 @@ def partition_refusal(site: SiteView, part: PartitionView, shape: Shape) -> str:
                 + (f", {shape.total_gpus_asked} GPUs in all" if shape.total_gpus_asked else "")
                 + f", room for {fitting} task(s)"
             )
-        return (
-            f"shape does not fit: {shape.nodes} node(s) x {shape.cpus_per_node} CPUs"
-            + (f" x {shape.gpus_per_node} GPUs" if shape.gpus_per_node else "")
-            + f", {fitting} node(s) big enough"
-        )
+        return _does_not_fit(members, shape, fitting)
     return ""
+
+
+def _mem(mb: int) -> str:
+    return f"{mb} MB" if mb < 1024 else f"{mb / 1024:.1f}".removesuffix(".0") + " GB"
+
+
+def _does_not_fit(nodes: list[NodeView], shape: Shape, fitting: int) -> str:
+    """Why too few of a partition's nodes can hold one node's share of the shape, naming
+    what does not fit: memory, GPUs or CPUs per node, or the number of nodes."""
+    gpu = f"{shape.gpu_type} GPUs" if shape.gpu_type else "GPUs"
+    if shape.gpus_per_node and shape.gpu_type and not any(shape.gpu_type in n.gpus for n in nodes):
+        return f"no {gpu}"
+    if not nodes:
+        return "shape does not fit: the partition has no nodes"
+    if fitting:
+        return (
+            f"shape does not fit: {shape.nodes} nodes asked, {fitting} node(s) big enough "
+            "for one node's share"
+        )
+    over = []
+    most_cpus = max(n.cpus for n in nodes)
+    if shape.cpus_per_node > most_cpus:
+        over.append(f"{shape.cpus_per_node} CPUs per node (the largest node has {most_cpus})")
+    most_mem = max(n.mem_mb for n in nodes)
+    if shape.mem_per_node_mb > most_mem:
+        over.append(
+            f"memory {_mem(shape.mem_per_node_mb)} per node (the largest node has {_mem(most_mem)})"
+        )
+    most_gpus = max(
+        n.gpus.get(shape.gpu_type, 0) if shape.gpu_type else max(n.gpus.values(), default=0)
+        for n in nodes
+    )
+    if shape.gpus_per_node > most_gpus:
+        over.append(f"{shape.gpus_per_node} {gpu} per node (the most on a node is {most_gpus})")
+    if over:
+        return "shape does not fit: " + "; ".join(over)
+    return (
+        f"shape does not fit: no node has {shape.cpus_per_node} CPUs"
+        + (f", {_mem(shape.mem_per_node_mb)}" if shape.mem_per_node_mb else "")
+        + (f" and {shape.gpus_per_node} {gpu}" if shape.gpus_per_node else "")
+        + " at once"
+    )
 
 
 def site_refusal(site: SiteView, req: Request, shape_only: bool = False) -> tuple[list[str], str]:

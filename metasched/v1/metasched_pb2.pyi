@@ -6,7 +6,7 @@ metasched API, version 1.
 Three services share one daemon (metaschedd):
   Scheduler      what users (msub) and admins call: submit, plan, show, list, cancel, watch, sites.
   Admin          what metasched-admin calls (admins only): user tokens, site drain/resume/retire,
-                 online backup.
+                 online backup, any user's jobs (hold, requeue, priority), usage accounting.
   AgentService   what a site's metasched-agent calls: one long-lived bidirectional stream on which
                  the agent reports its site and job states, and receives submit/cancel commands.
 
@@ -466,6 +466,8 @@ class Job(_message.Message):
     HELD_FIELD_NUMBER: _builtins.int
     STDOUT_PATH_FIELD_NUMBER: _builtins.int
     STDERR_PATH_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
+    HELD_BY_ADMIN_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     user: _builtins.str
     state: Global___JobState.ValueType
@@ -492,6 +494,12 @@ class Job(_message.Message):
     """where its output goes, patterns resolved (%j %A %a %x %u)"""
     stderr_path: _builtins.str
     """same file as stdout_path unless --error was given"""
+    priority: _builtins.int
+    """Set by an admin (metasched-admin job priority): the global queue is placed in order of
+    priority (higher first), then job id. 0 = the default; negative = behind every other job.
+    """
+    held_by_admin: _builtins.bool
+    """held by an admin: only an admin releases it (JobHeldAdmin)"""
     @_builtins.property
     def spec(self) -> Global___JobSpec: ...
     @_builtins.property
@@ -523,10 +531,12 @@ class Job(_message.Message):
         held: _builtins.bool = ...,
         stdout_path: _builtins.str = ...,
         stderr_path: _builtins.str = ...,
+        priority: _builtins.int = ...,
+        held_by_admin: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["estimate", b"estimate", "spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["array_id", b"array_id", "array_task", b"array_task", "attempt", b"attempt", "ended_at", b"ended_at", "estimate", b"estimate", "events", b"events", "exit_code", b"exit_code", "held", b"held", "id", b"id", "partition", b"partition", "reason", b"reason", "site", b"site", "slurm_job_id", b"slurm_job_id", "spec", b"spec", "started_at", b"started_at", "state", b"state", "stderr_path", b"stderr_path", "stdout_path", b"stdout_path", "submitted_at", b"submitted_at", "user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["array_id", b"array_id", "array_task", b"array_task", "attempt", b"attempt", "ended_at", b"ended_at", "estimate", b"estimate", "events", b"events", "exit_code", b"exit_code", "held", b"held", "held_by_admin", b"held_by_admin", "id", b"id", "partition", b"partition", "priority", b"priority", "reason", b"reason", "site", b"site", "slurm_job_id", b"slurm_job_id", "spec", b"spec", "started_at", b"started_at", "state", b"state", "stderr_path", b"stderr_path", "stdout_path", b"stdout_path", "submitted_at", b"submitted_at", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1123,6 +1133,11 @@ class SiteSummary(_message.Message):
     PENDING_JOBS_FIELD_NUMBER: _builtins.int
     EST_WAIT_SECONDS_FIELD_NUMBER: _builtins.int
     SLURM_VERSION_FIELD_NUMBER: _builtins.int
+    BACKEND_FIELD_NUMBER: _builtins.int
+    AGENT_VERSION_FIELD_NUMBER: _builtins.int
+    REPORT_AGE_SECONDS_FIELD_NUMBER: _builtins.int
+    NODES_FIELD_NUMBER: _builtins.int
+    USABLE_NODES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     state: _builtins.str
     """online, offline, draining, retired"""
@@ -1136,6 +1151,16 @@ class SiteSummary(_message.Message):
     est_wait_seconds: _builtins.float
     """for a one-core, one-hour job, median"""
     slurm_version: _builtins.str
+    backend: _builtins.str
+    """how its agent reads Slurm: cli or pyslurm"""
+    agent_version: _builtins.str
+    """of the agent last connected"""
+    report_age_seconds: _builtins.float
+    """since its agent last reported, by the daemon's clock"""
+    nodes: _builtins.int
+    """nodes in its last report"""
+    usable_nodes: _builtins.int
+    """of those, nodes that take work (not down, drained, ...)"""
     @_builtins.property
     def partitions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Partition]: ...
     def __init__(
@@ -1153,10 +1178,15 @@ class SiteSummary(_message.Message):
         pending_jobs: _builtins.int = ...,
         est_wait_seconds: _builtins.float = ...,
         slurm_version: _builtins.str = ...,
+        backend: _builtins.str = ...,
+        agent_version: _builtins.str = ...,
+        report_age_seconds: _builtins.float = ...,
+        nodes: _builtins.int = ...,
+        usable_nodes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["est_wait_seconds", b"est_wait_seconds", "free_cpus", b"free_cpus", "free_gpus", b"free_gpus", "last_seen", b"last_seen", "name", b"name", "partitions", b"partitions", "pending_jobs", b"pending_jobs", "running_jobs", b"running_jobs", "slurm_version", b"slurm_version", "state", b"state", "total_cpus", b"total_cpus", "total_gpus", b"total_gpus"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "backend", b"backend", "est_wait_seconds", b"est_wait_seconds", "free_cpus", b"free_cpus", "free_gpus", b"free_gpus", "last_seen", b"last_seen", "name", b"name", "nodes", b"nodes", "partitions", b"partitions", "pending_jobs", b"pending_jobs", "report_age_seconds", b"report_age_seconds", "running_jobs", b"running_jobs", "slurm_version", b"slurm_version", "state", b"state", "total_cpus", b"total_cpus", "total_gpus", b"total_gpus", "usable_nodes", b"usable_nodes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1474,8 +1504,11 @@ class CancelResult(_message.Message):
     job_id: _builtins.int
     attempt: _builtins.int
     done: _builtins.bool
-    """the job is no longer in the site's queue (or never was)"""
+    """the job is no longer in the site's queue (or never was), or Slurm is ending it
+    (COMPLETING after the scancel)
+    """
     error: _builtins.str
+    """why it is not done (always set when done is false)"""
     def __init__(
         self,
         *,
@@ -2168,6 +2201,190 @@ class ListQuarantinedResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListQuarantinedResponse: _TypeAlias = ListQuarantinedResponse  # noqa: Y015
+
+@_typing.final
+class RequeueJobsRequest(_message.Message):
+    """Admins on any user's jobs; jobs are named as users name them ("17", "17_5", "17_[1-9]")."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOBS_FIELD_NUMBER: _builtins.int
+    HOLD_FIELD_NUMBER: _builtins.int
+    hold: _builtins.bool
+    """held by the admin once back in the global queue"""
+    @_builtins.property
+    def jobs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        jobs: _abc.Iterable[_builtins.str] | None = ...,
+        hold: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hold", b"hold", "jobs", b"jobs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RequeueJobsRequest: _TypeAlias = RequeueJobsRequest  # noqa: Y015
+
+@_typing.final
+class RequeueJobsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOBS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def jobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___Job]:
+        """spec left out; RECALLING until the site confirms, then QUEUED"""
+
+    def __init__(
+        self,
+        *,
+        jobs: _abc.Iterable[Global___Job] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["jobs", b"jobs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RequeueJobsResponse: _TypeAlias = RequeueJobsResponse  # noqa: Y015
+
+@_typing.final
+class SetJobPriorityRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOBS_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
+    priority: _builtins.int
+    """higher is placed first; 0 = the default"""
+    @_builtins.property
+    def jobs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        jobs: _abc.Iterable[_builtins.str] | None = ...,
+        priority: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["jobs", b"jobs", "priority", b"priority"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetJobPriorityRequest: _TypeAlias = SetJobPriorityRequest  # noqa: Y015
+
+@_typing.final
+class SetJobPriorityResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOBS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def jobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___Job]: ...
+    def __init__(
+        self,
+        *,
+        jobs: _abc.Iterable[Global___Job] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["jobs", b"jobs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetJobPriorityResponse: _TypeAlias = SetJobPriorityResponse  # noqa: Y015
+
+@_typing.final
+class UsageRequest(_message.Message):
+    """Core-hours and GPU-hours of the jobs that ran in [since, until), from the queue's history."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SINCE_FIELD_NUMBER: _builtins.int
+    UNTIL_FIELD_NUMBER: _builtins.int
+    BY_FIELD_NUMBER: _builtins.int
+    since: _builtins.float
+    """seconds since the epoch"""
+    until: _builtins.float
+    """0 = now"""
+    by: _builtins.str
+    """user, site or precision"""
+    def __init__(
+        self,
+        *,
+        since: _builtins.float = ...,
+        until: _builtins.float = ...,
+        by: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["by", b"by", "since", b"since", "until", b"until"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UsageRequest: _TypeAlias = UsageRequest  # noqa: Y015
+
+@_typing.final
+class UsageRow(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    JOBS_FIELD_NUMBER: _builtins.int
+    CORE_HOURS_FIELD_NUMBER: _builtins.int
+    GPU_HOURS_FIELD_NUMBER: _builtins.int
+    key: _builtins.str
+    """the user, site or precision ("any": jobs that asked for none)"""
+    jobs: _builtins.int
+    """jobs that ran in the window"""
+    core_hours: _builtins.float
+    """CPUs x hours, the part of each job's run inside the window"""
+    gpu_hours: _builtins.float
+    def __init__(
+        self,
+        *,
+        key: _builtins.str = ...,
+        jobs: _builtins.int = ...,
+        core_hours: _builtins.float = ...,
+        gpu_hours: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["core_hours", b"core_hours", "gpu_hours", b"gpu_hours", "jobs", b"jobs", "key", b"key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UsageRow: _TypeAlias = UsageRow  # noqa: Y015
+
+@_typing.final
+class UsageResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SINCE_FIELD_NUMBER: _builtins.int
+    UNTIL_FIELD_NUMBER: _builtins.int
+    BY_FIELD_NUMBER: _builtins.int
+    ROWS_FIELD_NUMBER: _builtins.int
+    since: _builtins.float
+    until: _builtins.float
+    by: _builtins.str
+    @_builtins.property
+    def rows(self) -> _containers.RepeatedCompositeFieldContainer[Global___UsageRow]:
+        """largest core_hours first"""
+
+    def __init__(
+        self,
+        *,
+        since: _builtins.float = ...,
+        until: _builtins.float = ...,
+        by: _builtins.str = ...,
+        rows: _abc.Iterable[Global___UsageRow] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["by", b"by", "rows", b"rows", "since", b"since", "until", b"until"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UsageResponse: _TypeAlias = UsageResponse  # noqa: Y015
 
 @_typing.final
 class BackupRequest(_message.Message):

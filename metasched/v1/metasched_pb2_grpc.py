@@ -643,6 +643,26 @@ class AdminStub:
                 request_serializer=metasched_dot_v1_dot_metasched__pb2.BackupRequest.SerializeToString,
                 response_deserializer=metasched_dot_v1_dot_metasched__pb2.BackupChunk.FromString,
                 _registered_method=True)
+        self.HoldJobs = channel.unary_unary(
+                '/metasched.v1.Admin/HoldJobs',
+                request_serializer=metasched_dot_v1_dot_metasched__pb2.HoldJobsRequest.SerializeToString,
+                response_deserializer=metasched_dot_v1_dot_metasched__pb2.HoldJobsResponse.FromString,
+                _registered_method=True)
+        self.RequeueJobs = channel.unary_unary(
+                '/metasched.v1.Admin/RequeueJobs',
+                request_serializer=metasched_dot_v1_dot_metasched__pb2.RequeueJobsRequest.SerializeToString,
+                response_deserializer=metasched_dot_v1_dot_metasched__pb2.RequeueJobsResponse.FromString,
+                _registered_method=True)
+        self.SetJobPriority = channel.unary_unary(
+                '/metasched.v1.Admin/SetJobPriority',
+                request_serializer=metasched_dot_v1_dot_metasched__pb2.SetJobPriorityRequest.SerializeToString,
+                response_deserializer=metasched_dot_v1_dot_metasched__pb2.SetJobPriorityResponse.FromString,
+                _registered_method=True)
+        self.Usage = channel.unary_unary(
+                '/metasched.v1.Admin/Usage',
+                request_serializer=metasched_dot_v1_dot_metasched__pb2.UsageRequest.SerializeToString,
+                response_deserializer=metasched_dot_v1_dot_metasched__pb2.UsageResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -685,6 +705,32 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def HoldJobs(self, request, context):
+        """Any user's jobs: an admin's hold (only an admin releases it) and release.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RequeueJobs(self, request, context):
+        """Pull jobs that have not started back to the global queue (docs/admin.md).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetJobPriority(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Usage(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -717,6 +763,26 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.Backup,
                     request_deserializer=metasched_dot_v1_dot_metasched__pb2.BackupRequest.FromString,
                     response_serializer=metasched_dot_v1_dot_metasched__pb2.BackupChunk.SerializeToString,
+            ),
+            'HoldJobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.HoldJobs,
+                    request_deserializer=metasched_dot_v1_dot_metasched__pb2.HoldJobsRequest.FromString,
+                    response_serializer=metasched_dot_v1_dot_metasched__pb2.HoldJobsResponse.SerializeToString,
+            ),
+            'RequeueJobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.RequeueJobs,
+                    request_deserializer=metasched_dot_v1_dot_metasched__pb2.RequeueJobsRequest.FromString,
+                    response_serializer=metasched_dot_v1_dot_metasched__pb2.RequeueJobsResponse.SerializeToString,
+            ),
+            'SetJobPriority': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetJobPriority,
+                    request_deserializer=metasched_dot_v1_dot_metasched__pb2.SetJobPriorityRequest.FromString,
+                    response_serializer=metasched_dot_v1_dot_metasched__pb2.SetJobPriorityResponse.SerializeToString,
+            ),
+            'Usage': grpc.unary_unary_rpc_method_handler(
+                    servicer.Usage,
+                    request_deserializer=metasched_dot_v1_dot_metasched__pb2.UsageRequest.FromString,
+                    response_serializer=metasched_dot_v1_dot_metasched__pb2.UsageResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -881,6 +947,114 @@ class Admin:
             '/metasched.v1.Admin/Backup',
             metasched_dot_v1_dot_metasched__pb2.BackupRequest.SerializeToString,
             metasched_dot_v1_dot_metasched__pb2.BackupChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def HoldJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/metasched.v1.Admin/HoldJobs',
+            metasched_dot_v1_dot_metasched__pb2.HoldJobsRequest.SerializeToString,
+            metasched_dot_v1_dot_metasched__pb2.HoldJobsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RequeueJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/metasched.v1.Admin/RequeueJobs',
+            metasched_dot_v1_dot_metasched__pb2.RequeueJobsRequest.SerializeToString,
+            metasched_dot_v1_dot_metasched__pb2.RequeueJobsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetJobPriority(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/metasched.v1.Admin/SetJobPriority',
+            metasched_dot_v1_dot_metasched__pb2.SetJobPriorityRequest.SerializeToString,
+            metasched_dot_v1_dot_metasched__pb2.SetJobPriorityResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Usage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/metasched.v1.Admin/Usage',
+            metasched_dot_v1_dot_metasched__pb2.UsageRequest.SerializeToString,
+            metasched_dot_v1_dot_metasched__pb2.UsageResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -6,7 +6,7 @@ metasched API, version 1.
 Three services share one daemon (metaschedd):
   Scheduler      what users (msub) and admins call: submit, plan, show, list, cancel, watch, sites.
   Admin          what metasched-admin calls (admins only): user tokens, site drain/resume/retire,
-                 online backup.
+                 online backup, any user's jobs (hold, requeue, priority), usage accounting.
   AgentService   what a site's metasched-agent calls: one long-lived bidirectional stream on which
                  the agent reports its site and job states, and receives submit/cancel commands.
 
@@ -216,6 +216,12 @@ class AdminStub:
     ListQuarantined: _grpc.UnaryUnaryMultiCallable[_metasched_pb2.ListQuarantinedRequest, _metasched_pb2.ListQuarantinedResponse]
     Backup: _grpc.UnaryStreamMultiCallable[_metasched_pb2.BackupRequest, _metasched_pb2.BackupChunk]
     """An online, consistent copy of the database (SQLite's backup API), streamed to the caller."""
+    HoldJobs: _grpc.UnaryUnaryMultiCallable[_metasched_pb2.HoldJobsRequest, _metasched_pb2.HoldJobsResponse]
+    """Any user's jobs: an admin's hold (only an admin releases it) and release."""
+    RequeueJobs: _grpc.UnaryUnaryMultiCallable[_metasched_pb2.RequeueJobsRequest, _metasched_pb2.RequeueJobsResponse]
+    """Pull jobs that have not started back to the global queue (docs/admin.md)."""
+    SetJobPriority: _grpc.UnaryUnaryMultiCallable[_metasched_pb2.SetJobPriorityRequest, _metasched_pb2.SetJobPriorityResponse]
+    Usage: _grpc.UnaryUnaryMultiCallable[_metasched_pb2.UsageRequest, _metasched_pb2.UsageResponse]
 
 @_typing.type_check_only
 class AdminAsyncStub(AdminStub):
@@ -227,6 +233,12 @@ class AdminAsyncStub(AdminStub):
     ListQuarantined: _aio.UnaryUnaryMultiCallable[_metasched_pb2.ListQuarantinedRequest, _metasched_pb2.ListQuarantinedResponse]  # type: ignore[assignment]
     Backup: _aio.UnaryStreamMultiCallable[_metasched_pb2.BackupRequest, _metasched_pb2.BackupChunk]  # type: ignore[assignment]
     """An online, consistent copy of the database (SQLite's backup API), streamed to the caller."""
+    HoldJobs: _aio.UnaryUnaryMultiCallable[_metasched_pb2.HoldJobsRequest, _metasched_pb2.HoldJobsResponse]  # type: ignore[assignment]
+    """Any user's jobs: an admin's hold (only an admin releases it) and release."""
+    RequeueJobs: _aio.UnaryUnaryMultiCallable[_metasched_pb2.RequeueJobsRequest, _metasched_pb2.RequeueJobsResponse]  # type: ignore[assignment]
+    """Pull jobs that have not started back to the global queue (docs/admin.md)."""
+    SetJobPriority: _aio.UnaryUnaryMultiCallable[_metasched_pb2.SetJobPriorityRequest, _metasched_pb2.SetJobPriorityResponse]  # type: ignore[assignment]
+    Usage: _aio.UnaryUnaryMultiCallable[_metasched_pb2.UsageRequest, _metasched_pb2.UsageResponse]  # type: ignore[assignment]
 
 class AdminServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -271,5 +283,35 @@ class AdminServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_metasched_pb2.BackupChunk], _abc.AsyncIterator[_metasched_pb2.BackupChunk]]:
         """An online, consistent copy of the database (SQLite's backup API), streamed to the caller."""
+
+    @_abc_1.abstractmethod
+    def HoldJobs(
+        self,
+        request: _metasched_pb2.HoldJobsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_metasched_pb2.HoldJobsResponse, _abc.Awaitable[_metasched_pb2.HoldJobsResponse]]:
+        """Any user's jobs: an admin's hold (only an admin releases it) and release."""
+
+    @_abc_1.abstractmethod
+    def RequeueJobs(
+        self,
+        request: _metasched_pb2.RequeueJobsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_metasched_pb2.RequeueJobsResponse, _abc.Awaitable[_metasched_pb2.RequeueJobsResponse]]:
+        """Pull jobs that have not started back to the global queue (docs/admin.md)."""
+
+    @_abc_1.abstractmethod
+    def SetJobPriority(
+        self,
+        request: _metasched_pb2.SetJobPriorityRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_metasched_pb2.SetJobPriorityResponse, _abc.Awaitable[_metasched_pb2.SetJobPriorityResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def Usage(
+        self,
+        request: _metasched_pb2.UsageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_metasched_pb2.UsageResponse, _abc.Awaitable[_metasched_pb2.UsageResponse]]: ...
 
 def add_AdminServicer_to_server(servicer: AdminServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1442,7 +1442,8 @@ class Store:
         conn = self._reader()
         rows = conn.execute(
             # (a column a job never set is NULL, not 0)
-            "SELECT id, user, site, started_at, ended_at, updated_at, state, spec, array_id "
+            "SELECT id, user, site, started_at, ended_at, updated_at, state, spec, array_id, "
+            "submitted_at "
             "FROM jobs WHERE started_at > 0 AND started_at < ? AND (ended_at >= ? OR "
             "(IFNULL(ended_at, 0) = 0 AND (state NOT IN ({}) OR updated_at >= ?)))".format(
                 ",".join("?" * len(finals))
@@ -1450,6 +1451,9 @@ class Store:
             (until, since, *finals, since),
         )
         for r in rows:
+            # as jobs are shown (user_api.job_pb): Slurm's start time has whole seconds, and
+            # a job never starts before it was submitted
+            started = max(r["started_at"], r["submitted_at"])
             ended = r["ended_at"] or (r["updated_at"] if r["state"] in finals else until)
             array_id = r["array_id"]
             if array_id:
@@ -1461,8 +1465,8 @@ class Store:
                 r["id"],
                 r["user"],
                 r["site"] or "",
-                max(since, r["started_at"]),
-                min(until, max(ended, r["started_at"])),
+                max(since, started),
+                min(until, max(ended, started)),
                 spec,
             )
 

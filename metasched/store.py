@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 
 import sqlite_utils
 
-from metasched import log
+from metasched import log, shelf_tables
 from metasched.states import FINAL_STATES, JobState, can_move
 from metasched.v1 import metasched_pb2 as pb
 
@@ -37,7 +37,10 @@ T = TypeVar("T")
 # 2: array tasks (jobs.array_id/array_task, their shared spec in `arrays`) and holds
 # (jobs.held). A version-1 file is upgraded in place; a version-1 daemon refuses a version-2
 # file (its task rows keep their spec in `arrays`, which it would not know to read).
-SCHEMA_VERSION = 2
+# 3: the app shelf (tables apps and results; jobs.recipe). Versions 1 and 2 are upgraded in
+# place; a version-2 daemon refuses a version-3 file (it would send an app's run with its
+# stand-in script).
+SCHEMA_VERSION = 3
 MAX_BATCH = 2000
 # Rows per multi-row INSERT of new jobs: 7 parameters a row stays under SQLite's oldest
 # default limit of 999 parameters a statement.
@@ -95,6 +98,7 @@ class JobRow:
     array_id: int = 0
     array_task: int = 0
     held: bool = False  # held by its user (msub hold / --hold) until released
+    recipe: str = ""  # an app's run: the recipe chosen for the site it was sent to
 
 
 @dataclass(frozen=True)
@@ -140,6 +144,7 @@ _JOB_COLUMNS = {
     "array_id": int,
     "array_task": int,
     "held": int,
+    "recipe": str,
 }
 
 
@@ -179,6 +184,7 @@ def _row_to_job(r: sqlite3.Row, spec: pb.JobSpec | None = None) -> JobRow:
         array_id=r["array_id"] or 0,
         array_task=r["array_task"] or 0,
         held=bool(r["held"]),
+        recipe=r["recipe"] or "",
     )
 
 
@@ -207,6 +213,7 @@ _UPDATABLE = (
     "cancel_requested",
     "avoid_sites",
     "held",
+    "recipe",
 )
 
 
@@ -647,6 +654,7 @@ class Store:
         db.table("jobs").create_index(["state"], if_not_exists=True)
         db.table("jobs").create_index(["user", "state"], if_not_exists=True)
         db.table("jobs").create_index(["array_id", "array_task"], if_not_exists=True)
+        shelf_tables.create(db)
         version = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
         if version is not None and int(version[0]) > SCHEMA_VERSION:
             raise StoreError(

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import time
 
-from metasched import jobspec
+from metasched import jobspec, shelf_tables
 from metasched.arrays import ArraySpec
 from metasched.daemon import tasks
 from metasched.daemon.core import Activity, Core
 from metasched.daemon.placing import PlacementPass
 from metasched.daemon.settings import Refused
+from metasched.daemon.shelf import AppShelf, Caller
 from metasched.daemon.sites import SiteRegistry
 from metasched.daemon.views import request_of_spec, site_views
 from metasched.daemon.waiting import WaitingJobs
@@ -68,10 +69,21 @@ def no_account(sites: SiteRegistry, req: Request) -> str | None:
 
 
 class Intake(Activity):
-    def __init__(self, core: Core, placement: PlacementPass, waiting: WaitingJobs) -> None:
+    def __init__(
+        self, core: Core, placement: PlacementPass, waiting: WaitingJobs, shelf: AppShelf
+    ) -> None:
         super().__init__(core)
         self.placement = placement
         self.waiting = waiting
+        self.shelf = shelf
+
+    def _run_of_app(self, user: str, spec: pb.JobSpec) -> pb.JobSpec:
+        """An app's run becomes an ordinary spec (shelf.prepare_run); others are as given."""
+        if spec.app or spec.app_recipes or spec.app_version or spec.app_params:
+            if not spec.app:
+                raise Refused("INVALID_ARGUMENT", "app fields without an app")
+            return self.shelf.prepare_run(Caller(user), spec)
+        return spec
 
     def _valid(self, spec: pb.JobSpec) -> pb.JobSpec:
         try:
@@ -80,7 +92,7 @@ class Intake(Activity):
             raise Refused("INVALID_ARGUMENT", str(e)) from None
 
     def submit(self, user: str, spec: pb.JobSpec, wait_placement: float = 0.0) -> JobRow:
-        spec = self._valid(spec)
+        spec = self._valid(self._run_of_app(user, spec))
         for name in [*spec.sites, *spec.exclude_sites]:
             if self.sites.get(name) is None:
                 raise Refused("INVALID_ARGUMENT", f"unknown site {name!r}")
@@ -97,8 +109,9 @@ class Intake(Activity):
                 + (f" and this array has {count} tasks" if array else "")
                 + f" (the limit is {self.settings.max_queued_per_user})",
             )
-        if array or spec.dependency or spec.begin_time or spec.hold:
-            # one transaction for the whole array, its dependencies checked in it
+        if spec.app or array or spec.dependency or spec.begin_time or spec.hold:
+            # one transaction for the whole array, its dependencies checked in it (and an
+            # app's runs counted in it)
             job = self.store.run(lambda b: self._insert(b, user, spec, array))
         else:
             job = self.store.insert(user, spec).result(60)
@@ -123,9 +136,13 @@ class Intake(Activity):
         state = S.QUEUED if verdict == "ready" and not (array and spec.dependency) else S.WAITING
         reason = reason or ("Dependency: checking each task" if state == S.WAITING else "")
         if array is None:
-            return b.insert_held(user, spec, state, reason, spec.hold)
-        rows = b.insert_array(user, spec, array.tasks, array.max_running, state, reason, spec.hold)
-        return rows[0]
+            job = b.insert_held(user, spec, state, reason, spec.hold)
+        else:
+            tasks, limit = array.tasks, array.max_running
+            job = b.insert_array(user, spec, tasks, limit, state, reason, spec.hold)[0]
+        if spec.app:
+            shelf_tables.count_runs(b, spec.app, spec.app_version, len(array.tasks) if array else 1)
+        return job
 
     def cancel_named(self, user: str, admin: bool, names: list[str]) -> list[JobRow]:
         """Cancel every job the names stand for ("17", "17_5", "17_[1-100]") in one
@@ -220,7 +237,7 @@ class Intake(Activity):
         return sorted(found.values(), key=lambda j: j.id)
 
     def plan(self, user: str, spec: pb.JobSpec) -> list[Choice]:
-        req = request_of_spec(user, self._valid(spec))
+        req = request_of_spec(user, self._valid(self._run_of_app(user, spec)))
         now = time.time()
         return self.placer.plan(req, site_views(self.sites, self.store, now), now)
 

@@ -24,6 +24,7 @@ from metasched.daemon.identity import Identity
 from metasched.daemon.metrics import DaemonMetrics, RpcMetrics
 from metasched.daemon.scheduler import Scheduler
 from metasched.daemon.service import Service
+from metasched.daemon.shelf_api import ShelfService
 from metasched.daemon.sites import SiteRegistry
 from metasched.daemon.tokens import TokenStore
 from metasched.daemon.user_api import UserService
@@ -73,6 +74,8 @@ class Daemon:
             ),
             self.server,
         )
+        shelf = ShelfService(self.scheduler, self.identity)
+        pb_grpc.add_ShelfServicer_to_server(shelf, self.server)
         pb_grpc.add_AdminServicer_to_server(
             AdminService(self.scheduler, self.identity, self.tokens, cfg.state_dir), self.server
         )

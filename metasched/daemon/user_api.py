@@ -77,6 +77,7 @@ def job_pb(job: JobRow, events: list[Any] | None = None, with_spec: bool = True)
         held=job.held,
         stdout_path=stdout,
         stderr_path=output_names.resolve(spec.error, ids, spec.workdir) if spec.error else stdout,
+        recipe=job.recipe,
     )
     if job.est_start and job.est_site:
         out.estimate.CopyFrom(job_estimate_pb(job))
@@ -172,7 +173,7 @@ class UserService(pb_grpc.SchedulerServicer):
         choices = self._guard(context, lambda: self.s.intake.plan(user, request.spec))
         out = pb.PlanResponse()
         for c in choices:
-            sc = pb.SiteChoice(site=c.site, eligible=c.eligible, reason=c.reason)
+            sc = pb.SiteChoice(site=c.site, eligible=c.eligible, reason=c.reason, recipe=c.recipe)
             e = estimate_pb(c.estimate)
             if e is not None:
                 sc.estimate.CopyFrom(e)
@@ -306,6 +307,7 @@ def site_summaries(s: Scheduler, now: float) -> list[pb.SiteSummary]:
         if rep is not None:
             summary.partitions.extend(rep.partitions)
             summary.slurm_version = rep.slurm_version
+            summary.offers.CopyFrom(rep.offers)
             for n in rep.nodes:
                 summary.total_cpus += n.cpus
                 total_g = sum(g.count for g in n.gpus)

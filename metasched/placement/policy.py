@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from metasched.jobspec import Shape
 from metasched.placement.estimate import Calibrator, Estimate, build_profile
 from metasched.placement.model import NodeView, PartitionView, SiteView
+from metasched.placement.offers import AppNeeds, first_runnable
 from metasched.placement.profile import Need, Profile
 from metasched.placement.runtime import RuntimePredictor
 
@@ -36,11 +37,12 @@ class Request:
     partition: str = ""
     sites: frozenset[str] = frozenset()  # empty = any
     exclude: frozenset[str] = frozenset()
+    app: AppNeeds | None = None  # an app's job: only partitions one of its recipes can run on
 
     @property
     def key(self) -> tuple[object, ...]:
         """Jobs with the same key have the same eligible partitions and the same needs."""
-        return (self.user, self.shape, self.partition, self.sites, self.exclude)
+        return (self.user, self.shape, self.partition, self.sites, self.exclude, self.app)
 
 
 @dataclass(slots=True)  # not frozen: a pass makes one per queued job, and frozen is 4x slower
@@ -63,6 +65,7 @@ class Choice:
     eligible: bool
     reason: str = ""
     estimate: Estimate | None = None
+    recipe: str = ""  # an app's job: the recipe that would run there
 
 
 def node_fits(node: NodeView, shape: Shape) -> bool:
@@ -110,6 +113,16 @@ def partition_refusal(site: SiteView, part: PartitionView, shape: Shape) -> str:
     return ""
 
 
+def gpu_types(site: SiteView, part: PartitionView) -> frozenset[str]:
+    """The accelerator types of a partition's nodes (what an app recipe may target)."""
+    return frozenset(t for n in part.nodes if n in site.nodes for t in site.nodes[n].gpus)
+
+
+def recipe_for(site: SiteView, part: PartitionView, app: AppNeeds) -> tuple[str, str]:
+    """(the app's recipe to run on this partition, '') or ('', why none of them can)."""
+    return first_runnable(site.name, gpu_types(site, part), part.precisions, part.offers, app)
+
+
 def site_refusal(site: SiteView, req: Request, shape_only: bool = False) -> tuple[list[str], str]:
     """(eligible partitions, reason if none). shape_only ignores the site's current state."""
     if req.sites and site.name not in req.sites:
@@ -132,6 +145,8 @@ def site_refusal(site: SiteView, req: Request, shape_only: bool = False) -> tupl
     ok: list[str] = []
     for p in parts:
         why = partition_refusal(site, p, req.shape)
+        if not why and req.app is not None:
+            why = recipe_for(site, p, req.app)[1]
         if why:
             reasons.append(why)
         else:
@@ -160,6 +175,16 @@ class _Partitions:
                     self.by_precision.setdefault(prec, []).append(len(self.entries))
                 self.entries.append((site, p, gpus))
         self._fitting: dict[tuple[int, int, int, str], list[int]] = {}
+        self._runnable: dict[AppNeeds, list[bool]] = {}
+
+    def runnable(self, app: AppNeeds) -> list[bool]:
+        """Per entry, whether one of the app's recipes can run there (once per app version)."""
+        ok = self._runnable.get(app)
+        if ok is None:
+            ok = self._runnable[app] = [
+                not recipe_for(site, p, app)[1] for site, p, _ in self.entries
+            ]
+        return ok
 
     def fitting(self, shape: Shape) -> list[int]:
         """Per entry, how many of its nodes could each hold one node's share of the shape."""
@@ -181,6 +206,7 @@ class _Partitions:
         shape = req.shape
         fitting = self.fitting(shape)
         entries = self.entries
+        runnable = self.runnable(req.app) if req.app is not None else None
         ok = []
         if shape.precision:
             indices: Iterable[int] = self.by_precision.get(shape.precision, [])
@@ -199,6 +225,8 @@ class _Partitions:
             if p.max_time_minutes and shape.time_limit_minutes > p.max_time_minutes:
                 continue
             if p.max_nodes_per_job and shape.nodes > p.max_nodes_per_job:
+                continue
+            if runnable is not None and not runnable[i]:
                 continue
             if fitting[i] >= shape.nodes:
                 ok.append(i)
@@ -257,7 +285,11 @@ class Placer:
                 bad.append(Choice(site.name, False, why))
                 continue
             best = self._best_partition(cache, site, parts, req, now)
-            good.append(Choice(site.name, True, "", best))
+            recipe = ""
+            part = site.partition(best.partition)
+            if req.app is not None and part is not None:
+                recipe = recipe_for(site, part, req.app)[0]
+            good.append(Choice(site.name, True, "", best, recipe))
         good.sort(key=lambda c: (c.estimate.start if c.estimate else math.inf, c.site))
         return good + sorted(bad, key=lambda c: c.site)
 
@@ -345,7 +377,7 @@ class Placer:
             if rt is None:
                 rt = rt_cache[rk] = predict(user, shape.time_limit_minutes * 60.0)
             runtimes.append(rt)
-            k = (user if mapping else "", shape, req.partition, req.sites, req.exclude)
+            k = (user if mapping else "", shape, req.partition, req.sites, req.exclude, req.app)
             c = index.get(k)
             if c is not None and rt < shortest[c] and classes[c] is not None:
                 # An earlier call built this class's heap (classes are built only below) with

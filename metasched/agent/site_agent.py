@@ -27,9 +27,10 @@ from typing import Any
 import grpc
 
 from metasched import arrays, catalog, jobenv, log, output_names, tags
-from metasched.agent import output
+from metasched.agent import files, output
 from metasched.agent.config import AgentConfig
 from metasched.agent.journal import Journal
+from metasched.agent.offers import SiteOffers
 from metasched.agent.slurm.base import (
     JobRefused,
     Node,
@@ -146,6 +147,10 @@ class SiteAgent:
         self._jobs_lock = threading.Lock()
         self._warned_unknown: set[str] = set()
         self._slurm_ok: bool | None = None
+        self.offers = SiteOffers(cfg.offers, cfg.site)
+        # File questions (results) can take seconds (a checksum of a large output): they are
+        # answered on threads of their own, a few at once, never on the command loop.
+        self._file_slots = threading.BoundedSemaphore(2)
 
     # ---------------------------------------------------------------- what the site looks like
 
@@ -184,7 +189,12 @@ class SiteAgent:
                 hint="declare the partition's precisions in the agent config",
             )
         self._warned_unknown |= set(unknown)
+        for p in partitions:
+            extra = self.offers.partition(p.name)
+            if extra is not None:
+                p.offers.CopyFrom(extra)
         rep.partitions.extend(partitions)
+        rep.offers.CopyFrom(self.offers.site())
         for n in nodes:
             rep.nodes.append(
                 pb.NodeReport(
@@ -509,6 +519,41 @@ class SiteAgent:
             self.log.warning("job_without_record", job_id=cmd.job_id, slurm_job_id=cmd.slurm_job_id)
         return upd
 
+    def files(self, cmd: pb.FilesCommand) -> pb.FilesAnswer:
+        """Checksums of a finished job's files, or part of one, as the job's local user."""
+        ans = pb.FilesAnswer(request_id=cmd.request_id)
+        local = self.cfg.users.local(cmd.user)
+        if local is None:
+            ans.error = f"user {cmd.user} has no account mapping at site {self.cfg.site}"
+            return ans
+        try:
+            if cmd.read_path:
+                data, size = files.read(local, cmd.read_path, cmd.offset, cmd.max_bytes)
+                ans.data, ans.offset, ans.size = data, cmd.offset, size
+            else:
+                for path, size, digest in files.checksums(local, cmd.workdir, list(cmd.paths)):
+                    ans.files.append(pb.ResultFile(path=path, size=size, sha256=digest))
+        except files.FilesError as e:
+            ans.error = str(e)
+        self.log.info(
+            "files_answered",
+            user=cmd.user,
+            local_user=local,
+            read=bool(cmd.read_path),
+            error=ans.error or None,
+        )
+        return ans
+
+    def _answer_files(
+        self, cmd: pb.FilesCommand, outbox: queue.Queue[pb.AgentMessage | None]
+    ) -> None:
+        try:
+            outbox.put(pb.AgentMessage(files=self.files(cmd)))
+        except Exception:
+            self.log.exception("command_crashed", kind="files")
+        finally:
+            self._file_slots.release()
+
     def handle(self, msg: pb.DaemonMessage) -> pb.AgentMessage | None:
         kind = msg.WhichOneof("body")
         try:
@@ -599,6 +644,17 @@ class SiteAgent:
                     )
                     if not poller.is_alive():
                         poller.start()
+                    continue
+                if msg.WhichOneof("body") == "files":
+                    if self._file_slots.acquire(blocking=False):
+                        threading.Thread(
+                            target=self._answer_files, args=(msg.files, outbox), daemon=True
+                        ).start()
+                    else:
+                        busy = pb.FilesAnswer(
+                            request_id=msg.files.request_id, error="the site is busy; try again"
+                        )
+                        outbox.put(pb.AgentMessage(files=busy))
                     continue
                 answer = self.handle(msg)
                 if answer is not None:

@@ -6,6 +6,7 @@
   msub show ID      msub watch ID      msub cancel ID...   msub sites
   msub hold ID...   msub release ID...               ID: 17, 17_5 or 17_[1-100]
   msub output ID [--follow] [--error]                the job's output, read at its site
+  msub app ...      msub result ...     the app shelf (msub app --help; docs/apps.md)
 Every command takes --json for scripts. The daemon is METASCHED_DAEMON (default: the local
 socket unix:/run/metasched/metaschedd.sock), where you are known by your Unix account. From
 elsewhere, use a token an admin created for you: METASCHED_TOKEN (or METASCHED_TOKEN_FILE),
@@ -671,6 +672,13 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> int:
         nonlocal address
+        if args and args[0] in ("app", "result"):
+            from metasched.cli import shelf  # it builds on this module
+
+            for i, a in enumerate(args[:-1]):
+                if a == "--daemon":
+                    address = args[i + 1]
+            return shelf.main(args[0], args[1:], lambda line: print(line, flush=True))
         opts = parser_for(command).parse_args(args)
         address = opts.daemon
         return HANDLERS[command](Client(opts.daemon), opts, lambda line: print(line, flush=True))

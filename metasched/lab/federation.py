@@ -28,6 +28,7 @@ import grpc
 
 from metasched import auth
 from metasched.lab.harness import SlurmLab
+from metasched.lab.software import make_software, offers_toml
 from metasched.states import JobState
 from metasched.v1 import metasched_pb2 as pb
 from metasched.v1 import metasched_pb2_grpc as pb_grpc
@@ -52,6 +53,7 @@ class Federation:
         users: dict[str, str] | None = None,
         daemon_extra: str = "",
         tls: bool = True,
+        software: bool = True,
     ) -> None:
         self.lab = lab
         self.root = Path(root)
@@ -96,6 +98,8 @@ log_level = "debug"
 
 {sites}""",
         )
+        # what each site offers apps (lab/software.py): modules, a container, or nothing
+        self.software = make_software(self.root) if software else None
         for name in lab.sites:
             _private(self.agent_config(name), self._agent_toml(name))
 
@@ -120,7 +124,8 @@ log_level = "debug"
 
 [users]
 {users}
-"""
+
+{offers_toml(self.lab.sites[site], self.software) if self.software else ""}"""
 
     # ---------------------------------------------------------------- processes
 

@@ -19,16 +19,18 @@ from pathlib import Path
 from metasched.lab.profiles import SiteProfile
 
 WAVE = r"""#!/bin/sh
-# wave --steps N --out FILE [--label TEXT]: a stand-in solver.
-steps=10 out=wave.out label=""
+# wave --steps N --out FILE [--label TEXT] [--sleep S]: a stand-in solver.
+steps=10 out=wave.out label="" nap=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --steps) steps=$2; shift 2 ;;
+    --sleep) nap=$2; shift 2 ;;
     --out) out=$2; shift 2 ;;
     --label) label=$2; shift 2 ;;
     *) echo "wave: unknown option $1" >&2; exit 2 ;;
   esac
 done
+sleep "$nap"
 sum=0 i=0
 while [ "$i" -lt "$steps" ]; do sum=$((sum + i * i)); i=$((i + 1)); done
 printf 'wave steps=%s sum=%s build=%s host=%s label=%s\n' \

@@ -240,6 +240,10 @@ log_level = "debug"
             self.log("metaschedd"),
         )
 
+    def token(self, user: str) -> str:
+        """A user token for `user` (as an admin makes one with metasched-admin token create)."""
+        return dict(self.credentials(user))["authorization"].removeprefix("Bearer ")
+
     def job(self, job_id: int, user: str = "root") -> pb.Job:
         job: pb.Job = self.call("GetJob", pb.GetJobRequest(job_id=job_id), user=user)
         return job
@@ -258,13 +262,16 @@ log_level = "debug"
         return box[0]
 
     def msub(
-        self, *args: str, check: bool = True, user: str | None = None
+        self, *args: str, check: bool = True, user: str | None = None, token: str = ""
     ) -> subprocess.CompletedProcess[str]:
+        """msub as root, as a local user (user=...), or as a remote one (token=...)."""
         argv = [sys.executable, "-m", "metasched.cli.msub", *args]
         if user and user != "root":
             # as that local user, from the kernel's point of view (see metasched.lab.asuser)
             argv = [sys.executable, "-m", "metasched.lab.asuser", user, "msub", *args]
         env = {**os.environ, "METASCHED_DAEMON": f"unix:{self.socket}"}
+        if token:
+            env["METASCHED_TOKEN"] = token
         proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
         if check and proc.returncode != 0:
             raise AssertionError(f"msub {' '.join(args)} failed: {proc.stderr or proc.stdout}")

@@ -284,6 +284,14 @@ def job_specs(draw: st.DrawFn) -> pb.JobSpec:
         s.begin_time = draw(st.floats(allow_nan=True, allow_infinity=True))
     s.hold = draw(st.booleans())
     s.keep_invalid_dependency = draw(st.booleans())
+    if draw(st.booleans()):  # an app's run (what msub app run sends), or a forged one
+        s.app = draw(weird_text)
+        s.app_version = draw(weird_text)
+        s.app_params.update(draw(st.dictionaries(weird_text, weird_text, max_size=3)))
+        if draw(st.booleans()):
+            s.script = ""
+    if draw(st.booleans()):
+        s.app_recipes.add(name=draw(weird_text), command=draw(weird_text))
     return s
 
 
@@ -316,6 +324,10 @@ def test_the_spec_strategy_covers_every_field() -> None:
         "begin_time",
         "hold",
         "keep_invalid_dependency",
+        "app",
+        "app_version",
+        "app_params",
+        "app_recipes",
     }
     assert _spec_fields() <= covered, _spec_fields() - covered
 

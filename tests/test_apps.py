@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from metasched import apps
+from metasched import apps, shelf_tables
 from metasched.apps import AppError
 from metasched.jobspec import shape_of
 from metasched.placement.model import NodeView, PartitionView, SiteView
@@ -17,7 +17,7 @@ from metasched.placement.offers import AppNeeds, Offers
 from metasched.placement.policy import Placer, Request, _Partitions, site_refusal
 from metasched.shelf_tables import AppExists, ShelfRecords
 from metasched.states import JobState as S
-from metasched.store import SCHEMA_VERSION, Store
+from metasched.store import SCHEMA_VERSION, Batch, JobRow, Store, StoreError
 from metasched.v1 import metasched_pb2 as pb
 
 WAVE = """
@@ -152,32 +152,44 @@ def test_placement_sends_an_app_only_where_a_recipe_can_run() -> None:
     }
 
 
-def test_a_version_1_queue_opens_with_the_shelf_and_keeps_its_jobs(tmp_path: Path) -> None:
-    """As the first-estimate upgrade before it: an older database gains the shelf's tables
-    and jobs.recipe when opened, and its jobs are untouched."""
+def test_a_version_2_queue_opens_with_the_shelf_and_keeps_its_jobs(tmp_path: Path) -> None:
+    """Schema 3 on a file a version-2 metaschedd wrote (arrays, no shelf): it gains the
+    shelf's tables and jobs.recipe when opened, its jobs and arrays are untouched, and it then
+    says version 3 (a version-2 metaschedd refuses it rather than send a run's stand-in)."""
     db = tmp_path / "q.db"
     store = Store(db)
-    job = store.run(lambda b: b.insert_job("alice", pb.JobSpec(script="#!/bin/sh\n")))
+    spec = pb.JobSpec(script="#!/bin/sh\n")
+    job = store.run(lambda b: b.insert_job("alice", spec))
+    tasks = store.run(lambda b: b.insert_array("alice", spec, (1, 2), 0, S.QUEUED, "", False))
     store.close()
     conn = sqlite3.connect(db)
     conn.execute("DROP TABLE results")
     conn.execute("DROP TABLE apps")
     conn.execute("ALTER TABLE jobs DROP COLUMN recipe")
-    conn.execute("UPDATE meta SET value='1' WHERE key='schema_version'")
+    conn.execute("UPDATE meta SET value='2' WHERE key='schema_version'")
     conn.commit()
     conn.close()
 
     again = Store(db)
     row = again.job(job.id)
     assert row is not None and (row.state, row.recipe) == (S.QUEUED, "")
+    assert [(t.array_task, t.spec) for t in again.array_tasks(tasks[0].id)] == [
+        (1, spec),
+        (2, spec),
+    ]
     version = again._reader().execute("SELECT value FROM meta WHERE key='schema_version'")
-    assert int(version.fetchone()[0]) == SCHEMA_VERSION == 2
+    assert int(version.fetchone()[0]) == SCHEMA_VERSION == 3
     shelf = ShelfRecords(again)
     shelf.publish(apps.parse_definition(WAVE, owner="alice"))
     with pytest.raises(AppExists):
         shelf.publish(apps.parse_definition(WAVE, owner="alice"))
-    spec = pb.JobSpec(script="#!/bin/sh\n", app="wave", app_version="1.0")
-    run = shelf.insert_run("bob", spec)
+    run_spec = pb.JobSpec(script="#!/bin/sh\n", app="wave", app_version="1.0")
+
+    def queue_run(b: Batch) -> JobRow:
+        shelf_tables.count_runs(b, "wave", "1.0", 1)
+        return b.insert_job("bob", run_spec)
+
+    run = again.run(queue_run)
     again.run(lambda b: b.move(run.id, S.FORWARDING, "placed", site="hpc", recipe="cpu"))
     again.close()
     reopened = Store(db)
@@ -186,3 +198,9 @@ def test_a_version_1_queue_opens_with_the_shelf_and_keeps_its_jobs(tmp_path: Pat
     got = ShelfRecords(reopened).get("wave", "1.0")
     assert got is not None and got.runs == 1 and got.owner == "alice"
     reopened.close()
+    conn = sqlite3.connect(db)
+    conn.execute("UPDATE meta SET value='4' WHERE key='schema_version'")
+    conn.commit()
+    conn.close()
+    with pytest.raises(StoreError, match="newer than this metaschedd"):
+        Store(db)

@@ -10,6 +10,7 @@ import pytest
 
 from metasched.states import JobState
 from metasched.store import (
+    SCHEMA_VERSION,
     Batch,
     HeldEstimate,
     IllegalTransition,
@@ -233,7 +234,7 @@ def test_a_users_live_jobs_and_count_follow_every_move_and_a_reopen(tmp_path: Pa
 def test_a_version_1_queue_is_upgraded_for_arrays_and_keeps_its_jobs(tmp_path: Path) -> None:
     """Schema 2 (array tasks, holds) on a file written by a version-1 metaschedd: the columns
     and the arrays table are added, its jobs are untouched, arrays work, and the file then
-    says version 2 (so a version-1 metaschedd refuses it rather than misread task rows)."""
+    says the current version (a version-1 metaschedd refuses it rather than misread task rows)."""
     db = tmp_path / "q.db"
     store = Store(db)
     job = store.run(lambda b: b.insert_job("alice", SPEC))
@@ -243,6 +244,9 @@ def test_a_version_1_queue_is_upgraded_for_arrays_and_keeps_its_jobs(tmp_path: P
     for column in ("array_id", "array_task", "held"):
         conn.execute(f"ALTER TABLE jobs DROP COLUMN {column}")  # as version 1 made it
     conn.execute("DROP TABLE arrays")
+    conn.execute("ALTER TABLE jobs DROP COLUMN recipe")  # nor the shelf (schema 3)
+    conn.execute("DROP TABLE results")
+    conn.execute("DROP TABLE apps")
     conn.execute("UPDATE meta SET value='1' WHERE key='schema_version'")
     conn.commit()
     conn.close()
@@ -264,8 +268,9 @@ def test_a_version_1_queue_is_upgraded_for_arrays_and_keeps_its_jobs(tmp_path: P
     ]
     reopened.close()
     conn = sqlite3.connect(db)
-    assert conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == "2"
-    conn.execute("UPDATE meta SET value='3' WHERE key='schema_version'")
+    version = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0]
+    assert int(version) == SCHEMA_VERSION
+    conn.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION + 1),))
     conn.commit()
     conn.close()
     with pytest.raises(StoreError, match="newer than this metaschedd"):

@@ -54,7 +54,16 @@ _TOP_KEYS = {
     "params",
     "recipes",
 }
-_RECIPE_KEYS = {"name", "sites", "accelerator", "precision", "modules", "container", "paths"}
+_RECIPE_KEYS = {
+    "name",
+    "sites",
+    "accelerator",
+    "precision",
+    "modules",
+    "container",
+    "paths",
+    "gpus_per_node",
+}
 _RESOURCE_KEYS = {
     "nodes",
     "ntasks",
@@ -125,6 +134,12 @@ def parse_definition(text: str, owner: str) -> pb.App:
     names = {p.name for p in app.params}
     for i, body in enumerate(recipes):
         app.recipes.append(_recipe(i, body, names))
+        r = app.recipes[-1]
+        if r.accelerator == "none" and app.resources.gpus_per_node:
+            raise AppError(
+                f"recipe {r.name} is for partitions without accelerators, but [resources]"
+                " asks for GPUs (give the GPU recipes gpus_per_node instead)"
+            )
     seen = [r.name for r in app.recipes]
     dup = {n for n in seen if seen.count(n) > 1}
     if dup:
@@ -295,6 +310,12 @@ def _recipe(i: int, body: Any, params: set[str]) -> pb.Recipe:
     if r.container and not _IMAGE_RE.match(r.container):
         raise AppError(f"{where}: bad container image {r.container[:60]!r}")
     r.paths.extend(_names(body, "paths", where, _PATH_RE))
+    gpus = body.get("gpus_per_node", 1 if r.accelerator not in ("", "none") else 0)
+    if not isinstance(gpus, int) or isinstance(gpus, bool) or not 0 <= gpus <= 1024:
+        raise AppError(f"{where}: gpus_per_node must be a whole number from 0 to 1024")
+    if gpus and r.accelerator in ("", "none"):
+        raise AppError(f"{where}: gpus_per_node goes with an accelerator type (a100, h100...)")
+    r.gpus_per_node = gpus
     r.command = _text(body, "command", where, required=True)
     check_command(r.command, params, where)
     return r
@@ -429,6 +450,36 @@ def render_script(
     else:
         lines.append(command)
     return "\n".join(lines) + "\n"
+
+
+def offerings_at(report: pb.SiteReport | None, partition: str) -> pb.Offerings:
+    """What a site offers a job in one of its partitions: the site's and the partition's."""
+    offers = pb.Offerings()
+    if report is not None:
+        offers.MergeFrom(report.offers)
+        for p in report.partitions:
+            if p.name == partition:
+                offers.MergeFrom(p.offers)
+                offers.container_run = p.offers.container_run or report.offers.container_run
+    return offers
+
+
+def spec_at_site(spec: pb.JobSpec, recipe: str, site: str, offers: pb.Offerings) -> pb.JobSpec:
+    """An app's run as its site gets it: the script of `recipe` (the one chosen when it was
+    forwarded) rendered for the site's offers, and the recipe's GPUs unless the run asked
+    for some itself (its GPU recipe's accelerators are what the recipe runs on)."""
+    recipes = {r.name: r for r in spec.app_recipes}
+    chosen = recipes.get(recipe) or spec.app_recipes[0]  # recorded at forwarding
+    out = pb.JobSpec()
+    out.CopyFrom(spec)
+    out.script = render_script(
+        f"{spec.app}@{spec.app_version}", chosen, spec.app_params, site, offers
+    )
+    if chosen.gpus_per_node and not out.gpus_per_node:
+        out.gpus_per_node = chosen.gpus_per_node
+    if out.gpus_per_node and not out.gpu_type and chosen.accelerator not in ("", "none"):
+        out.gpu_type = chosen.accelerator
+    return out
 
 
 def stub_script(app_ref: str) -> str:

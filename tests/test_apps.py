@@ -11,6 +11,12 @@ import pytest
 
 from metasched import apps, shelf_tables
 from metasched.apps import AppError
+from metasched.daemon.core import Core
+from metasched.daemon.dispatch import Dispatcher
+from metasched.daemon.outputs import OutputRelay
+from metasched.daemon.settings import Settings
+from metasched.daemon.shelf import AppShelf, Caller
+from metasched.daemon.sites import AgentLink, SiteRegistry
 from metasched.jobspec import shape_of
 from metasched.placement.model import NodeView, PartitionView, SiteView
 from metasched.placement.offers import AppNeeds, Offers
@@ -204,3 +210,76 @@ def test_a_version_2_queue_opens_with_the_shelf_and_keeps_its_jobs(tmp_path: Pat
     conn.close()
     with pytest.raises(StoreError, match="newer than this metaschedd"):
         Store(db)
+
+
+def test_a_gpu_recipes_run_asks_for_its_gpus_when_sent(tmp_path: Path) -> None:
+    """What the site gets for a run of wave (no GPUs in its [resources]): with the a100 recipe
+    it asks for one A100 a node (it ran without one before, at a site picked for its A100s);
+    with the CPU recipe none; a run whose user asked for GPUs keeps their count."""
+    store = Store(tmp_path / "q.db")
+    sites = SiteRegistry(grace_seconds=60)
+    dispatch = Dispatcher(store, sites, Settings())
+    core = Core(store, sites, Settings(), Placer(), dispatch)
+    shelf = AppShelf(core, OutputRelay(sites))
+    shelf.publish("alice", WAVE)
+    assert [r.gpus_per_node for r in shelf.get(Caller("bob"), "wave", "1.0").recipes] == [0, 1]
+
+    def sent(site: str, recipe: str, spec: pb.JobSpec) -> pb.JobSpec:
+        run = shelf.prepare_run(Caller("bob"), spec)
+        job = store.run(lambda b: b.insert_job("bob", run))
+        link = AgentLink(site, "test")
+        sites.connect(site, link)
+        placed = store.run(
+            lambda b: b.move(
+                job.id,
+                S.FORWARDING,
+                "placed",
+                site=site,
+                partition="batch",
+                attempt=1,
+                recipe=recipe,
+            )
+        )
+        dispatch.submit(placed)
+        msg = link.outbox.get_nowait()
+        assert msg is not None and msg.submit.job_id == job.id
+        return msg.submit.spec
+
+    a100 = sent("gpu", "a100", pb.JobSpec(app="wave"))
+    assert (a100.gpus_per_node, a100.gpu_type) == (1, "a100")
+    assert "wave:cuda" in a100.script and a100.cpus_per_task == 4
+    cpu = sent("hpc", "cpu", pb.JobSpec(app="wave"))
+    assert (cpu.gpus_per_node, cpu.gpu_type) == (0, "")
+    asked = sent("gpu", "a100", pb.JobSpec(app="wave", gpus_per_node=2))
+    assert (asked.gpus_per_node, asked.gpu_type) == (2, "a100")
+    store.close()
+
+
+@pytest.mark.parametrize(
+    ("recipe", "why"),
+    [
+        ('accelerator = "none"\ngpus_per_node = 2', "goes with an accelerator type"),
+        ('accelerator = "a100"\ngpus_per_node = -1', "gpus_per_node must be a whole number"),
+    ],
+)
+def test_a_recipes_gpus_are_checked(recipe: str, why: str) -> None:
+    text = WAVE.replace('accelerator = "a100"', recipe, 1)
+    with pytest.raises(AppError) as e:
+        apps.parse_definition(text, owner="alice")
+    assert why in str(e.value)
+    gpu_app = WAVE.replace("cpus_per_task = 4", "cpus_per_task = 4\ngpus_per_node = 1")
+    with pytest.raises(AppError, match="recipe cpu is for partitions without accelerators"):
+        apps.parse_definition(gpu_app, owner="alice")
+
+
+def test_a_recipe_asking_more_gpus_than_a_node_has_cannot_run_there() -> None:
+    app = apps.parse_definition(
+        WAVE.replace('accelerator = "a100"', 'accelerator = "a100"\ngpus_per_node = 8'), "alice"
+    )
+    gpu = _site(
+        "gpu", {"a100": 4}, Offers.of(pb.Offerings(containers=["wave:cuda"], container_run="x"))
+    )
+    spec = pb.JobSpec(app="wave", app_version="1.0", app_recipes=app.recipes)
+    req = Request(1, "alice", shape_of(pb.JobSpec(cpus_per_task=4)), app=AppNeeds.of_spec(spec))
+    parts, why = site_refusal(gpu, req)
+    assert parts == [] and "a100 needs 8 a100 on a node (at most 4 here)" in why

@@ -143,6 +143,9 @@ def test_an_app_runs_where_one_of_its_recipes_can_and_never_on_the_ai_site(
         assert job.spec.app == "wave-where" and job.spec.app_version == "1.0"
         out = (work / str(k) / "wave.out").read_text()
         assert f"build={'cpu' if job.site == 'hpc' else 'a100-container'}" in out
+        # the a100 recipe's run was given its A100 (Slurm set CUDA_VISIBLE_DEVICES), the
+        # CPU recipe's none
+        assert ("gpus=none" in out) == (job.site == "hpc"), out
     # the fifth waited for room rather than take the free ai site
     fifth = ran[jobs[4]]
     first_ends = min(ran[j].ended_at for j in jobs[:4])

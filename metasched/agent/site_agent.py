@@ -22,12 +22,13 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
 
 from metasched import arrays, catalog, jobenv, log, output_names, tags
-from metasched.agent import files, output
+from metasched.agent import output
 from metasched.agent.config import AgentConfig
 from metasched.agent.journal import Journal
 from metasched.agent.offers import SiteOffers
@@ -46,6 +47,9 @@ from metasched.v1 import metasched_pb2 as pb
 from metasched.v1 import metasched_pb2_grpc as pb_grpc
 
 AGENT_VERSION = "0.1.0"
+# Reads of job output (msub output, results) waiting for a reader thread before the site
+# answers "busy": the daemon bounds each user to a few in flight, this bounds them all.
+MAX_READS_WAITING = 32
 
 
 def job_report(j: SlurmJob, ours: tags.Tag | None = None) -> pb.SlurmJobReport:
@@ -148,9 +152,11 @@ class SiteAgent:
         self._warned_unknown: set[str] = set()
         self._slurm_ok: bool | None = None
         self.offers = SiteOffers(cfg.offers, cfg.site)
-        # File questions (results) can take seconds (a checksum of a large output): they are
-        # answered on threads of their own, a few at once, never on the command loop.
-        self._file_slots = threading.BoundedSemaphore(2)
+        # Looking at a job's output takes seconds at times (a checksum of a large result, a
+        # slow file system): it is done on threads of their own, never on the command loop.
+        self._readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="output")
+        self._reads_lock = threading.Lock()
+        self._reads_waiting = 0
 
     # ---------------------------------------------------------------- what the site looks like
 
@@ -475,6 +481,8 @@ class SiteAgent:
         return {str(ours[j.job_id]): j for j in jobs if j.job_id in ours}
 
     def read_output(self, cmd: pb.ReadOutputCommand) -> pb.OutputData:
+        """Part of the job's output file (or of cmd.path, a published result's file), or the
+        sizes and checksums of cmd.checksum (a result being published), as its local user."""
         res = pb.OutputData(request_id=cmd.request_id, offset=cmd.offset)
         local = self.cfg.users.local(cmd.user)
         if local is None:
@@ -486,14 +494,48 @@ class SiteAgent:
             res.error = f"no such local user {local!r} at site {self.cfg.site}"
             return res
         spec = cmd.spec
-        ids = job_ids(cmd.job_id, cmd.array_id, cmd.array_task, spec, local)
-        pattern = spec.error if cmd.stderr and spec.error else spec.output
-        res.path = output_names.resolve(pattern, ids, os.path.join(home, spec.workdir))
+        workdir = os.path.join(home, spec.workdir)
         try:
+            if cmd.checksum:
+                for path, size, digest in output.checksums_as(local, workdir, list(cmd.checksum)):
+                    res.files.append(pb.ResultFile(path=path, size=size, sha256=digest))
+                return res
+            if cmd.path:
+                if not os.path.isabs(cmd.path):
+                    raise output.OutputError(f"{cmd.path!r} is not an absolute path")
+                res.path = cmd.path
+            else:
+                ids = job_ids(cmd.job_id, cmd.array_id, cmd.array_task, spec, local)
+                pattern = spec.error if cmd.stderr and spec.error else spec.output
+                res.path = output_names.resolve(pattern, ids, workdir)
             res.data, res.size = output.read_as(local, res.path, cmd.offset, cmd.max_bytes)
         except output.OutputError as e:
             res.error = str(e)
         return res
+
+    def _read_later(
+        self, cmd: pb.ReadOutputCommand, outbox: queue.Queue[pb.AgentMessage | None]
+    ) -> None:
+        """Answer a read on the readers' threads; a site with too many waiting says so."""
+        with self._reads_lock:
+            busy = self._reads_waiting >= MAX_READS_WAITING
+            if not busy:
+                self._reads_waiting += 1
+        if busy:
+            msg = "the site has too many reads waiting; try again"
+            outbox.put(pb.AgentMessage(output=pb.OutputData(request_id=cmd.request_id, error=msg)))
+            return
+
+        def answer() -> None:
+            try:
+                outbox.put(pb.AgentMessage(output=self.read_output(cmd)))
+            except Exception:
+                self.log.exception("command_crashed", kind="read_output")
+            finally:
+                with self._reads_lock:
+                    self._reads_waiting -= 1
+
+        self._readers.submit(answer)
 
     def resolve(self, cmd: pb.ResolveCommand) -> pb.JobUpdate | None:
         upd = pb.JobUpdate(job_id=cmd.job_id, attempt=cmd.attempt, final=True)
@@ -519,41 +561,6 @@ class SiteAgent:
             self.log.warning("job_without_record", job_id=cmd.job_id, slurm_job_id=cmd.slurm_job_id)
         return upd
 
-    def files(self, cmd: pb.FilesCommand) -> pb.FilesAnswer:
-        """Checksums of a finished job's files, or part of one, as the job's local user."""
-        ans = pb.FilesAnswer(request_id=cmd.request_id)
-        local = self.cfg.users.local(cmd.user)
-        if local is None:
-            ans.error = f"user {cmd.user} has no account mapping at site {self.cfg.site}"
-            return ans
-        try:
-            if cmd.read_path:
-                data, size = files.read(local, cmd.read_path, cmd.offset, cmd.max_bytes)
-                ans.data, ans.offset, ans.size = data, cmd.offset, size
-            else:
-                for path, size, digest in files.checksums(local, cmd.workdir, list(cmd.paths)):
-                    ans.files.append(pb.ResultFile(path=path, size=size, sha256=digest))
-        except files.FilesError as e:
-            ans.error = str(e)
-        self.log.info(
-            "files_answered",
-            user=cmd.user,
-            local_user=local,
-            read=bool(cmd.read_path),
-            error=ans.error or None,
-        )
-        return ans
-
-    def _answer_files(
-        self, cmd: pb.FilesCommand, outbox: queue.Queue[pb.AgentMessage | None]
-    ) -> None:
-        try:
-            outbox.put(pb.AgentMessage(files=self.files(cmd)))
-        except Exception:
-            self.log.exception("command_crashed", kind="files")
-        finally:
-            self._file_slots.release()
-
     def handle(self, msg: pb.DaemonMessage) -> pb.AgentMessage | None:
         kind = msg.WhichOneof("body")
         try:
@@ -566,8 +573,6 @@ class SiteAgent:
                 return pb.AgentMessage(job_update=upd) if upd else None
             if kind == "cancel_jobs":
                 return pb.AgentMessage(cancel_results=self.cancel_jobs(msg.cancel_jobs))
-            if kind == "read_output":
-                return pb.AgentMessage(output=self.read_output(msg.read_output))
         except SlurmUnavailable as e:
             self.log.warning("command_deferred", kind=kind, error=str(e))
         except SlurmError as e:
@@ -645,16 +650,8 @@ class SiteAgent:
                     if not poller.is_alive():
                         poller.start()
                     continue
-                if msg.WhichOneof("body") == "files":
-                    if self._file_slots.acquire(blocking=False):
-                        threading.Thread(
-                            target=self._answer_files, args=(msg.files, outbox), daemon=True
-                        ).start()
-                    else:
-                        busy = pb.FilesAnswer(
-                            request_id=msg.files.request_id, error="the site is busy; try again"
-                        )
-                        outbox.put(pb.AgentMessage(files=busy))
+                if msg.WhichOneof("body") == "read_output":
+                    self._read_later(msg.read_output, outbox)
                     continue
                 answer = self.handle(msg)
                 if answer is not None:

@@ -158,8 +158,6 @@ class AgentService(pb_grpc.AgentServiceServicer):
                         self.s.reconcile.on_cancel_results(site, list(msg.cancel_results.results))
                     elif kind == "output":
                         self.s.outputs.on_output(site, msg.output)
-                    elif kind == "files":
-                        self.s.shelf.relay.on_answer(site, msg.files)
                 except Exception:
                     self.log.exception("agent_message_failed", site=site, kind=kind)
         except grpc.RpcError:

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import time
 
-from metasched import apps, log, tags
+from metasched import tags
+from metasched.daemon import app_runs
 from metasched.daemon.settings import Settings
 from metasched.daemon.sites import SiteRegistry
 from metasched.states import JobState
@@ -22,7 +23,6 @@ class Dispatcher:
         self.sites = sites
         self.settings = settings
         self._last_sent: dict[tuple[int, int, str], float] = {}  # (job, attempt, kind) -> when
-        self.log = log.get(component="dispatch")
 
     def tag(self, job_id: int, attempt: int) -> str:
         return str(tags.Tag(self.store.federation, job_id, attempt))
@@ -32,7 +32,7 @@ class Dispatcher:
             submit=pb.SubmitCommand(
                 job_id=job.id,
                 attempt=job.attempt,
-                spec=self.spec_for(job),
+                spec=app_runs.spec_to_send(job, job.spec, self.sites),
                 partition=job.partition,
                 user=job.user,
                 tag=self.tag(job.id, job.attempt),
@@ -42,34 +42,6 @@ class Dispatcher:
         )
         self._last_sent[(job.id, job.attempt, "submit")] = time.time()
         self.sites.send(job.site, msg)
-
-    def spec_for(self, job: JobRow) -> pb.JobSpec:
-        """What the site gets: the job's spec, and for an app's run the script of the recipe
-        chosen for its site (rendered here, where the app's recipes and the site's offers
-        both are; the agent stays a plain Slurm adapter)."""
-        if not job.spec.app:
-            return job.spec
-        site = self.sites.get(job.site)
-        report = site.report if site is not None else None
-        offers = pb.Offerings()
-        if report is not None:
-            offers.MergeFrom(report.offers)
-            for p in report.partitions:
-                if p.name == job.partition:
-                    run = p.offers.container_run
-                    offers.MergeFrom(p.offers)
-                    offers.container_run = run or report.offers.container_run
-        recipes = {r.name: r for r in job.spec.app_recipes}
-        recipe = recipes.get(job.recipe)
-        if recipe is None:  # not recorded (cannot happen since forwarding records it)
-            self.log.error("recipe_unknown", job_id=job.id, site=job.site, recipe=job.recipe)
-            recipe = job.spec.app_recipes[0]
-        spec = pb.JobSpec()
-        spec.CopyFrom(job.spec)
-        spec.script = apps.render_script(
-            f"{spec.app}@{spec.app_version}", recipe, spec.app_params, job.site, offers
-        )
-        return spec
 
     def cancel(self, job: JobRow, slurm_job_id: str = "", attempt: int = 0) -> None:
         """Cancel the job's current attempt (or `attempt`) at its site; a recall when the job

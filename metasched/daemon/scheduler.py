@@ -31,7 +31,6 @@ from collections.abc import Callable
 from metasched import log
 from metasched.daemon.core import Core
 from metasched.daemon.dispatch import Dispatcher
-from metasched.daemon.file_relay import FileRelay
 from metasched.daemon.intake import Intake
 from metasched.daemon.learning import Learning
 from metasched.daemon.outputs import OutputRelay
@@ -68,7 +67,7 @@ class Scheduler:
         core = Core(store, sites, settings, self.placer, self.dispatch)
         self.placement = PlacementPass(core)
         self.outputs = OutputRelay(sites)
-        self.shelf = AppShelf(core, FileRelay(sites))
+        self.shelf = AppShelf(core, self.outputs)
         self.intake = Intake(core, self.placement, self.placement.waiting, self.shelf)
         self.reconcile = Reconciler(core, self.learning, self.placement)
         self.recall = Recall(core)

@@ -15,10 +15,10 @@ from typing import NamedTuple
 from metasched import apps
 from metasched.apps import AppError
 from metasched.daemon.core import Activity, Core
-from metasched.daemon.file_relay import FileRelay
+from metasched.daemon.outputs import ANSWER_TIMEOUT_S, CHECKSUM_TIMEOUT_S, OutputRelay
 from metasched.daemon.settings import Refused
 from metasched.placement.offers import RecipeNeed, recipe_refusal
-from metasched.placement.policy import gpu_types
+from metasched.placement.policy import gpus_per_node
 from metasched.shelf_tables import AppExists, NotOwner, ShelfRecords
 from metasched.states import JobState
 from metasched.v1 import metasched_pb2 as pb
@@ -34,8 +34,6 @@ _RESOURCES = (
     "time_limit_minutes",
     "precision",
 )
-MAX_READ = 1 << 20
-DEFAULT_READ = 64 << 10
 
 
 class Caller(NamedTuple):
@@ -46,10 +44,19 @@ class Caller(NamedTuple):
 
 
 class AppShelf(Activity):
-    def __init__(self, core: Core, relay: FileRelay) -> None:
+    def __init__(self, core: Core, outputs: OutputRelay) -> None:
         super().__init__(core)
         self.records = ShelfRecords(core.store)
-        self.relay = relay
+        self.outputs = outputs
+
+    def _read(
+        self, who: Caller, site: str, cmd: pb.ReadOutputCommand, timeout: float
+    ) -> pb.OutputData:
+        """A job's output looked at by the agent at its site, as the job's own user."""
+        answer = self.outputs.ask(who.user, site, cmd, timeout)
+        if answer.error:
+            raise Refused("FAILED_PRECONDITION", f"at site {site}: {answer.error}")
+        return answer
 
     # ---------------------------------------------------------------- apps
 
@@ -83,7 +90,7 @@ class AppShelf(Activity):
             reasons = []
             for p in view.partitions:
                 refusal = recipe_refusal(
-                    view.name, gpu_types(view, p), p.precisions, p.offers, need
+                    view.name, gpus_per_node(view, p), p.precisions, p.offers, need
                 )
                 if not refusal:
                     return ""
@@ -206,11 +213,14 @@ class AppShelf(Activity):
         if visibility not in apps.VISIBILITIES:
             choices = ", ".join(apps.VISIBILITIES)
             raise Refused("INVALID_ARGUMENT", f"visibility must be one of {choices}")
-        answer = self.relay.ask(
-            who.user,
-            job.site,
-            pb.FilesCommand(user=job.user, workdir=job.spec.workdir, paths=files),
+        cmd = pb.ReadOutputCommand(
+            job_id=job.id,
+            attempt=job.attempt,
+            user=job.user,
+            spec=pb.JobSpec(workdir=job.spec.workdir),
+            checksum=files,
         )
+        answer = self._read(who, job.site, cmd, CHECKSUM_TIMEOUT_S)
         res = pb.Result(
             job_id=job.id,
             owner=job.user,
@@ -249,16 +259,14 @@ class AppShelf(Activity):
             names = ", ".join(f.path for f in res.files)
             raise Refused("INVALID_ARGUMENT", f"name one file of result {res.id}: {names}")
         f = chosen[0]
-        answer = self.relay.ask(
-            who.user,
-            res.site,
-            pb.FilesCommand(
-                user=res.owner,
-                read_path=f.path,
-                offset=req.offset,
-                max_bytes=min(req.max_bytes or DEFAULT_READ, MAX_READ),
-            ),
+        cmd = pb.ReadOutputCommand(
+            job_id=res.job_id,
+            user=res.owner,
+            path=f.path,
+            offset=req.offset,
+            max_bytes=req.max_bytes,  # the agent caps it (agent/output.py)
         )
+        answer = self._read(who, res.site, cmd, ANSWER_TIMEOUT_S)
         if req.offset == 0:
             self.records.count_fetch(res.id)
         return pb.FetchResultResponse(

@@ -8,7 +8,7 @@ Each kind of demo site gets what such a centre would have:
 The launcher, `lab-container IMAGE CMD...`, stands in for apptainer as the lab's GRES stand
 in for real GPUs: it runs the command with the image's bin/ first on PATH and says which
 image it is. `wave` itself is a small shell program that writes what it computed, where and
-with which build, so a test can tell which recipe ran.
+with which build and GPUs, so a test can tell which recipe ran and what it was given.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ done
 sleep "$nap"
 sum=0 i=0
 while [ "$i" -lt "$steps" ]; do sum=$((sum + i * i)); i=$((i + 1)); done
-printf 'wave steps=%s sum=%s build=%s host=%s label=%s\n' \
-  "$steps" "$sum" "${WAVE_BUILD:-none}" "$(hostname)" "$label" > "$out"
+printf 'wave steps=%s sum=%s build=%s gpus=%s host=%s label=%s\n' "$steps" "$sum" \
+  "${WAVE_BUILD:-none}" "${CUDA_VISIBLE_DEVICES:-none}" "$(hostname)" "$label" > "$out"
 cat "$out"
 """
 

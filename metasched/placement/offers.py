@@ -8,7 +8,7 @@ the immutable app version at submission), so placement never looks the app up.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from metasched.v1 import metasched_pb2 as pb
@@ -54,6 +54,7 @@ class RecipeNeed:
     modules: tuple[str, ...]
     container: str
     paths: tuple[str, ...]
+    gpus_per_node: int = 0  # of its accelerator type, on one node
 
     @staticmethod
     def of(r: pb.Recipe) -> RecipeNeed:
@@ -65,6 +66,7 @@ class RecipeNeed:
             tuple(r.modules),
             r.container,
             tuple(r.paths),
+            r.gpus_per_node,
         )
 
 
@@ -105,19 +107,23 @@ class AppNeeds:
 
 def recipe_refusal(
     site: str,
-    gpu_types: frozenset[str],
+    gpus: Mapping[str, int],
     precisions: Iterable[str],
     offers: Offers,
     r: RecipeNeed,
 ) -> str:
     """Why this recipe cannot run on a partition ('' = it can): the partition's site name,
-    the GPU types of its nodes, its precisions and what it offers."""
+    the GPUs of its nodes (type -> the most on one node), its precisions and what it offers."""
     if r.sites and site not in r.sites:
         return "not one of its sites"
-    if r.accelerator == "none" and gpu_types:
+    if r.accelerator == "none" and gpus:
         return "for partitions without accelerators"
-    if r.accelerator and r.accelerator != "none" and r.accelerator not in gpu_types:
-        return f"needs {r.accelerator} accelerators"
+    if r.accelerator and r.accelerator != "none":
+        if r.accelerator not in gpus:
+            return f"needs {r.accelerator} accelerators"
+        most = gpus[r.accelerator]
+        if r.gpus_per_node > most:
+            return f"needs {r.gpus_per_node} {r.accelerator} on a node (at most {most} here)"
     if r.precision and r.precision not in precisions:
         return f"needs precision {r.precision}"
     missing = [m for m in r.modules if not offers.has_module(m)]
@@ -136,7 +142,7 @@ def recipe_refusal(
 
 def first_runnable(
     site: str,
-    gpu_types: frozenset[str],
+    gpus: Mapping[str, int],
     precisions: Iterable[str],
     offers: Offers,
     app: AppNeeds,
@@ -146,7 +152,7 @@ def first_runnable(
     precisions = frozenset(precisions)
     why = []
     for r in app.recipes:
-        refusal = recipe_refusal(site, gpu_types, precisions, offers, r)
+        refusal = recipe_refusal(site, gpus, precisions, offers, r)
         if not refusal:
             return r.name, ""
         why.append(f"{r.name} {refusal}")

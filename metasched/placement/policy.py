@@ -113,14 +113,21 @@ def partition_refusal(site: SiteView, part: PartitionView, shape: Shape) -> str:
     return ""
 
 
-def gpu_types(site: SiteView, part: PartitionView) -> frozenset[str]:
-    """The accelerator types of a partition's nodes (what an app recipe may target)."""
-    return frozenset(t for n in part.nodes if n in site.nodes for t in site.nodes[n].gpus)
+def gpus_per_node(site: SiteView, part: PartitionView) -> dict[str, int]:
+    """The accelerator types of a partition's nodes, each with the most one node has (what an
+    app recipe may target)."""
+    most: dict[str, int] = {}
+    for n in part.nodes:
+        node = site.nodes.get(n)
+        for gpu_type, count in node.gpus.items() if node is not None else ():
+            if count > 0:
+                most[gpu_type] = max(most.get(gpu_type, 0), count)
+    return most
 
 
 def recipe_for(site: SiteView, part: PartitionView, app: AppNeeds) -> tuple[str, str]:
     """(the app's recipe to run on this partition, '') or ('', why none of them can)."""
-    return first_runnable(site.name, gpu_types(site, part), part.precisions, part.offers, app)
+    return first_runnable(site.name, gpus_per_node(site, part), part.precisions, part.offers, app)
 
 
 def site_refusal(site: SiteView, req: Request, shape_only: bool = False) -> tuple[list[str], str]:

@@ -1143,6 +1143,7 @@ class Recipe(_message.Message):
     CONTAINER_FIELD_NUMBER: _builtins.int
     PATHS_FIELD_NUMBER: _builtins.int
     COMMAND_FIELD_NUMBER: _builtins.int
+    GPUS_PER_NODE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     accelerator: _builtins.str
     """"none" (CPU partitions), a GPU type (a100), "" = any"""
@@ -1152,6 +1153,11 @@ class Recipe(_message.Message):
     """an image the site offers; the command runs inside it"""
     command: _builtins.str
     """shell line; {param} = the parameter, shell-quoted"""
+    gpus_per_node: _builtins.int
+    """GPUs of its accelerator type a run with this recipe asks for on each node (a recipe for a
+    GPU type: 1 unless it says; others: 0). Added when the run is sent, unless the run (the
+    user, or the app's resources) asked for GPUs itself.
+    """
     @_builtins.property
     def sites(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """only these sites; empty = any"""
@@ -1175,10 +1181,11 @@ class Recipe(_message.Message):
         container: _builtins.str = ...,
         paths: _abc.Iterable[_builtins.str] | None = ...,
         command: _builtins.str = ...,
+        gpus_per_node: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accelerator", b"accelerator", "command", b"command", "container", b"container", "modules", b"modules", "name", b"name", "paths", b"paths", "precision", b"precision", "sites", b"sites"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accelerator", b"accelerator", "command", b"command", "container", b"container", "gpus_per_node", b"gpus_per_node", "modules", b"modules", "name", b"name", "paths", b"paths", "precision", b"precision", "sites", b"sites"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2042,6 +2049,7 @@ class OutputData(_message.Message):
     SIZE_FIELD_NUMBER: _builtins.int
     PATH_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
+    FILES_FIELD_NUMBER: _builtins.int
     request_id: _builtins.int
     data: _builtins.bytes
     offset: _builtins.int
@@ -2049,6 +2057,10 @@ class OutputData(_message.Message):
     path: _builtins.str
     error: _builtins.str
     """why nothing could be read (no such file, permission, ...)"""
+    @_builtins.property
+    def files(self) -> _containers.RepeatedCompositeFieldContainer[Global___ResultFile]:
+        """ReadOutputCommand.checksum's files (absolute real paths)"""
+
     def __init__(
         self,
         *,
@@ -2058,99 +2070,15 @@ class OutputData(_message.Message):
         size: _builtins.int = ...,
         path: _builtins.str = ...,
         error: _builtins.str = ...,
+        files: _abc.Iterable[Global___ResultFile] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "error", b"error", "offset", b"offset", "path", b"path", "request_id", b"request_id", "size", b"size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "error", b"error", "files", b"files", "offset", b"offset", "path", b"path", "request_id", b"request_id", "size", b"size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___OutputData: _TypeAlias = OutputData  # noqa: Y015
-
-@_typing.final
-class FilesCommand(_message.Message):
-    """Files of a finished job, looked at by the agent as the job's own user (never as root):
-    the size and sha256 of each path (publishing a result), or part of one file (fetching it).
-    """
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    REQUEST_ID_FIELD_NUMBER: _builtins.int
-    USER_FIELD_NUMBER: _builtins.int
-    WORKDIR_FIELD_NUMBER: _builtins.int
-    PATHS_FIELD_NUMBER: _builtins.int
-    READ_PATH_FIELD_NUMBER: _builtins.int
-    OFFSET_FIELD_NUMBER: _builtins.int
-    MAX_BYTES_FIELD_NUMBER: _builtins.int
-    request_id: _builtins.int
-    user: _builtins.str
-    """the global user; the agent maps it to the local account"""
-    workdir: _builtins.str
-    """relative paths are under it ("" = the user's home)"""
-    read_path: _builtins.str
-    """or read this one"""
-    offset: _builtins.int
-    max_bytes: _builtins.int
-    @_builtins.property
-    def paths(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """checksum these"""
-
-    def __init__(
-        self,
-        *,
-        request_id: _builtins.int = ...,
-        user: _builtins.str = ...,
-        workdir: _builtins.str = ...,
-        paths: _abc.Iterable[_builtins.str] | None = ...,
-        read_path: _builtins.str = ...,
-        offset: _builtins.int = ...,
-        max_bytes: _builtins.int = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_bytes", b"max_bytes", "offset", b"offset", "paths", b"paths", "read_path", b"read_path", "request_id", b"request_id", "user", b"user", "workdir", b"workdir"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___FilesCommand: _TypeAlias = FilesCommand  # noqa: Y015
-
-@_typing.final
-class FilesAnswer(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
-
-    REQUEST_ID_FIELD_NUMBER: _builtins.int
-    FILES_FIELD_NUMBER: _builtins.int
-    DATA_FIELD_NUMBER: _builtins.int
-    OFFSET_FIELD_NUMBER: _builtins.int
-    SIZE_FIELD_NUMBER: _builtins.int
-    ERROR_FIELD_NUMBER: _builtins.int
-    request_id: _builtins.int
-    data: _builtins.bytes
-    offset: _builtins.int
-    size: _builtins.int
-    error: _builtins.str
-    """why not (one line)"""
-    @_builtins.property
-    def files(self) -> _containers.RepeatedCompositeFieldContainer[Global___ResultFile]:
-        """absolute paths"""
-
-    def __init__(
-        self,
-        *,
-        request_id: _builtins.int = ...,
-        files: _abc.Iterable[Global___ResultFile] | None = ...,
-        data: _builtins.bytes = ...,
-        offset: _builtins.int = ...,
-        size: _builtins.int = ...,
-        error: _builtins.str = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "error", b"error", "files", b"files", "offset", b"offset", "request_id", b"request_id", "size", b"size"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___FilesAnswer: _TypeAlias = FilesAnswer  # noqa: Y015
 
 @_typing.final
 class AgentMessage(_message.Message):
@@ -2163,7 +2091,6 @@ class AgentMessage(_message.Message):
     JOB_UPDATE_FIELD_NUMBER: _builtins.int
     CANCEL_RESULTS_FIELD_NUMBER: _builtins.int
     OUTPUT_FIELD_NUMBER: _builtins.int
-    FILES_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def hello(self) -> Global___Hello: ...
     @_builtins.property
@@ -2178,8 +2105,6 @@ class AgentMessage(_message.Message):
     def cancel_results(self) -> Global___CancelResults: ...
     @_builtins.property
     def output(self) -> Global___OutputData: ...
-    @_builtins.property
-    def files(self) -> Global___FilesAnswer: ...
     def __init__(
         self,
         *,
@@ -2190,13 +2115,12 @@ class AgentMessage(_message.Message):
         job_update: Global___JobUpdate | None = ...,
         cancel_results: Global___CancelResults | None = ...,
         output: Global___OutputData | None = ...,
-        files: Global___FilesAnswer | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "cancel_result", b"cancel_result", "cancel_results", b"cancel_results", "files", b"files", "hello", b"hello", "job_update", b"job_update", "output", b"output", "report", b"report", "submit_result", b"submit_result"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "cancel_result", b"cancel_result", "cancel_results", b"cancel_results", "hello", b"hello", "job_update", b"job_update", "output", b"output", "report", b"report", "submit_result", b"submit_result"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "cancel_result", b"cancel_result", "cancel_results", b"cancel_results", "files", b"files", "hello", b"hello", "job_update", b"job_update", "output", b"output", "report", b"report", "submit_result", b"submit_result"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "cancel_result", b"cancel_result", "cancel_results", b"cancel_results", "hello", b"hello", "job_update", b"job_update", "output", b"output", "report", b"report", "submit_result", b"submit_result"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["hello", "report", "submit_result", "cancel_result", "job_update", "cancel_results", "output", "files"]  # noqa: Y015
+    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["hello", "report", "submit_result", "cancel_result", "job_update", "cancel_results", "output"]  # noqa: Y015
     _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_body) -> _WhichOneofReturnType_body | None: ...
 
@@ -2363,7 +2287,10 @@ Global___CancelJobsCommand: _TypeAlias = CancelJobsCommand  # noqa: Y015
 
 @_typing.final
 class ReadOutputCommand(_message.Message):
-    """Read part of a job's output file as the job's own user (never as root)."""
+    """Read part of a job's output file as the job's own user (never as root); or part of one
+    of its published result's files (path), or the sizes and sha256 of its result's files
+    (checksum, publishing a result: the answer's files).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -2377,6 +2304,8 @@ class ReadOutputCommand(_message.Message):
     STDERR_FIELD_NUMBER: _builtins.int
     OFFSET_FIELD_NUMBER: _builtins.int
     MAX_BYTES_FIELD_NUMBER: _builtins.int
+    PATH_FIELD_NUMBER: _builtins.int
+    CHECKSUM_FIELD_NUMBER: _builtins.int
     request_id: _builtins.int
     job_id: _builtins.int
     attempt: _builtins.int
@@ -2387,9 +2316,15 @@ class ReadOutputCommand(_message.Message):
     stderr: _builtins.bool
     offset: _builtins.int
     max_bytes: _builtins.int
+    path: _builtins.str
+    """an absolute path to read instead of the job's output file"""
     @_builtins.property
     def spec(self) -> Global___JobSpec:
         """name, workdir, output, error only (no script)"""
+
+    @_builtins.property
+    def checksum(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """instead of reading: these (relative to the job's workdir)"""
 
     def __init__(
         self,
@@ -2404,10 +2339,12 @@ class ReadOutputCommand(_message.Message):
         stderr: _builtins.bool = ...,
         offset: _builtins.int = ...,
         max_bytes: _builtins.int = ...,
+        path: _builtins.str = ...,
+        checksum: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["array_id", b"array_id", "array_task", b"array_task", "attempt", b"attempt", "job_id", b"job_id", "max_bytes", b"max_bytes", "offset", b"offset", "request_id", b"request_id", "spec", b"spec", "stderr", b"stderr", "user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["array_id", b"array_id", "array_task", b"array_task", "attempt", b"attempt", "checksum", b"checksum", "job_id", b"job_id", "max_bytes", b"max_bytes", "offset", b"offset", "path", b"path", "request_id", b"request_id", "spec", b"spec", "stderr", b"stderr", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2423,7 +2360,6 @@ class DaemonMessage(_message.Message):
     RESOLVE_FIELD_NUMBER: _builtins.int
     CANCEL_JOBS_FIELD_NUMBER: _builtins.int
     READ_OUTPUT_FIELD_NUMBER: _builtins.int
-    FILES_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def welcome(self) -> Global___Welcome: ...
     @_builtins.property
@@ -2436,8 +2372,6 @@ class DaemonMessage(_message.Message):
     def cancel_jobs(self) -> Global___CancelJobsCommand: ...
     @_builtins.property
     def read_output(self) -> Global___ReadOutputCommand: ...
-    @_builtins.property
-    def files(self) -> Global___FilesCommand: ...
     def __init__(
         self,
         *,
@@ -2447,13 +2381,12 @@ class DaemonMessage(_message.Message):
         resolve: Global___ResolveCommand | None = ...,
         cancel_jobs: Global___CancelJobsCommand | None = ...,
         read_output: Global___ReadOutputCommand | None = ...,
-        files: Global___FilesCommand | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "cancel", b"cancel", "cancel_jobs", b"cancel_jobs", "files", b"files", "read_output", b"read_output", "resolve", b"resolve", "submit", b"submit", "welcome", b"welcome"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "cancel", b"cancel", "cancel_jobs", b"cancel_jobs", "read_output", b"read_output", "resolve", b"resolve", "submit", b"submit", "welcome", b"welcome"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "cancel", b"cancel", "cancel_jobs", b"cancel_jobs", "files", b"files", "read_output", b"read_output", "resolve", b"resolve", "submit", b"submit", "welcome", b"welcome"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "cancel", b"cancel", "cancel_jobs", b"cancel_jobs", "read_output", b"read_output", "resolve", b"resolve", "submit", b"submit", "welcome", b"welcome"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["welcome", "submit", "cancel", "resolve", "cancel_jobs", "read_output", "files"]  # noqa: Y015
+    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["welcome", "submit", "cancel", "resolve", "cancel_jobs", "read_output"]  # noqa: Y015
     _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_body) -> _WhichOneofReturnType_body | None: ...
 

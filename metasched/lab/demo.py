@@ -60,7 +60,7 @@ def app_shelf(fed: Federation, root: Path) -> bool:
     while time.monotonic() < deadline and len(done) < len(runs):
         for job_id in runs:
             j = json.loads(fed.msub("show", str(job_id), "--json").stdout)
-            if str(j.get("state", "")).removeprefix("JOB_STATE_") in ("COMPLETED", "FAILED"):
+            if j.get("state") in ("completed", "failed"):  # short names (docs/json.md)
                 done[job_id] = j
         time.sleep(0.5)
     kinds = set()
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
             jobs = json.loads(fed.msub("list", "--finished", "--json").stdout)
             mine = [j for j in jobs if int(str(j["id"])) in ids]
             for j in mine:
-                state = str(j["state"]).removeprefix("JOB_STATE_")
+                state = str(j["state"])  # short lower-case names (docs/json.md)
                 jid = int(str(j["id"]))
                 if seen.get(jid) != state:
                     seen[jid] = state
@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
                     say(f"   job {jid} {ids[jid]:<13} {state}{where}")
             if (
                 mine
-                and all(s in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT") for s in seen.values())
+                and all(s in ("completed", "failed", "cancelled", "timeout") for s in seen.values())
                 and len(seen) == len(ids)
             ):
                 break
@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
             jid = int(str(j["id"]))
             if jid not in ids:
                 continue
-            state = str(j["state"]).removeprefix("JOB_STATE_")
+            state = str(j["state"])  # short lower-case names (docs/json.md)
             with contextlib.suppress(OSError, ValueError):  # written by the job's first line
                 started = float((script_dir / f"{ids[jid]}.started").read_text())
                 latencies.append(started - submitted[ids[jid]])
@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"   {ids[jid]:<13} precision {prec or '-':<5} -> {j.get('site')}: {state}, "
                 f"exit code {j.get('exit_code', 0)}"
             )
-            ok = ok and state == "COMPLETED"
+            ok = ok and state == "completed"
         fp64_on_ai = [
             j
             for j in jobs

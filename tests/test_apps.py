@@ -158,10 +158,11 @@ def test_placement_sends_an_app_only_where_a_recipe_can_run() -> None:
     }
 
 
-def test_a_version_2_queue_opens_with_the_shelf_and_keeps_its_jobs(tmp_path: Path) -> None:
-    """Schema 3 on a file a version-2 metaschedd wrote (arrays, no shelf): it gains the
-    shelf's tables and jobs.recipe when opened, its jobs and arrays are untouched, and it then
-    says version 3 (a version-2 metaschedd refuses it rather than send a run's stand-in)."""
+def test_a_queue_from_before_the_shelf_opens_with_it_and_keeps_its_jobs(tmp_path: Path) -> None:
+    """The shelf's schema (3) on a file the version before wrote (arrays, no shelf): it gains
+    the shelf's tables and jobs.recipe when opened, its jobs and arrays are untouched, and it
+    then says the new version (an older metaschedd refuses it rather than send a run's
+    stand-in script)."""
     db = tmp_path / "q.db"
     store = Store(db)
     spec = pb.JobSpec(script="#!/bin/sh\n")
@@ -172,7 +173,8 @@ def test_a_version_2_queue_opens_with_the_shelf_and_keeps_its_jobs(tmp_path: Pat
     conn.execute("DROP TABLE results")
     conn.execute("DROP TABLE apps")
     conn.execute("ALTER TABLE jobs DROP COLUMN recipe")
-    conn.execute("UPDATE meta SET value='2' WHERE key='schema_version'")
+    before = SCHEMA_VERSION - 1  # the version before the shelf came
+    conn.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(before),))
     conn.commit()
     conn.close()
 
@@ -184,7 +186,7 @@ def test_a_version_2_queue_opens_with_the_shelf_and_keeps_its_jobs(tmp_path: Pat
         (2, spec),
     ]
     version = again._reader().execute("SELECT value FROM meta WHERE key='schema_version'")
-    assert int(version.fetchone()[0]) == SCHEMA_VERSION == 3
+    assert int(version.fetchone()[0]) == SCHEMA_VERSION
     shelf = ShelfRecords(again)
     shelf.publish(apps.parse_definition(WAVE, owner="alice"))
     with pytest.raises(AppExists):
@@ -205,7 +207,7 @@ def test_a_version_2_queue_opens_with_the_shelf_and_keeps_its_jobs(tmp_path: Pat
     assert got is not None and got.runs == 1 and got.owner == "alice"
     reopened.close()
     conn = sqlite3.connect(db)
-    conn.execute("UPDATE meta SET value='4' WHERE key='schema_version'")
+    conn.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION + 1),))
     conn.commit()
     conn.close()
     with pytest.raises(StoreError, match="newer than this metaschedd"):

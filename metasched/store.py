@@ -44,7 +44,7 @@ from typing import Any, TypeVar
 import sqlite_utils
 from google.protobuf.message import DecodeError
 
-from metasched import log
+from metasched import log, shelf_tables
 from metasched.states import FINAL_STATES, JobState, can_move
 from metasched.v1 import metasched_pb2 as pb
 
@@ -53,7 +53,10 @@ T = TypeVar("T")
 # (jobs.held). A version-1 file is upgraded in place; a version-1 daemon refuses a version-2
 # file (its task rows keep their spec in `arrays`, which it would not know to read).
 # 3: scripts in their own table (job_scripts), not inside jobs.spec or arrays.spec.
-SCHEMA_VERSION = 3
+# 4: the app shelf (tables apps and results; jobs.recipe). Versions 1-3 are upgraded in place
+# (a version 3 of either kind: a branch's shelf without job_scripts gets them too); an older
+# daemon refuses a version-4 file (it would send an app's run with its stand-in script).
+SCHEMA_VERSION = 4
 MAX_BATCH = 2000
 # Rows per multi-row INSERT of new jobs: 7 parameters a row stays under SQLite's oldest
 # default limit of 999 parameters a statement.
@@ -134,6 +137,7 @@ class JobRow:
     array_id: int = 0
     array_task: int = 0
     held: bool = False  # held by its user (msub hold / --hold) until released
+    recipe: str = ""  # an app's run: the recipe chosen for the site it was sent to
 
 
 @dataclass(frozen=True)
@@ -180,6 +184,7 @@ _JOB_COLUMNS = {
     "array_task": int,
     "held": int,
     "submit_key": str,  # the submission's idempotency key (JobSpec.submit_key), or NULL
+    "recipe": str,  # an app's run: the recipe chosen for the site it was sent to
 }
 
 
@@ -226,6 +231,7 @@ def _row_to_job(r: sqlite3.Row, spec: pb.JobSpec | None = None) -> JobRow:
             array_id=int(r["array_id"] or 0),
             array_task=int(r["array_task"] or 0),
             held=bool(r["held"]),
+            recipe=_text(r["recipe"]),
         )
     except (DecodeError, ValueError, TypeError, OverflowError) as e:
         raise DamagedRow(r["id"], f"{type(e).__name__}: {e}") from None
@@ -285,6 +291,7 @@ _UPDATABLE = (
     "cancel_requested",
     "avoid_sites",
     "held",
+    "recipe",
 )
 
 
@@ -863,6 +870,7 @@ class Store:
         db.table("jobs").create_index(["user", "state"], if_not_exists=True)
         db.table("jobs").create_index(["array_id", "array_task"], if_not_exists=True)
         db.table("jobs").create_index(["user", "submit_key"], if_not_exists=True)
+        shelf_tables.create(db)
         version = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
         if version is not None and int(version[0]) > SCHEMA_VERSION:
             conn.execute("ROLLBACK")

@@ -166,6 +166,9 @@ def parse_submission(
     own_options = app_options or ()
     try:
         given, rest = sargv.parse(args, sargv.CLI, extra=MSUB_OPTIONS + own_options)
+        if app_options is not None and rest:  # the app, with options before and after it
+            more, left = sargv.parse(rest[1:], sargv.CLI, extra=MSUB_OPTIONS + own_options)
+            given, rest = given + more, rest[:1] + left
     except jobspec.SpecError as e:
         raise UsageError(str(e)) from None
     base = pb.JobSpec()

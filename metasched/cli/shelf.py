@@ -72,16 +72,15 @@ RUN_OPTIONS = (PARAM, NO_WAIT)
 
 
 def _run_request(sub: str, args: list[str]) -> tuple[msub.Submission, str, bool]:
-    """msub app run|plan NAME[@VERSION] [options] (or the options first): the submission
-    (the job spec of a run: the sbatch options as msub reads them, and the app), the app's
-    name as given, and whether to answer without waiting for placement."""
-    first = [] if not args or args[0].startswith("-") else args[:1]  # the app, then options
-    s = msub.parse_submission(args[len(first) :], app_options=RUN_OPTIONS)
+    """msub app run|plan NAME[@VERSION] [options] (options before or after it): the
+    submission (the job spec of a run: the sbatch options as msub reads them, and the app),
+    the app's name as given, and whether to answer without waiting for placement."""
+    s = msub.parse_submission(args, app_options=RUN_OPTIONS)
     if s.msub.help:
         return s, "", False
-    if len(first + s.words) != 1:
+    if len(s.words) != 1:
         raise UsageError(f"msub app {sub} takes one app: NAME[@VERSION] [options]")
-    ref = (first + s.words)[0]
+    ref = s.words[0]
     name, _, version = ref.partition("@")
     s.spec.app, s.spec.app_version = name, version
     s.spec.app_params.update(_params([g.value or "" for g in s.own if g.option is PARAM]))

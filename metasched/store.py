@@ -44,7 +44,7 @@ from typing import Any, TypeVar
 import sqlite_utils
 from google.protobuf.message import DecodeError
 
-from metasched import log
+from metasched import log, shelf_tables
 from metasched.states import FINAL_STATES, JobState, can_move
 from metasched.v1 import metasched_pb2 as pb
 
@@ -55,7 +55,10 @@ T = TypeVar("T")
 # 3: scripts in their own table (job_scripts), not inside jobs.spec or arrays.spec.
 # jobs.priority and jobs.admin_held (admins' priority and holds) are added in place to a file
 # without them, with no new version: a metaschedd that does not know them reads the rest.
-SCHEMA_VERSION = 3
+# 4: the app shelf (tables apps and results; jobs.recipe). Versions 1-3 are upgraded in place
+# (a version 3 of either kind: a branch's shelf without job_scripts gets them too); an older
+# daemon refuses a version-4 file (it would send an app's run with its stand-in script).
+SCHEMA_VERSION = 4
 MAX_BATCH = 2000
 # Rows per multi-row INSERT of new jobs: 7 parameters a row stays under SQLite's oldest
 # default limit of 999 parameters a statement.
@@ -138,6 +141,7 @@ class JobRow:
     held: bool = False  # held by its user (msub hold / --hold) until released
     admin_held: bool = False  # held by an admin: only an admin releases it
     priority: int = 0  # set by an admin: the global queue is placed by priority, then id
+    recipe: str = ""  # an app's run: the recipe chosen for the site it was sent to
 
 
 @dataclass(frozen=True)
@@ -186,6 +190,7 @@ _JOB_COLUMNS = {
     "submit_key": str,  # the submission's idempotency key (JobSpec.submit_key), or NULL
     "admin_held": int,
     "priority": int,
+    "recipe": str,  # an app's run: the recipe chosen for the site it was sent to
 }
 
 
@@ -234,6 +239,7 @@ def _row_to_job(r: sqlite3.Row, spec: pb.JobSpec | None = None) -> JobRow:
             held=bool(r["held"]),
             admin_held=bool(r["admin_held"]),
             priority=int(r["priority"] or 0),
+            recipe=_text(r["recipe"]),
         )
     except (DecodeError, ValueError, TypeError, OverflowError) as e:
         raise DamagedRow(r["id"], f"{type(e).__name__}: {e}") from None
@@ -295,6 +301,7 @@ _UPDATABLE = (
     "held",
     "admin_held",
     "priority",
+    "recipe",
 )
 
 
@@ -885,6 +892,7 @@ class Store:
         db.table("jobs").create_index(["user", "state"], if_not_exists=True)
         db.table("jobs").create_index(["array_id", "array_task"], if_not_exists=True)
         db.table("jobs").create_index(["user", "submit_key"], if_not_exists=True)
+        shelf_tables.create(db)
         version = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
         if version is not None and int(version[0]) > SCHEMA_VERSION:
             conn.execute("ROLLBACK")
@@ -1442,8 +1450,7 @@ class Store:
         conn = self._reader()
         rows = conn.execute(
             # (a column a job never set is NULL, not 0)
-            "SELECT id, user, site, started_at, ended_at, updated_at, state, spec, array_id, "
-            "submitted_at "
+            "SELECT id, user, site, started_at, ended_at, updated_at, state, spec, array_id "
             "FROM jobs WHERE started_at > 0 AND started_at < ? AND (ended_at >= ? OR "
             "(IFNULL(ended_at, 0) = 0 AND (state NOT IN ({}) OR updated_at >= ?)))".format(
                 ",".join("?" * len(finals))
@@ -1451,9 +1458,6 @@ class Store:
             (until, since, *finals, since),
         )
         for r in rows:
-            # as jobs are shown (user_api.job_pb): Slurm's start time has whole seconds, and
-            # a job never starts before it was submitted
-            started = max(r["started_at"], r["submitted_at"])
             ended = r["ended_at"] or (r["updated_at"] if r["state"] in finals else until)
             array_id = r["array_id"]
             if array_id:
@@ -1465,8 +1469,8 @@ class Store:
                 r["id"],
                 r["user"],
                 r["site"] or "",
-                max(since, started),
-                min(until, max(ended, started)),
+                max(since, r["started_at"]),
+                min(until, max(ended, r["started_at"])),
                 spec,
             )
 

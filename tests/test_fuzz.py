@@ -348,6 +348,14 @@ def job_specs(draw: st.DrawFn) -> pb.JobSpec:
         s.begin_time = draw(st.floats(allow_nan=True, allow_infinity=True))
     s.hold = draw(st.booleans())
     s.keep_invalid_dependency = draw(st.booleans())
+    if draw(st.booleans()):  # an app's run (what msub app run sends), or a forged one
+        s.app = draw(weird_text)
+        s.app_version = draw(weird_text)
+        s.app_params.update(draw(st.dictionaries(weird_text, weird_text, max_size=3)))
+        if draw(st.booleans()):
+            s.script = ""
+    if draw(st.booleans()):
+        s.app_recipes.add(name=draw(weird_text), command=draw(weird_text))
     return s
 
 
@@ -401,6 +409,10 @@ def test_the_spec_strategy_covers_every_field() -> None:
         "ignore_pbs",
         "script_args",
         "sbatch_options",
+        "app",
+        "app_version",
+        "app_params",
+        "app_recipes",
     }
     assert _spec_fields() <= covered, _spec_fields() - covered
 
@@ -800,7 +812,9 @@ def cli_dir(daemon: Daemon) -> Iterator[Path]:
 
 def run_in_process(main: Any, argv: list[str], prog: str) -> tuple[int, str]:
     err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+    # stdout with a .buffer, as a real one has (msub output writes the job's bytes there)
+    out = io.TextIOWrapper(io.BytesIO(), encoding="utf-8")
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
         try:
             rc = main(argv)
         except SystemExit as e:  # only --help may exit this way

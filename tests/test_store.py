@@ -10,6 +10,7 @@ import pytest
 
 from metasched.states import JobState
 from metasched.store import (
+    SCHEMA_VERSION,
     Batch,
     HeldEstimate,
     IllegalTransition,
@@ -236,7 +237,7 @@ def test_a_users_live_jobs_and_count_follow_every_move_and_a_reopen(tmp_path: Pa
 def test_a_version_1_queue_is_upgraded_for_arrays_and_keeps_its_jobs(tmp_path: Path) -> None:
     """Schema 2 (array tasks, holds) on a file written by a version-1 metaschedd: the columns
     and the arrays table are added, its jobs are untouched, arrays work, and the file then
-    says version 2 (so a version-1 metaschedd refuses it rather than misread task rows)."""
+    says the current version (a version-1 metaschedd refuses it rather than misread task rows)."""
     db = tmp_path / "q.db"
     store = Store(db)
     job = store.run(lambda b: b.insert_job("alice", SPEC))
@@ -246,6 +247,9 @@ def test_a_version_1_queue_is_upgraded_for_arrays_and_keeps_its_jobs(tmp_path: P
     for column in ("array_id", "array_task", "held"):
         conn.execute(f"ALTER TABLE jobs DROP COLUMN {column}")  # as version 1 made it
     conn.execute("DROP TABLE arrays")
+    conn.execute("ALTER TABLE jobs DROP COLUMN recipe")  # nor the shelf (schema 3)
+    conn.execute("DROP TABLE results")
+    conn.execute("DROP TABLE apps")
     conn.execute("UPDATE meta SET value='1' WHERE key='schema_version'")
     conn.commit()
     conn.close()
@@ -268,8 +272,9 @@ def test_a_version_1_queue_is_upgraded_for_arrays_and_keeps_its_jobs(tmp_path: P
     assert reopened.scripts([t.id for t in tasks]) == {t.id: SPEC.script for t in tasks}
     reopened.close()
     conn = sqlite3.connect(db)
-    assert conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == "3"
-    conn.execute("UPDATE meta SET value='4' WHERE key='schema_version'")
+    version = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0]
+    assert int(version) == SCHEMA_VERSION
+    conn.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION + 1),))
     conn.commit()
     conn.close()
     with pytest.raises(StoreError, match="newer than this metaschedd"):
@@ -298,10 +303,12 @@ def test_scripts_are_kept_in_the_file_not_in_memory(tmp_path: Path) -> None:
     assert SPEC.script  # the caller's spec is left as it was
 
 
-def test_a_queue_with_scripts_inside_its_specs_is_upgraded(tmp_path: Path) -> None:
-    """An older metaschedd (schema 2) kept each script inside its job's spec, an array's in
-    the array's: opening its file moves every script to job_scripts, and every job (and every
-    task) keeps its state and its script."""
+@pytest.mark.parametrize("old", ["2", "3-shelf"])
+def test_a_queue_with_scripts_inside_its_specs_is_upgraded(tmp_path: Path, old: str) -> None:
+    """An older metaschedd (schema 2; or the app shelf's branch, which also called its schema
+    3: shelf tables, scripts still inside the specs) kept each script inside its job's spec,
+    an array's in the array's: opening its file moves every script to job_scripts, and every
+    job (and every task) keeps its state and its script."""
     db = tmp_path / "q.db"
     store = Store(db)
     queued = store.run(lambda b: b.insert_job("alice", SPEC))
@@ -322,7 +329,11 @@ def test_a_queue_with_scripts_inside_its_specs_is_upgraded(tmp_path: Path) -> No
                 f"UPDATE {table} SET spec=? WHERE id=?", (spec.SerializeToString(), job_id)
             )
     conn.execute("DROP TABLE job_scripts")
-    conn.execute("UPDATE meta SET value='2' WHERE key='schema_version'")
+    if old == "2":
+        conn.execute("DROP TABLE results")
+        conn.execute("DROP TABLE apps")
+        conn.execute("ALTER TABLE jobs DROP COLUMN recipe")
+    conn.execute("UPDATE meta SET value=? WHERE key='schema_version'", (old[0],))
     conn.commit()
     conn.close()
 
@@ -337,9 +348,8 @@ def test_a_queue_with_scripts_inside_its_specs_is_upgraded(tmp_path: Path) -> No
     assert [t.spec for t in again.array_tasks(tasks[0].id)] == [pb.JobSpec(name="a")] * 3
     again.close()
     with sqlite3.connect(db) as conn:
-        assert conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == (
-            "3",
-        )
+        version = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        assert version == (str(SCHEMA_VERSION),)
 
 
 def test_pages_of_a_listing_cover_every_job_once(tmp_path: Path) -> None:

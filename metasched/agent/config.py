@@ -7,7 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from metasched import catalog, config, precision
+from metasched.agent.offers import OfferConfig
 from metasched.config import ConfigError
+from metasched.v1 import metasched_pb2 as pb
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,47 @@ class AgentConfig:
     tls_ca: Path | None = None
     # Prometheus /metrics (host:port); "" = none. The metrics name no user and no job.
     metrics_listen: str = ""
+    # software offered to apps' recipes ([offers], and per partition)
+    offers: OfferConfig = field(default_factory=OfferConfig)
+
+
+def _strings(raw: dict[str, Any], key: str, where: str) -> tuple[str, ...]:
+    value = raw.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(f"{where}.{key} must be a list of names")
+    return tuple(value)
+
+
+def _offerings(raw: Any, where: str) -> pb.Offerings:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where} must be a table")
+    unknown = sorted(set(raw) - {"modules", "containers", "paths", "container_run"})
+    if unknown:
+        raise ConfigError(f"{where}: unknown key {unknown[0]!r}")
+    return pb.Offerings(
+        modules=_strings(raw, "modules", where),
+        containers=_strings(raw, "containers", where),
+        paths=_strings(raw, "paths", where),
+        container_run=config.get(raw, "container_run", str, "", where),
+    )
+
+
+def _offer_config(raw: Any, partitions: dict[str, pb.Offerings], where: str) -> OfferConfig:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: [offers] must be a table")
+    w = f"{where}: offers"
+    site = _offerings(
+        {k: v for k, v in raw.items() if k not in ("discover_modules", "modulepath")}, w
+    )
+    return OfferConfig(
+        modules=tuple(site.modules),
+        containers=tuple(site.containers),
+        paths=tuple(site.paths),
+        container_run=site.container_run,
+        discover_modules=config.get(raw, "discover_modules", bool, False, w),
+        modulepath=_strings(raw, "modulepath", w),
+        partitions=partitions,
+    )
 
 
 def from_file(path: str | Path) -> AgentConfig:
@@ -87,9 +130,12 @@ def from_dict(raw: dict[str, Any], where: str = "config") -> AgentConfig:
         else:
             accounts[k] = v
     precisions: dict[str, dict[str, float]] = {}
+    part_offers: dict[str, pb.Offerings] = {}
     for i, p in enumerate(raw.get("partitions", [])):
         if not isinstance(p, dict) or not isinstance(p.get("name"), str):
             raise ConfigError(f"{where}: partitions[{i}] needs a name")
+        if "offers" in p:
+            part_offers[p["name"]] = _offerings(p["offers"], f"{where}: partitions[{i}].offers")
         declared = p.get("precisions")
         if declared is None:
             continue
@@ -114,6 +160,7 @@ def from_dict(raw: dict[str, Any], where: str = "config") -> AgentConfig:
         tls_key=Path(tls["tls_key"]) if tls["tls_key"] else None,
         tls_ca=Path(tls["tls_ca"]) if tls["tls_ca"] else None,
         metrics_listen=metrics_listen,
+        offers=_offer_config(raw.get("offers", {}), part_offers, where),
     )
     if not cfg.token and cfg.tls_cert is None:
         raise ConfigError(f"{w}: needs tls_cert/tls_key/tls_ca or a token to authenticate")

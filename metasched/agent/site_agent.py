@@ -22,6 +22,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
@@ -31,6 +32,7 @@ from metasched.agent import output
 from metasched.agent.config import AgentConfig
 from metasched.agent.journal import Journal
 from metasched.agent.metrics import AgentMetrics
+from metasched.agent.offers import SiteOffers
 from metasched.agent.slurm import parse
 from metasched.agent.slurm.base import (
     JobRefused,
@@ -49,6 +51,9 @@ from metasched.v1 import metasched_pb2 as pb
 from metasched.v1 import metasched_pb2_grpc as pb_grpc
 
 AGENT_VERSION = "0.1.0"
+# Reads of job output (msub output, results) waiting for a reader thread before the site
+# answers "busy": the daemon bounds each user to a few in flight, this bounds them all.
+MAX_READS_WAITING = 32
 
 
 def job_report(j: SlurmJob, ours: tags.Tag | None = None) -> pb.SlurmJobReport:
@@ -194,6 +199,12 @@ class SiteAgent:
         # the site's node and partition names at the last report (for per-site options)
         self._node_names: frozenset[str] = frozenset()
         self._partitions: tuple[str, ...] = ()
+        self.offers = SiteOffers(cfg.offers, cfg.site)
+        # Looking at a job's output takes seconds at times (a checksum of a large result, a
+        # slow file system): it is done on threads of their own, never on the command loop.
+        self._readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="output")
+        self._reads_lock = threading.Lock()
+        self._reads_waiting = 0
 
     # ---------------------------------------------------------------- what the site looks like
 
@@ -234,7 +245,12 @@ class SiteAgent:
                 hint="declare the partition's precisions in the agent config",
             )
         self._warned_unknown |= set(unknown)
+        for p in partitions:
+            extra = self.offers.partition(p.name)
+            if extra is not None:
+                p.offers.CopyFrom(extra)
         rep.partitions.extend(partitions)
+        rep.offers.CopyFrom(self.offers.site())
         for n in nodes:
             rep.nodes.append(
                 pb.NodeReport(
@@ -534,6 +550,8 @@ class SiteAgent:
         return {str(ours[j.job_id]): j for j in jobs if j.job_id in ours}
 
     def read_output(self, cmd: pb.ReadOutputCommand) -> pb.OutputData:
+        """Part of the job's output file (or of cmd.path, a published result's file), or the
+        sizes and checksums of cmd.checksum (a result being published), as its local user."""
         res = pb.OutputData(request_id=cmd.request_id, offset=cmd.offset)
         local = self.cfg.users.local(cmd.user)
         if local is None:
@@ -545,14 +563,48 @@ class SiteAgent:
             res.error = f"no such local user {local!r} at site {self.cfg.site}"
             return res
         spec = cmd.spec
-        ids = job_ids(cmd.job_id, cmd.array_id, cmd.array_task, spec, local)
-        pattern = spec.error if cmd.stderr and spec.error else spec.output
-        res.path = output_names.resolve(pattern, ids, os.path.join(home, spec.workdir))
+        workdir = os.path.join(home, spec.workdir)
         try:
+            if cmd.checksum:
+                for path, size, digest in output.checksums_as(local, workdir, list(cmd.checksum)):
+                    res.files.append(pb.ResultFile(path=path, size=size, sha256=digest))
+                return res
+            if cmd.path:
+                if not os.path.isabs(cmd.path):
+                    raise output.OutputError(f"{cmd.path!r} is not an absolute path")
+                res.path = cmd.path
+            else:
+                ids = job_ids(cmd.job_id, cmd.array_id, cmd.array_task, spec, local)
+                pattern = spec.error if cmd.stderr and spec.error else spec.output
+                res.path = output_names.resolve(pattern, ids, workdir)
             res.data, res.size = output.read_as(local, res.path, cmd.offset, cmd.max_bytes)
         except output.OutputError as e:
             res.error = str(e)
         return res
+
+    def _read_later(
+        self, cmd: pb.ReadOutputCommand, outbox: queue.Queue[pb.AgentMessage | None]
+    ) -> None:
+        """Answer a read on the readers' threads; a site with too many waiting says so."""
+        with self._reads_lock:
+            busy = self._reads_waiting >= MAX_READS_WAITING
+            if not busy:
+                self._reads_waiting += 1
+        if busy:
+            msg = "the site has too many reads waiting; try again"
+            outbox.put(pb.AgentMessage(output=pb.OutputData(request_id=cmd.request_id, error=msg)))
+            return
+
+        def answer() -> None:
+            try:
+                outbox.put(pb.AgentMessage(output=self.read_output(cmd)))
+            except Exception:
+                self.log.exception("command_crashed", kind="read_output")
+            finally:
+                with self._reads_lock:
+                    self._reads_waiting -= 1
+
+        self._readers.submit(answer)
 
     def resolve(self, cmd: pb.ResolveCommand) -> pb.JobUpdate | None:
         upd = pb.JobUpdate(job_id=cmd.job_id, attempt=cmd.attempt, final=True)
@@ -609,9 +661,7 @@ class SiteAgent:
             return pb.AgentMessage(job_update=upd) if upd else None
         if kind == "cancel_jobs":
             return pb.AgentMessage(cancel_results=self.cancel_jobs(msg.cancel_jobs))
-        if kind == "read_output":
-            return pb.AgentMessage(output=self.read_output(msg.read_output))
-        return None
+        return None  # read_output is answered on the reader threads (_read_later)
 
     # ---------------------------------------------------------------- the stream
 
@@ -688,6 +738,9 @@ class SiteAgent:
                     )
                     if not poller.is_alive():
                         poller.start()
+                    continue
+                if msg.WhichOneof("body") == "read_output":
+                    self._read_later(msg.read_output, outbox)
                     continue
                 answer = self.handle(msg)
                 if answer is not None:

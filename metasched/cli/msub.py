@@ -8,6 +8,7 @@
   msub show ID... [--script]    msub watch ID    msub cancel ID...    msub sites    msub --version
   msub hold ID...    msub release ID...                ID: 17, 17_5 or 17_[1-100]
   msub output ID [--follow] [--error]                  the job's output, read at its site
+  msub app ...      msub result ...     the app shelf (msub app --help; docs/apps.md)
 
 Every sbatch option of Slurm 22.05-25.11 means what it means to sbatch, from the command
 line, SBATCH_* variables or #SBATCH lines (in that order of precedence); the few that
@@ -58,6 +59,8 @@ COMMANDS = (
     "release",
     "output",
     "sites",
+    "app",
+    "result",
 )
 # sbatch --wrap's script, byte for byte
 WRAP_SCRIPT = "#!/bin/sh\n# This script was created by sbatch --wrap.\n\n{}\n"
@@ -107,6 +110,8 @@ class Submission:
     json: bool = False
     daemon: str = ""
     warnings: list[str] = field(default_factory=list)
+    own: list[sargv.Given] = field(default_factory=list)  # the caller's own options (app run)
+    words: list[str] = field(default_factory=list)  # an app run's words after the options
 
 
 def _read_script(path: str) -> str:
@@ -145,12 +150,24 @@ def _stdin_script() -> str:
     return _text_of(raw, "the script on stdin")
 
 
-def parse_submission(args: list[str], environ: dict[str, str] | None = None) -> Submission:
+def parse_submission(
+    args: list[str],
+    environ: dict[str, str] | None = None,
+    app_options: tuple[Option, ...] | None = None,
+) -> Submission:
     """msub's command line (and the submitter's environment) -> the request, with sbatch's
-    rules: options before the script, then the script and its arguments."""
+    rules: options before the script, then the script and its arguments.
+
+    app_options: an app's run (msub app run|plan), which takes the same options but brings
+    no script (the daemon renders the app's): these options of its own are returned in
+    .own, and the words after the options (the app) in .words."""
     env = dict(os.environ if environ is None else environ)
+    own_options = app_options or ()
     try:
-        given, rest = sargv.parse(args, sargv.CLI, extra=MSUB_OPTIONS)
+        given, rest = sargv.parse(args, sargv.CLI, extra=MSUB_OPTIONS + own_options)
+        if app_options is not None and rest:  # the app, with options before and after it
+            more, left = sargv.parse(rest[1:], sargv.CLI, extra=MSUB_OPTIONS + own_options)
+            given, rest = given + more, rest[:1] + left
     except jobspec.SpecError as e:
         raise UsageError(str(e)) from None
     base = pb.JobSpec()
@@ -158,7 +175,9 @@ def parse_submission(args: list[str], environ: dict[str, str] | None = None) -> 
     sbatch_given = []
     for g in given:
         name = g.option.name
-        if g.option not in MSUB_OPTIONS:
+        if g.option in own_options:
+            out.own.append(g)
+        elif g.option not in MSUB_OPTIONS:
             sbatch_given.append(g)
         elif name == "precision":
             base.precision = g.value or ""
@@ -173,7 +192,12 @@ def parse_submission(args: list[str], environ: dict[str, str] | None = None) -> 
         elif name == "daemon":
             out.daemon = g.value or ""
     wrap = next((g.value for g in reversed(sbatch_given) if g.option.name == "wrap"), None)
-    if wrap is not None:
+    if app_options is not None:
+        if wrap is not None:
+            raise UsageError("--wrap: an app's run brings no script of its own")
+        script, default_name = "", ""  # the daemon names it after the app
+        out.words = rest
+    elif wrap is not None:
         if rest:
             raise UsageError("script arguments not permitted with --wrap option")
         script, default_name = WRAP_SCRIPT.format(wrap), "wrap"
@@ -979,6 +1003,13 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> int:
         nonlocal address
+        if command in ("app", "result"):
+            from metasched.cli import shelf  # it builds on this module
+
+            for i, a in enumerate(args[:-1]):
+                if a == "--daemon":
+                    address = args[i + 1]
+            return shelf.main(command, args, printer)
         if command in ("submit", "plan"):
             sub = parse_submission(args)
             address = sub.daemon

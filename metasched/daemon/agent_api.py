@@ -168,15 +168,16 @@ class AgentService(pb_grpc.AgentServiceServicer):
     ) -> list[pb.DaemonMessage]:
         """The commands with each submit's script, read from the database now. A job whose
         script is not there cannot run anywhere: it fails, with the reason, instead of being
-        re-sent forever."""
-        ids = [m.submit.job_id for m in batch if m.WhichOneof("body") == "submit"]
+        re-sent forever. An app's run has its script already: its recipe's, rendered for the
+        site by the dispatcher (app_runs.spec_to_send; the one stored is a stand-in)."""
+        ids = [m.submit.job_id for m in batch if _needs_script(m)]
         if not ids:
             return batch
         loop = asyncio.get_running_loop()
         scripts = await loop.run_in_executor(self.pool, self.s.store.scripts, ids)
         out = []
         for m in batch:
-            if m.WhichOneof("body") == "submit":
+            if _needs_script(m):
                 script = scripts.get(m.submit.job_id)
                 if script is None:
                     self._script_missing(site, m.submit.job_id)
@@ -239,3 +240,8 @@ def _take(
             return out, True
         out.append(msg)
     return out, False
+
+
+def _needs_script(m: pb.DaemonMessage) -> bool:
+    """A submit command whose script is read from the database (not an app's run)."""
+    return m.WhichOneof("body") == "submit" and not m.submit.spec.app

@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 
 from metasched import tags
+from metasched.daemon import app_runs
 from metasched.daemon.settings import Settings
 from metasched.daemon.sites import SiteRegistry
 from metasched.states import JobState
@@ -31,7 +32,7 @@ class Dispatcher:
             submit=pb.SubmitCommand(
                 job_id=job.id,
                 attempt=job.attempt,
-                spec=job.spec,
+                spec=app_runs.spec_to_send(job, job.spec, self.sites),
                 partition=job.partition,
                 user=job.user,
                 tag=self.tag(job.id, job.attempt),

@@ -11,12 +11,13 @@ from __future__ import annotations
 import time
 from concurrent.futures import Future
 
-from metasched import jobspec
+from metasched import jobspec, shelf_tables
 from metasched.arrays import ArraySpec
 from metasched.daemon import tasks
 from metasched.daemon.core import Activity, Core
 from metasched.daemon.placing import PlacementPass
 from metasched.daemon.settings import Refused
+from metasched.daemon.shelf import AppShelf, Caller
 from metasched.daemon.sites import SiteRegistry
 from metasched.daemon.views import request_of_spec, site_views
 from metasched.daemon.waiting import HELD_BY_ADMIN, HELD_BY_USER, WaitingJobs
@@ -69,11 +70,27 @@ def no_account(sites: SiteRegistry, req: Request) -> str | None:
     return f"user {req.user} has no account at any site that could run this job ({detail})"
 
 
+def is_app_run(spec: pb.JobSpec) -> bool:
+    """Whether the spec names an app (or forges its fields): admitting it reads the shelf."""
+    return bool(spec.app or spec.app_recipes or spec.app_version or spec.app_params)
+
+
 class Intake(Activity):
-    def __init__(self, core: Core, placement: PlacementPass, waiting: WaitingJobs) -> None:
+    def __init__(
+        self, core: Core, placement: PlacementPass, waiting: WaitingJobs, shelf: AppShelf
+    ) -> None:
         super().__init__(core)
         self.placement = placement
         self.waiting = waiting
+        self.shelf = shelf
+
+    def _run_of_app(self, user: str, spec: pb.JobSpec) -> pb.JobSpec:
+        """An app's run becomes an ordinary spec (shelf.prepare_run); others are as given."""
+        if is_app_run(spec):
+            if not spec.app:
+                raise Refused("INVALID_ARGUMENT", "app fields without an app")
+            return self.shelf.prepare_run(Caller(user), spec)
+        return spec
 
     def _valid(self, spec: pb.JobSpec) -> pb.JobSpec:
         try:
@@ -88,10 +105,11 @@ class Intake(Activity):
         return self.store.job_of_key(user, spec.submit_key) if spec.submit_key else None
 
     def admit(self, user: str, spec: pb.JobSpec) -> pb.JobSpec:
-        """The spec as it will be queued (checked, normalised); Refused, with the reason, when
-        it will not be. Memory only, tens of microseconds: the asyncio server calls it on its
-        event loop."""
-        spec = self._valid(spec)
+        """The spec as it will be queued (checked, normalised; an app's run made an ordinary
+        spec); Refused, with the reason, when it will not be. Memory only, tens of
+        microseconds, except for an app's run (is_app_run: it reads the shelf's tables): the
+        asyncio server calls it on its event loop, an app's run on the calls' pool."""
+        spec = self._valid(self._run_of_app(user, spec))
         for name in [*spec.sites, *spec.exclude_sites]:
             if self.sites.get(name) is None:
                 raise Refused("INVALID_ARGUMENT", f"unknown site {name!r}")
@@ -114,8 +132,9 @@ class Intake(Activity):
         """Queue an admitted spec: the future resolves once the job (an array: its first task)
         is durable (acknowledge it then, not before), and wakes the placement pass."""
         fut: Future[JobRow]
-        if spec.array or spec.dependency or spec.begin_time or spec.hold:
-            # one transaction for the whole array, its dependencies checked in it
+        if spec.app or spec.array or spec.dependency or spec.begin_time or spec.hold:
+            # one transaction for the whole array, its dependencies checked in it (and an
+            # app's runs counted in it)
             array = jobspec.parse_array(spec.array) if spec.array else None
             fut = self.store.write(lambda b: self._insert(b, user, spec, array))
         else:
@@ -149,9 +168,13 @@ class Intake(Activity):
         state = S.QUEUED if verdict == "ready" and not (array and spec.dependency) else S.WAITING
         reason = reason or ("Dependency: checking each task" if state == S.WAITING else "")
         if array is None:
-            return b.insert_held(user, spec, state, reason, spec.hold)
-        rows = b.insert_array(user, spec, array.tasks, array.max_running, state, reason, spec.hold)
-        return rows[0]
+            job = b.insert_held(user, spec, state, reason, spec.hold)
+        else:
+            tasks, limit = array.tasks, array.max_running
+            job = b.insert_array(user, spec, tasks, limit, state, reason, spec.hold)[0]
+        if spec.app:
+            shelf_tables.count_runs(b, spec.app, spec.app_version, len(array.tasks) if array else 1)
+        return job
 
     def cancel_named(self, user: str, admin: bool, names: list[str]) -> list[JobRow]:
         """Cancel every job the names stand for ("17", "17_5", "17_[1-100]") in one
@@ -264,7 +287,7 @@ class Intake(Activity):
         return sorted(found.values(), key=lambda j: j.id)
 
     def plan(self, user: str, spec: pb.JobSpec) -> list[Choice]:
-        req = request_of_spec(user, self._valid(spec))
+        req = request_of_spec(user, self._valid(self._run_of_app(user, spec)))
         now = time.time()
         return self.placer.plan(req, site_views(self.sites, self.store, now), now)
 

@@ -39,6 +39,7 @@ from metasched.daemon.identity import Identity
 from metasched.daemon.metrics import DaemonMetrics, RpcMetrics
 from metasched.daemon.scheduler import Scheduler
 from metasched.daemon.service import Service
+from metasched.daemon.shelf_api import ShelfService
 from metasched.daemon.sites import SiteRegistry
 from metasched.daemon.sockets import LocalSockets
 from metasched.daemon.tokens import TokenStore
@@ -108,6 +109,7 @@ class Daemon:
             submit_burst=cfg.submit_burst,
             max_request_bytes=cfg.max_request_bytes,
         )
+        self.shelf = ShelfService(self.scheduler, self.identity, calls)
         self.admin = AdminService(self.scheduler, self.identity, self.tokens, cfg.state_dir, calls)
         self.agents = AgentService(
             self.scheduler,
@@ -153,6 +155,7 @@ class Daemon:
         )
         observe = self.rpc_metrics.observe if self.rpc_metrics is not None else None
         add_service(server, pb_grpc.add_SchedulerServicer_to_server, self.users, observe)
+        add_service(server, pb_grpc.add_ShelfServicer_to_server, self.shelf, observe)
         add_service(server, pb_grpc.add_AdminServicer_to_server, self.admin, observe)
         add_service(server, pb_grpc.add_AgentServiceServicer_to_server, self.agents, observe)
         health_pb2_grpc.add_HealthServicer_to_server(self.health_servicer, server)

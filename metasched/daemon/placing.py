@@ -22,7 +22,7 @@ from metasched.daemon.tasks import Throttle
 from metasched.daemon.views import request_of, site_views
 from metasched.daemon.waiting import WaitingJobs
 from metasched.placement.model import SiteView
-from metasched.placement.policy import Decision, Request, site_refusal
+from metasched.placement.policy import Decision, Request, recipe_for, site_refusal
 from metasched.states import JobState
 from metasched.store import Batch, HeldEstimate, IllegalTransition, JobRow
 
@@ -198,6 +198,7 @@ class PlacementPass(Activity):
         }
         waiting.update(deferred)
         by_id = {j.id: j for j in queued}
+        recipes = self._recipes(decisions, by_id, views)
 
         def op(b: Batch) -> list[JobRow]:
             out = []
@@ -243,6 +244,7 @@ class PlacementPass(Activity):
                             est_partition=d.partition,
                             est_at=now,
                             est_point=d.estimate.point,
+                            recipe=recipes.get(d.job_id, ""),
                         )
                     )
                 except IllegalTransition:
@@ -257,6 +259,26 @@ class PlacementPass(Activity):
         with self._placed:
             self._placed.notify_all()
         return len(forwarded)
+
+    def _recipes(
+        self, decisions: list[Decision], by_id: dict[int, JobRow], views: list[SiteView]
+    ) -> dict[int, str]:
+        """The recipe each app's run sent now runs with at its partition (the first of the
+        app's that can run there), chosen at forwarding and recorded with the move."""
+        out: dict[int, str] = {}
+        by_name: dict[str, SiteView] | None = None
+        for d in decisions:
+            if d.hold:
+                continue
+            app = self._request(by_id[d.job_id]).app
+            if app is None:
+                continue
+            by_name = by_name or {v.name: v for v in views}
+            view = by_name.get(d.site)
+            part = view.partition(d.partition) if view is not None else None
+            if view is not None and part is not None:
+                out[d.job_id] = recipe_for(view, part, app)[0]
+        return out
 
     def _request(self, job: JobRow) -> Request:
         """request_of(job), cached: a queued job is re-planned every pass; its spec is fixed."""

@@ -261,10 +261,14 @@ class Reconciler(Activity):
             if job.state == S.CANCELLING:
                 cancels.append(replace(job, slurm_job_id=sj.slurm_job_id))
         ran = ours == S.RUNNING or (ours.is_final and ours != S.CANCELLED)
+        # Slurm's times have whole seconds, ours do not: a job is recorded as starting no
+        # earlier than it was submitted and ending no earlier than it started, so what the API
+        # shows, usage and the learned run times all read the same numbers
         if sj.start_time and ran and not job.started_at:
-            fields["started_at"] = sj.start_time
+            fields["started_at"] = max(sj.start_time, job.submitted_at)
         if ours.is_final:
-            fields["ended_at"] = sj.end_time or time.time()
+            started = fields.get("started_at", job.started_at)
+            fields["ended_at"] = max(sj.end_time or time.time(), started)
             fields["exit_code"] = sj.exit_code
             # the pending reason (Resources, Priority...) no longer applies: say why it ended
             fields["reason"] = final_reason(ours, sj.exit_code)

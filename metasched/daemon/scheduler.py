@@ -10,6 +10,7 @@ Each activity is a module of its own, with its own loop shape (Balsam's site ser
     dispatch.py    commands to agents; re-send what is unanswered  every second (upkeep)
     site_admin.py  drain / resume / retire                         per call
     job_admin.py   admins' requeue and priority of any user's job  per call
+    shelf.py       apps and results (publish, run, fetch)          per call
     learning.py    run times and start calibration                 per report / per start
     waiting.py     dependencies, begin times, holds (WAITING jobs)  settled before each pass
     outputs.py     a job's output, read at its site (msub output)   per call
@@ -40,6 +41,7 @@ from metasched.daemon.recall import Recall
 from metasched.daemon.reconcile import Reconciler
 from metasched.daemon.service import Service
 from metasched.daemon.settings import Refused, Settings
+from metasched.daemon.shelf import AppShelf
 from metasched.daemon.site_admin import SiteAdmin
 from metasched.daemon.sites import SiteRegistry
 from metasched.daemon.views import site_views
@@ -66,8 +68,9 @@ class Scheduler:
         self.learning = Learning(store, self.placer)
         core = Core(store, sites, settings, self.placer, self.dispatch)
         self.placement = PlacementPass(core)
-        self.intake = Intake(core, self.placement, self.placement.waiting)
         self.outputs = OutputRelay(sites)
+        self.shelf = AppShelf(core, self.outputs)
+        self.intake = Intake(core, self.placement, self.placement.waiting, self.shelf)
         self.reconcile = Reconciler(core, self.learning, self.placement)
         self.recall = Recall(core)
         self.site_admin = SiteAdmin(core, self.placement)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from metasched import log
 from metasched.placement.estimate import is_blocked
 from metasched.placement.model import NodeView, PartitionView, SiteView, Work
+from metasched.placement.offers import Offers
 from metasched.states import node_usable
 from metasched.v1 import metasched_pb2 as pb
 
@@ -137,6 +138,7 @@ def view_of(name: str, report: pb.SiteReport) -> SiteView:
             max_nodes_per_job=p.max_nodes_per_job,
             precisions={x.name: x.peak_tflops for x in p.precisions},
             is_default=p.is_default,
+            offers=Offers.of(report.offers, p.offers),
         )
         for p in report.partitions
     ]

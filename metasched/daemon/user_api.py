@@ -18,8 +18,10 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from metasched import auth, jobspec, output_names
+from metasched.daemon import app_runs
 from metasched.daemon.calls import Calls, Context
 from metasched.daemon.identity import Identity
+from metasched.daemon.intake import is_app_run
 from metasched.daemon.scheduler import Scheduler
 from metasched.daemon.settings import Refused
 from metasched.daemon.watchers import Completions, JobWatchers
@@ -99,6 +101,7 @@ def job_pb(job: JobRow, events: list[Any] | None = None, with_spec: bool = True)
         priority=job.priority,
         stdout_path=stdout,
         stderr_path=output_names.resolve(spec.error, ids, workdir) if spec.error else stdout,
+        recipe=job.recipe,
     )
     if job.est_start and job.est_site:
         out.estimate.CopyFrom(job_estimate_pb(job))
@@ -180,7 +183,10 @@ class UserService(pb_grpc.SchedulerServicer):
             self._limit_rate(user)
             job = self.s.intake.retried(user, request.spec)
             if job is None:
-                spec = self.s.intake.admit(user, request.spec)
+                if is_app_run(request.spec):  # it reads the shelf: on the pool
+                    spec = await self.calls.blocking(user, self.s.intake.admit, user, request.spec)
+                else:
+                    spec = self.s.intake.admit(user, request.spec)
                 job = await self.completions.wrap(self.s.intake.enqueue(user, spec))
             if not request.no_wait:
                 job = await self._placed(user, job, SUBMIT_WAIT_S)
@@ -212,7 +218,9 @@ class UserService(pb_grpc.SchedulerServicer):
             choices = await self.calls.blocking(user, self.s.intake.plan, user, request.spec)
             out = pb.PlanResponse()
             for c in choices:
-                sc = pb.SiteChoice(site=c.site, eligible=c.eligible, reason=c.reason)
+                sc = pb.SiteChoice(
+                    site=c.site, eligible=c.eligible, reason=c.reason, recipe=c.recipe
+                )
                 e = estimate_pb(c.estimate)
                 if e is not None:
                     sc.estimate.CopyFrom(e)
@@ -233,7 +241,10 @@ class UserService(pb_grpc.SchedulerServicer):
     async def GetJobScript(self, request: pb.GetJobScriptRequest, context: Context) -> pb.JobScript:
         async def body(user: str) -> pb.JobScript:
             job = await self._own_job(user, request.job_id)
-            script = await self.calls.blocking(user, self.s.store.script, job.id)
+            if job.spec.app and job.site:  # an app's run: its recipe's script, as sent
+                script: str | None = app_runs.spec_to_send(job, job.spec, self.s.sites).script
+            else:
+                script = await self.calls.blocking(user, self.s.store.script, job.id)
             if script is None:
                 raise Refused("DATA_LOSS", f"the script of job {job.id} is not in the database")
             return pb.JobScript(job_id=job.id, script=script)
@@ -464,6 +475,7 @@ def site_summaries(s: Scheduler, now: float) -> list[pb.SiteSummary]:
             summary.slurm_version = rep.slurm_version
             summary.backend = rep.backend
             summary.nodes = len(rep.nodes)
+            summary.offers.CopyFrom(rep.offers)
             for n in rep.nodes:
                 summary.total_cpus += n.cpus
                 total_g = sum(g.count for g in n.gpus)

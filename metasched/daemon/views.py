@@ -9,6 +9,7 @@ from dataclasses import replace
 from metasched import jobspec
 from metasched.daemon.sites import SiteRegistry
 from metasched.placement.model import SiteView, Work
+from metasched.placement.offers import AppNeeds
 from metasched.placement.policy import Request
 from metasched.states import JobState
 from metasched.store import JobRow, Store
@@ -24,6 +25,7 @@ def request_of(job: JobRow) -> Request:
         partition=spec.partition,
         sites=frozenset(spec.sites),
         exclude=frozenset(spec.exclude_sites) | frozenset(job.avoid_sites),
+        app=AppNeeds.of_spec(spec),
     )
 
 

@@ -33,6 +33,65 @@ def say(text: str = "") -> None:
     print(text, flush=True)
 
 
+def app_shelf(fed: Federation, root: Path) -> bool:
+    """Step 6: publish an app with two recipes, run it three times (two kinds of site), put
+    one result on the shelf and fetch it as another user."""
+    say("\n== 6. the app shelf: publish once, run anywhere")
+    app = Path(__file__).resolve().parents[2] / "examples" / "apps" / "wave.toml"
+    if not app.exists():  # installed without the repository's examples
+        say(f"   {app} not found: skipped")
+        return True
+    say("$ msub app publish wave.toml")
+    say("  " + fed.msub("app", "publish", str(app)).stdout.strip())
+    say("$ msub app show wave")
+    say(fed.msub("app", "show", "wave").stdout.rstrip())
+    runs: dict[int, Path] = {}
+    for k in range(3):
+        work = root / "wave" / f"run{k}"
+        work.mkdir(parents=True)
+        args = ["-D", str(work), "wave", "--param", f"steps={100 * (k + 1)}", "--param", "nap=8"]
+        say(f"$ msub app run {' '.join(args)}")
+        out = fed.msub("app", "run", "--json", *args)
+        job_id = int(json.loads(out.stdout)["job_id"])
+        runs[job_id] = work
+        say(f"  job {job_id}")
+    deadline = time.monotonic() + 120
+    done: dict[int, dict[str, Any]] = {}
+    while time.monotonic() < deadline and len(done) < len(runs):
+        for job_id in runs:
+            j = json.loads(fed.msub("show", str(job_id), "--json").stdout)
+            if j.get("state") in ("completed", "failed"):  # short names (docs/json.md)
+                done[job_id] = j
+        time.sleep(0.5)
+    kinds = set()
+    for job_id, j in sorted(done.items()):
+        line = (runs[job_id] / "wave.out").read_text().strip() if j.get("site") else ""
+        say(f"   job {job_id} -> {j.get('site')} with recipe {j.get('recipe')}: {line}")
+        kinds.add(j.get("recipe"))
+    ok = len(done) == len(runs) and kinds == {"cpu", "a100"}
+    first = min(runs)
+    say(f"$ msub app publish-result {first}")
+    say(fed.msub("app", "publish-result", str(first)).stdout.rstrip())
+    bob = fed.token("bob")  # another user (a remote one, with a token from the admin)
+    say("$ msub result list               # as bob")
+    say(fed.msub("result", "list", token=bob).stdout.rstrip())
+    result_id = json.loads(fed.msub("result", "list", "--json", token=bob).stdout)[0]["id"]
+    dest = root / "wave" / "fetched-by-bob.out"
+    say(f"$ msub result fetch {result_id} -o {dest}    # as bob")
+    say(
+        "  "
+        + fed.msub("result", "fetch", str(result_id), "-o", str(dest), token=bob).stdout.strip()
+    )
+    fetched = dest.read_text() == (runs[first] / "wave.out").read_text()
+    say("$ msub app list")
+    say(fed.msub("app", "list").stdout.rstrip())
+    say(
+        f"   three runs on {len(kinds)} kinds of site ({', '.join(sorted(map(str, kinds)))}); "
+        f"result fetched by another user: {'yes' if fetched else 'NO'}"
+    )
+    return ok and fetched
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m metasched.lab.demo", description=__doc__)
     ap.add_argument("--root", default="/tmp/metasched-demo", help="where the lab lives")
@@ -87,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
             jobs = json.loads(fed.msub("list", "--finished", "--json").stdout)
             mine = [j for j in jobs if int(str(j["id"])) in ids]
             for j in mine:
-                state = str(j["state"]).removeprefix("JOB_STATE_")
+                state = str(j["state"])  # short lower-case names (docs/json.md)
                 jid = int(str(j["id"]))
                 if seen.get(jid) != state:
                     seen[jid] = state
@@ -99,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
                     say(f"   job {jid} {ids[jid]:<13} {state}{where}")
             if (
                 mine
-                and all(s in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT") for s in seen.values())
+                and all(s in ("completed", "failed", "cancelled", "timeout") for s in seen.values())
                 and len(seen) == len(ids)
             ):
                 break
@@ -118,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
             jid = int(str(j["id"]))
             if jid not in ids:
                 continue
-            state = str(j["state"]).removeprefix("JOB_STATE_")
+            state = str(j["state"])  # short lower-case names (docs/json.md)
             with contextlib.suppress(OSError, ValueError):  # written by the job's first line
                 started = float((script_dir / f"{ids[jid]}.started").read_text())
                 latencies.append(started - submitted[ids[jid]])
@@ -128,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"   {ids[jid]:<13} precision {prec or '-':<5} -> {j.get('site')}: {state}, "
                 f"exit code {j.get('exit_code', 0)}"
             )
-            ok = ok and state == "COMPLETED"
+            ok = ok and state == "completed"
         fp64_on_ai = [
             j
             for j in jobs
@@ -142,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"   msub started -> the job's first line running: median "
                 f"{sorted(latencies)[len(latencies) // 2]:.1f}s, max {max(latencies):.1f}s"
             )
+        ok = app_shelf(fed, root) and ok
         say("\nAll jobs completed." if ok and not fp64_on_ai else "\nSome jobs did not complete.")
         if args.keep:
             say(f"\nLeft running. msub talks to it with: METASCHED_DAEMON=unix:{fed.socket}")

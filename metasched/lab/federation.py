@@ -28,6 +28,7 @@ import grpc
 
 from metasched import auth
 from metasched.lab.harness import SlurmLab
+from metasched.lab.software import make_software, offers_toml
 from metasched.states import JobState
 from metasched.v1 import metasched_pb2 as pb
 from metasched.v1 import metasched_pb2_grpc as pb_grpc
@@ -53,6 +54,7 @@ class Federation:
         daemon_extra: str = "",
         tls: bool = True,
         agent_metrics: bool = False,
+        software: bool = True,
     ) -> None:
         self.lab = lab
         self.root = Path(root)
@@ -101,6 +103,8 @@ log_level = "debug"
 
 {sites}""",
         )
+        # what each site offers apps (lab/software.py): modules, a container, or nothing
+        self.software = make_software(self.root) if software else None
         for name in lab.sites:
             _private(self.agent_config(name), self._agent_toml(name))
 
@@ -127,7 +131,8 @@ log_level = "debug"
 
 [users]
 {users}
-"""
+
+{offers_toml(self.lab.sites[site], self.software) if self.software else ""}"""
 
     # ---------------------------------------------------------------- processes
 
@@ -242,6 +247,10 @@ log_level = "debug"
             self.log("metaschedd"),
         )
 
+    def token(self, user: str) -> str:
+        """A user token for `user` (as an admin makes one with metasched-admin token create)."""
+        return dict(self.credentials(user))["authorization"].removeprefix("Bearer ")
+
     def job(self, job_id: int, user: str = "root") -> pb.Job:
         job: pb.Job = self.call("GetJob", pb.GetJobRequest(job_id=job_id), user=user)
         return job
@@ -264,17 +273,21 @@ log_level = "debug"
         *args: str,
         check: bool = True,
         user: str | None = None,
+        token: str = "",
         cwd: Path | None = None,
         stdin: str | None = None,
         env: dict[str, str] | None = None,
     ) -> subprocess.CompletedProcess[str]:
-        """msub as a real process; stdin: the text it reads there (default: nothing)."""
+        """msub as a real process: as root, as a local user (user=...), or as a remote one
+        (token=...); stdin: the text it reads there (default: nothing)."""
         argv = [sys.executable, "-m", "metasched.cli.msub", *args]
         if user and user != "root":
             # as that local user, from the kernel's point of view (see metasched.lab.asuser)
             argv = [sys.executable, "-m", "metasched.lab.asuser", user, "msub", *args]
         base = {k: v for k, v in os.environ.items() if not k.startswith(("SBATCH_", "SLURM_"))}
         env = {**base, **(env or {}), "METASCHED_DAEMON": f"unix:{self.socket}"}
+        if token:
+            env["METASCHED_TOKEN"] = token
         proc = subprocess.run(
             argv,
             capture_output=True,

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from metasched.placement.offers import NO_OFFERS, Offers
+
 
 @dataclass(frozen=True)
 class NodeView:
@@ -38,6 +40,7 @@ class PartitionView:
     max_nodes_per_job: int = 0  # 0 = all
     precisions: dict[str, float] = field(default_factory=dict)  # name -> peak TFLOPS per node
     is_default: bool = False
+    offers: Offers = NO_OFFERS  # software for apps' recipes (the site's and its own)
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from metasched.jobspec import Shape, constraint_ok
 from metasched.placement.estimate import Calibrator, Estimate, build_profile
 from metasched.placement.model import NodeView, PartitionView, SiteView
+from metasched.placement.offers import AppNeeds, first_runnable
 from metasched.placement.profile import Need, Profile
 from metasched.placement.runtime import RuntimePredictor
 
@@ -36,6 +37,7 @@ class Request:
     partition: str = ""  # -p: one partition or several (a,b); any of them at any site
     sites: frozenset[str] = frozenset()  # empty = any
     exclude: frozenset[str] = frozenset()
+    app: AppNeeds | None = None  # an app's job: only partitions one of its recipes can run on
 
     @property
     def partitions(self) -> frozenset[str]:
@@ -47,7 +49,7 @@ class Request:
     @property
     def key(self) -> tuple[object, ...]:
         """Jobs with the same key have the same eligible partitions and the same needs."""
-        return (self.user, self.shape, self.partition, self.sites, self.exclude)
+        return (self.user, self.shape, self.partition, self.sites, self.exclude, self.app)
 
 
 @dataclass(slots=True)  # not frozen: a pass makes one per queued job, and frozen is 4x slower
@@ -70,6 +72,7 @@ class Choice:
     eligible: bool
     reason: str = ""
     estimate: Estimate | None = None
+    recipe: str = ""  # an app's job: the recipe that would run there
 
 
 _ANY: frozenset[str] = frozenset()
@@ -196,6 +199,23 @@ def _does_not_fit(nodes: list[NodeView], shape: Shape, fitting: int) -> str:
     )
 
 
+def gpus_per_node(site: SiteView, part: PartitionView) -> dict[str, int]:
+    """The accelerator types of a partition's nodes, each with the most one node has (what an
+    app recipe may target)."""
+    most: dict[str, int] = {}
+    for n in part.nodes:
+        node = site.nodes.get(n)
+        for gpu_type, count in node.gpus.items() if node is not None else ():
+            if count > 0:
+                most[gpu_type] = max(most.get(gpu_type, 0), count)
+    return most
+
+
+def recipe_for(site: SiteView, part: PartitionView, app: AppNeeds) -> tuple[str, str]:
+    """(the app's recipe to run on this partition, '') or ('', why none of them can)."""
+    return first_runnable(site.name, gpus_per_node(site, part), part.precisions, part.offers, app)
+
+
 def site_refusal(site: SiteView, req: Request, shape_only: bool = False) -> tuple[list[str], str]:
     """(eligible partitions, reason if none). shape_only ignores the site's current state."""
     if req.sites and site.name not in req.sites:
@@ -218,6 +238,8 @@ def site_refusal(site: SiteView, req: Request, shape_only: bool = False) -> tupl
     ok: list[str] = []
     for p in parts:
         why = partition_refusal(site, p, req.shape)
+        if not why and req.app is not None:
+            why = recipe_for(site, p, req.app)[1]
         if why:
             reasons.append(why)
         else:
@@ -247,6 +269,16 @@ class _Partitions:
                 self.entries.append((site, p, gpus))
         self._fitting: dict[tuple[object, ...], list[int]] = {}
         self._gpus: dict[str, list[int]] = {}
+        self._runnable: dict[AppNeeds, list[bool]] = {}
+
+    def runnable(self, app: AppNeeds) -> list[bool]:
+        """Per entry, whether one of the app's recipes can run there (once per app version)."""
+        ok = self._runnable.get(app)
+        if ok is None:
+            ok = self._runnable[app] = [
+                not recipe_for(site, p, app)[1] for site, p, _ in self.entries
+            ]
+        return ok
 
     def fitting(self, shape: Shape) -> list[int]:
         """Per entry, how much of the shape its nodes hold (node_units: nodes that hold one
@@ -304,6 +336,7 @@ class _Partitions:
         fitting = self.fitting(shape)
         need = units_needed(shape)
         entries = self.entries
+        runnable = self.runnable(req.app) if req.app is not None else None
         ok = []
         if shape.precision:
             indices: Iterable[int] = self.by_precision.get(shape.precision, [])
@@ -322,6 +355,8 @@ class _Partitions:
             if p.max_time_minutes and shape.time_at(p.max_time_minutes):
                 continue
             if p.max_nodes_per_job and shape.nodes > p.max_nodes_per_job:
+                continue
+            if runnable is not None and not runnable[i]:
                 continue
             if fitting[i] >= need:
                 ok.append(i)
@@ -380,7 +415,11 @@ class Placer:
                 bad.append(Choice(site.name, False, why))
                 continue
             best = self._best_partition(cache, site, parts, req, now)
-            good.append(Choice(site.name, True, "", best))
+            recipe = ""
+            part = site.partition(best.partition)
+            if req.app is not None and part is not None:
+                recipe = recipe_for(site, part, req.app)[0]
+            good.append(Choice(site.name, True, "", best, recipe))
         good.sort(key=lambda c: (c.estimate.start if c.estimate else math.inf, c.site))
         return good + sorted(bad, key=lambda c: c.site)
 
@@ -468,7 +507,7 @@ class Placer:
             if rt is None:
                 rt = rt_cache[rk] = predict(user, shape.time_limit_minutes * 60.0)
             runtimes.append(rt)
-            k = (user if mapping else "", shape, req.partition, req.sites, req.exclude)
+            k = (user if mapping else "", shape, req.partition, req.sites, req.exclude, req.app)
             c = index.get(k)
             if c is not None and rt < shortest[c] and classes[c] is not None:
                 # An earlier call built this class's heap (classes are built only below) with

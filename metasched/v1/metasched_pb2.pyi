@@ -159,6 +159,26 @@ class JobSpec(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class AppParamsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     NAME_FIELD_NUMBER: _builtins.int
     SCRIPT_FIELD_NUMBER: _builtins.int
     PRECISION_FIELD_NUMBER: _builtins.int
@@ -203,6 +223,10 @@ class JobSpec(_message.Message):
     BEGIN_TIME_FIELD_NUMBER: _builtins.int
     HOLD_FIELD_NUMBER: _builtins.int
     KEEP_INVALID_DEPENDENCY_FIELD_NUMBER: _builtins.int
+    APP_FIELD_NUMBER: _builtins.int
+    APP_VERSION_FIELD_NUMBER: _builtins.int
+    APP_PARAMS_FIELD_NUMBER: _builtins.int
+    APP_RECIPES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """-J; any text on one line"""
     script: _builtins.str
@@ -293,6 +317,14 @@ class JobSpec(_message.Message):
     """--kill-on-invalid-dep=no: a dependency that can never be satisfied leaves the job waiting
     (reason DependencyNeverSatisfied) instead of cancelling it.
     """
+    app: _builtins.str
+    """An app from the shelf (msub app run): the daemon pins the version, checks and completes
+    the parameters, fills the app's resources under the user's options, copies its recipes,
+    and renders the script for the recipe of the site it is forwarded to (docs/apps.md).
+    the app's name
+    """
+    app_version: _builtins.str
+    """empty = the newest version not deprecated"""
     @_builtins.property
     def sites(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """--site (or -M): only these sites (empty = any)"""
@@ -314,6 +346,14 @@ class JobSpec(_message.Message):
         """sbatch options passed to the site's sbatch unchanged, "--name" or "--name=value", in the
         order sbatch would have read them; only options the table passes through are accepted.
         """
+
+    @_builtins.property
+    def app_params(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """--param name=value, as given"""
+
+    @_builtins.property
+    def app_recipes(self) -> _containers.RepeatedCompositeFieldContainer[Global___Recipe]:
+        """set by the daemon from the app, never by a client"""
 
     def __init__(
         self,
@@ -362,10 +402,14 @@ class JobSpec(_message.Message):
         begin_time: _builtins.float = ...,
         hold: _builtins.bool = ...,
         keep_invalid_dependency: _builtins.bool = ...,
+        app: _builtins.str = ...,
+        app_version: _builtins.str = ...,
+        app_params: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        app_recipes: _abc.Iterable[Global___Recipe] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "array", b"array", "begin_time", b"begin_time", "comment", b"comment", "constraint", b"constraint", "cpus_per_gpu", b"cpus_per_gpu", "cpus_per_task", b"cpus_per_task", "dependency", b"dependency", "environment", b"environment", "error", b"error", "exclude_nodes", b"exclude_nodes", "exclude_sites", b"exclude_sites", "exclusive", b"exclusive", "export_mode", b"export_mode", "gpu_type", b"gpu_type", "gpus", b"gpus", "gpus_per_node", b"gpus_per_node", "gpus_per_task", b"gpus_per_task", "hold", b"hold", "ignore_pbs", b"ignore_pbs", "keep_invalid_dependency", b"keep_invalid_dependency", "max_nodes", b"max_nodes", "mem_per_cpu_mb", b"mem_per_cpu_mb", "mem_per_gpu_mb", b"mem_per_gpu_mb", "mem_per_node_mb", b"mem_per_node_mb", "mem_whole_node", b"mem_whole_node", "name", b"name", "nodes", b"nodes", "ntasks", b"ntasks", "ntasks_per_node", b"ntasks_per_node", "other_gres", b"other_gres", "output", b"output", "partition", b"partition", "precision", b"precision", "qos", b"qos", "sbatch_options", b"sbatch_options", "script", b"script", "script_args", b"script_args", "sites", b"sites", "submit_dir", b"submit_dir", "submit_key", b"submit_key", "time_limit_minutes", b"time_limit_minutes", "time_unlimited", b"time_unlimited", "workdir", b"workdir"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "app", b"app", "app_params", b"app_params", "app_recipes", b"app_recipes", "app_version", b"app_version", "array", b"array", "begin_time", b"begin_time", "comment", b"comment", "constraint", b"constraint", "cpus_per_gpu", b"cpus_per_gpu", "cpus_per_task", b"cpus_per_task", "dependency", b"dependency", "environment", b"environment", "error", b"error", "exclude_nodes", b"exclude_nodes", "exclude_sites", b"exclude_sites", "exclusive", b"exclusive", "export_mode", b"export_mode", "gpu_type", b"gpu_type", "gpus", b"gpus", "gpus_per_node", b"gpus_per_node", "gpus_per_task", b"gpus_per_task", "hold", b"hold", "ignore_pbs", b"ignore_pbs", "keep_invalid_dependency", b"keep_invalid_dependency", "max_nodes", b"max_nodes", "mem_per_cpu_mb", b"mem_per_cpu_mb", "mem_per_gpu_mb", b"mem_per_gpu_mb", "mem_per_node_mb", b"mem_per_node_mb", "mem_whole_node", b"mem_whole_node", "name", b"name", "nodes", b"nodes", "ntasks", b"ntasks", "ntasks_per_node", b"ntasks_per_node", "other_gres", b"other_gres", "output", b"output", "partition", b"partition", "precision", b"precision", "qos", b"qos", "sbatch_options", b"sbatch_options", "script", b"script", "script_args", b"script_args", "sites", b"sites", "submit_dir", b"submit_dir", "submit_key", b"submit_key", "time_limit_minutes", b"time_limit_minutes", "time_unlimited", b"time_unlimited", "workdir", b"workdir"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -468,6 +512,7 @@ class Job(_message.Message):
     STDERR_PATH_FIELD_NUMBER: _builtins.int
     PRIORITY_FIELD_NUMBER: _builtins.int
     HELD_BY_ADMIN_FIELD_NUMBER: _builtins.int
+    RECIPE_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     user: _builtins.str
     state: Global___JobState.ValueType
@@ -500,6 +545,8 @@ class Job(_message.Message):
     """
     held_by_admin: _builtins.bool
     """held by an admin: only an admin releases it (JobHeldAdmin)"""
+    recipe: _builtins.str
+    """an app's job: the recipe chosen for the site it was sent to"""
     @_builtins.property
     def spec(self) -> Global___JobSpec: ...
     @_builtins.property
@@ -533,10 +580,11 @@ class Job(_message.Message):
         stderr_path: _builtins.str = ...,
         priority: _builtins.int = ...,
         held_by_admin: _builtins.bool = ...,
+        recipe: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["estimate", b"estimate", "spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["array_id", b"array_id", "array_task", b"array_task", "attempt", b"attempt", "ended_at", b"ended_at", "estimate", b"estimate", "events", b"events", "exit_code", b"exit_code", "held", b"held", "held_by_admin", b"held_by_admin", "id", b"id", "partition", b"partition", "priority", b"priority", "reason", b"reason", "site", b"site", "slurm_job_id", b"slurm_job_id", "spec", b"spec", "started_at", b"started_at", "state", b"state", "stderr_path", b"stderr_path", "stdout_path", b"stdout_path", "submitted_at", b"submitted_at", "user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["array_id", b"array_id", "array_task", b"array_task", "attempt", b"attempt", "ended_at", b"ended_at", "estimate", b"estimate", "events", b"events", "exit_code", b"exit_code", "held", b"held", "held_by_admin", b"held_by_admin", "id", b"id", "partition", b"partition", "priority", b"priority", "reason", b"reason", "recipe", b"recipe", "site", b"site", "slurm_job_id", b"slurm_job_id", "spec", b"spec", "started_at", b"started_at", "state", b"state", "stderr_path", b"stderr_path", "stdout_path", b"stdout_path", "submitted_at", b"submitted_at", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -625,10 +673,13 @@ class SiteChoice(_message.Message):
     ELIGIBLE_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     ESTIMATE_FIELD_NUMBER: _builtins.int
+    RECIPE_FIELD_NUMBER: _builtins.int
     site: _builtins.str
     eligible: _builtins.bool
     reason: _builtins.str
     """why not eligible: precision, shape, time limit, offline, not mapped"""
+    recipe: _builtins.str
+    """an app's plan: the recipe that would run there"""
     @_builtins.property
     def estimate(self) -> Global___Estimate:
         """when eligible"""
@@ -640,10 +691,11 @@ class SiteChoice(_message.Message):
         eligible: _builtins.bool = ...,
         reason: _builtins.str = ...,
         estimate: Global___Estimate | None = ...,
+        recipe: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["estimate", b"estimate"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["eligible", b"eligible", "estimate", b"estimate", "reason", b"reason", "site", b"site"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["eligible", b"eligible", "estimate", b"estimate", "reason", b"reason", "recipe", b"recipe", "site", b"site"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1071,6 +1123,52 @@ class GpuCount(_message.Message):
 Global___GpuCount: _TypeAlias = GpuCount  # noqa: Y015
 
 @_typing.final
+class Offerings(_message.Message):
+    """Software a site (or one partition) provides, for apps' recipes (docs/apps.md)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODULES_FIELD_NUMBER: _builtins.int
+    CONTAINERS_FIELD_NUMBER: _builtins.int
+    PATHS_FIELD_NUMBER: _builtins.int
+    CONTAINER_RUN_FIELD_NUMBER: _builtins.int
+    MODULE_USE_FIELD_NUMBER: _builtins.int
+    container_run: _builtins.str
+    """how the site runs an image: the image and command follow"""
+    @_builtins.property
+    def modules(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """module names as `module -t avail` lists them: gcc/12.2"""
+
+    @_builtins.property
+    def containers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """container images the site can run"""
+
+    @_builtins.property
+    def paths(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """software directories that exist there"""
+
+    @_builtins.property
+    def module_use(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """module trees a job must `module use` (outside MODULEPATH)"""
+
+    def __init__(
+        self,
+        *,
+        modules: _abc.Iterable[_builtins.str] | None = ...,
+        containers: _abc.Iterable[_builtins.str] | None = ...,
+        paths: _abc.Iterable[_builtins.str] | None = ...,
+        container_run: _builtins.str = ...,
+        module_use: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["container_run", b"container_run", "containers", b"containers", "module_use", b"module_use", "modules", b"modules", "paths", b"paths"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Offerings: _TypeAlias = Offerings  # noqa: Y015
+
+@_typing.final
 class Partition(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -1083,6 +1181,7 @@ class Partition(_message.Message):
     PRECISIONS_FIELD_NUMBER: _builtins.int
     MAX_NODES_PER_JOB_FIELD_NUMBER: _builtins.int
     IS_DEFAULT_FIELD_NUMBER: _builtins.int
+    OFFERS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     nodes: _builtins.int
     cpus_per_node: _builtins.int
@@ -1096,6 +1195,10 @@ class Partition(_message.Message):
     def gpus_per_node(self) -> _containers.RepeatedCompositeFieldContainer[Global___GpuCount]: ...
     @_builtins.property
     def precisions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Precision]: ...
+    @_builtins.property
+    def offers(self) -> Global___Offerings:
+        """what runs here beyond the site's own offers (SiteReport.offers)"""
+
     def __init__(
         self,
         *,
@@ -1108,10 +1211,11 @@ class Partition(_message.Message):
         precisions: _abc.Iterable[Global___Precision] | None = ...,
         max_nodes_per_job: _builtins.int = ...,
         is_default: _builtins.bool = ...,
+        offers: Global___Offerings | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["offers", b"offers"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpus_per_node", b"cpus_per_node", "gpus_per_node", b"gpus_per_node", "is_default", b"is_default", "max_nodes_per_job", b"max_nodes_per_job", "max_time_minutes", b"max_time_minutes", "mem_per_node_mb", b"mem_per_node_mb", "name", b"name", "nodes", b"nodes", "precisions", b"precisions"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpus_per_node", b"cpus_per_node", "gpus_per_node", b"gpus_per_node", "is_default", b"is_default", "max_nodes_per_job", b"max_nodes_per_job", "max_time_minutes", b"max_time_minutes", "mem_per_node_mb", b"mem_per_node_mb", "name", b"name", "nodes", b"nodes", "offers", b"offers", "precisions", b"precisions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1138,6 +1242,7 @@ class SiteSummary(_message.Message):
     REPORT_AGE_SECONDS_FIELD_NUMBER: _builtins.int
     NODES_FIELD_NUMBER: _builtins.int
     USABLE_NODES_FIELD_NUMBER: _builtins.int
+    OFFERS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     state: _builtins.str
     """online, offline, draining, retired"""
@@ -1163,6 +1268,10 @@ class SiteSummary(_message.Message):
     """of those, nodes that take work (not down, drained, ...)"""
     @_builtins.property
     def partitions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Partition]: ...
+    @_builtins.property
+    def offers(self) -> Global___Offerings:
+        """the site's own (each partition's are in partitions)"""
+
     def __init__(
         self,
         *,
@@ -1183,10 +1292,11 @@ class SiteSummary(_message.Message):
         report_age_seconds: _builtins.float = ...,
         nodes: _builtins.int = ...,
         usable_nodes: _builtins.int = ...,
+        offers: Global___Offerings | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["offers", b"offers"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "backend", b"backend", "est_wait_seconds", b"est_wait_seconds", "free_cpus", b"free_cpus", "free_gpus", b"free_gpus", "last_seen", b"last_seen", "name", b"name", "nodes", b"nodes", "partitions", b"partitions", "pending_jobs", b"pending_jobs", "report_age_seconds", b"report_age_seconds", "running_jobs", b"running_jobs", "slurm_version", b"slurm_version", "state", b"state", "total_cpus", b"total_cpus", "total_gpus", b"total_gpus", "usable_nodes", b"usable_nodes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "backend", b"backend", "est_wait_seconds", b"est_wait_seconds", "free_cpus", b"free_cpus", "free_gpus", b"free_gpus", "last_seen", b"last_seen", "name", b"name", "nodes", b"nodes", "offers", b"offers", "partitions", b"partitions", "pending_jobs", b"pending_jobs", "report_age_seconds", b"report_age_seconds", "running_jobs", b"running_jobs", "slurm_version", b"slurm_version", "state", b"state", "total_cpus", b"total_cpus", "total_gpus", b"total_gpus", "usable_nodes", b"usable_nodes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1226,6 +1336,570 @@ class ListSitesResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListSitesResponse: _TypeAlias = ListSitesResponse  # noqa: Y015
+
+@_typing.final
+class Recipe(_message.Message):
+    """---------------------------------------------------------------- the app shelf (docs/apps.md)
+
+    How to run an app on one kind of site. A partition can run a recipe when it matches every
+    target given (sites, accelerator, precision) and its site offers everything it needs.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    SITES_FIELD_NUMBER: _builtins.int
+    ACCELERATOR_FIELD_NUMBER: _builtins.int
+    PRECISION_FIELD_NUMBER: _builtins.int
+    MODULES_FIELD_NUMBER: _builtins.int
+    CONTAINER_FIELD_NUMBER: _builtins.int
+    PATHS_FIELD_NUMBER: _builtins.int
+    COMMAND_FIELD_NUMBER: _builtins.int
+    GPUS_PER_NODE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    accelerator: _builtins.str
+    """"none" (CPU partitions), a GPU type (a100), "" = any"""
+    precision: _builtins.str
+    """partitions offering it; "" = any"""
+    container: _builtins.str
+    """an image the site offers; the command runs inside it"""
+    command: _builtins.str
+    """shell line; {param} = the parameter, shell-quoted"""
+    gpus_per_node: _builtins.int
+    """GPUs of its accelerator type a run with this recipe asks for on each node (a recipe for a
+    GPU type: 1 unless it says; others: 0). Added when the run is sent, unless the run (the
+    user, or the app's resources) asked for GPUs itself.
+    """
+    @_builtins.property
+    def sites(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """only these sites; empty = any"""
+
+    @_builtins.property
+    def modules(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """`module load`ed in this order ("gcc" = any gcc/...)"""
+
+    @_builtins.property
+    def paths(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """directories the site must offer"""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        sites: _abc.Iterable[_builtins.str] | None = ...,
+        accelerator: _builtins.str = ...,
+        precision: _builtins.str = ...,
+        modules: _abc.Iterable[_builtins.str] | None = ...,
+        container: _builtins.str = ...,
+        paths: _abc.Iterable[_builtins.str] | None = ...,
+        command: _builtins.str = ...,
+        gpus_per_node: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accelerator", b"accelerator", "command", b"command", "container", b"container", "gpus_per_node", b"gpus_per_node", "modules", b"modules", "name", b"name", "paths", b"paths", "precision", b"precision", "sites", b"sites"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Recipe: _TypeAlias = Recipe  # noqa: Y015
+
+@_typing.final
+class AppParam(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    DEFAULT_FIELD_NUMBER: _builtins.int
+    HAS_DEFAULT_FIELD_NUMBER: _builtins.int
+    CHOICES_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    type: _builtins.str
+    """int, float, bool, string, choice"""
+    default: _builtins.str
+    """canonical text of the default (has_default)"""
+    has_default: _builtins.bool
+    """false: the parameter is required"""
+    description: _builtins.str
+    @_builtins.property
+    def choices(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """type choice"""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        type: _builtins.str = ...,
+        default: _builtins.str = ...,
+        has_default: _builtins.bool = ...,
+        choices: _abc.Iterable[_builtins.str] | None = ...,
+        description: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["choices", b"choices", "default", b"default", "description", b"description", "has_default", b"has_default", "name", b"name", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AppParam: _TypeAlias = AppParam  # noqa: Y015
+
+@_typing.final
+class App(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    VISIBILITY_FIELD_NUMBER: _builtins.int
+    USERS_FIELD_NUMBER: _builtins.int
+    PARAMS_FIELD_NUMBER: _builtins.int
+    RESOURCES_FIELD_NUMBER: _builtins.int
+    RECIPES_FIELD_NUMBER: _builtins.int
+    OUTPUTS_FIELD_NUMBER: _builtins.int
+    PUBLISHED_AT_FIELD_NUMBER: _builtins.int
+    DEPRECATED_AT_FIELD_NUMBER: _builtins.int
+    DEPRECATION_FIELD_NUMBER: _builtins.int
+    RUNS_FIELD_NUMBER: _builtins.int
+    RESULTS_FIELD_NUMBER: _builtins.int
+    DEFINITION_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    version: _builtins.str
+    owner: _builtins.str
+    description: _builtins.str
+    visibility: _builtins.str
+    """private, users, public"""
+    published_at: _builtins.float
+    deprecated_at: _builtins.float
+    """0 = current"""
+    deprecation: _builtins.str
+    """why, and what to use instead"""
+    runs: _builtins.int
+    """jobs submitted from this version"""
+    results: _builtins.int
+    """results published from its runs"""
+    definition: _builtins.str
+    """the app.toml as published"""
+    @_builtins.property
+    def users(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """visibility "users": who else may see and run it"""
+
+    @_builtins.property
+    def params(self) -> _containers.RepeatedCompositeFieldContainer[Global___AppParam]: ...
+    @_builtins.property
+    def resources(self) -> Global___JobSpec:
+        """nodes, ntasks, cpus_per_task, mem, gpus, time, precision"""
+
+    @_builtins.property
+    def recipes(self) -> _containers.RepeatedCompositeFieldContainer[Global___Recipe]: ...
+    @_builtins.property
+    def outputs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """files a run leaves (relative to its working directory)"""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        version: _builtins.str = ...,
+        owner: _builtins.str = ...,
+        description: _builtins.str = ...,
+        visibility: _builtins.str = ...,
+        users: _abc.Iterable[_builtins.str] | None = ...,
+        params: _abc.Iterable[Global___AppParam] | None = ...,
+        resources: Global___JobSpec | None = ...,
+        recipes: _abc.Iterable[Global___Recipe] | None = ...,
+        outputs: _abc.Iterable[_builtins.str] | None = ...,
+        published_at: _builtins.float = ...,
+        deprecated_at: _builtins.float = ...,
+        deprecation: _builtins.str = ...,
+        runs: _builtins.int = ...,
+        results: _builtins.int = ...,
+        definition: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["resources", b"resources"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["definition", b"definition", "deprecated_at", b"deprecated_at", "deprecation", b"deprecation", "description", b"description", "name", b"name", "outputs", b"outputs", "owner", b"owner", "params", b"params", "published_at", b"published_at", "recipes", b"recipes", "resources", b"resources", "results", b"results", "runs", b"runs", "users", b"users", "version", b"version", "visibility", b"visibility"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___App: _TypeAlias = App  # noqa: Y015
+
+@_typing.final
+class PublishAppRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEFINITION_FIELD_NUMBER: _builtins.int
+    definition: _builtins.str
+    def __init__(
+        self,
+        *,
+        definition: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["definition", b"definition"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PublishAppRequest: _TypeAlias = PublishAppRequest  # noqa: Y015
+
+@_typing.final
+class ListAppsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INCLUDE_DEPRECATED_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    include_deprecated: _builtins.bool
+    name: _builtins.str
+    """one app's versions (msub app versions)"""
+    def __init__(
+        self,
+        *,
+        include_deprecated: _builtins.bool = ...,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["include_deprecated", b"include_deprecated", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAppsRequest: _TypeAlias = ListAppsRequest  # noqa: Y015
+
+@_typing.final
+class ListAppsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APPS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def apps(self) -> _containers.RepeatedCompositeFieldContainer[Global___App]: ...
+    def __init__(
+        self,
+        *,
+        apps: _abc.Iterable[Global___App] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["apps", b"apps"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAppsResponse: _TypeAlias = ListAppsResponse  # noqa: Y015
+
+@_typing.final
+class GetAppRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    version: _builtins.str
+    """empty = the newest not deprecated"""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        version: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetAppRequest: _TypeAlias = GetAppRequest  # noqa: Y015
+
+@_typing.final
+class DeprecateAppRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    NOTE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    version: _builtins.str
+    """empty = every version"""
+    note: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        version: _builtins.str = ...,
+        note: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "note", b"note", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeprecateAppRequest: _TypeAlias = DeprecateAppRequest  # noqa: Y015
+
+@_typing.final
+class ResultFile(_message.Message):
+    """One file of a result, as the agent found it when the result was published."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATH_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    SHA256_FIELD_NUMBER: _builtins.int
+    path: _builtins.str
+    """at the site"""
+    size: _builtins.int
+    sha256: _builtins.str
+    def __init__(
+        self,
+        *,
+        path: _builtins.str = ...,
+        size: _builtins.int = ...,
+        sha256: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["path", b"path", "sha256", b"sha256", "size", b"size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResultFile: _TypeAlias = ResultFile  # noqa: Y015
+
+@_typing.final
+class Result(_message.Message):
+    """A finished job's outputs, put on the shelf for others to find and fetch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class ParamsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    ID_FIELD_NUMBER: _builtins.int
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
+    APP_FIELD_NUMBER: _builtins.int
+    RECIPE_FIELD_NUMBER: _builtins.int
+    PARAMS_FIELD_NUMBER: _builtins.int
+    SITE_FIELD_NUMBER: _builtins.int
+    FILES_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    VISIBILITY_FIELD_NUMBER: _builtins.int
+    USERS_FIELD_NUMBER: _builtins.int
+    PUBLISHED_AT_FIELD_NUMBER: _builtins.int
+    FETCHES_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    job_id: _builtins.int
+    owner: _builtins.str
+    app: _builtins.str
+    """name@version"""
+    recipe: _builtins.str
+    site: _builtins.str
+    description: _builtins.str
+    visibility: _builtins.str
+    """private, users, public"""
+    published_at: _builtins.float
+    fetches: _builtins.int
+    @_builtins.property
+    def params(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    @_builtins.property
+    def files(self) -> _containers.RepeatedCompositeFieldContainer[Global___ResultFile]: ...
+    @_builtins.property
+    def users(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        job_id: _builtins.int = ...,
+        owner: _builtins.str = ...,
+        app: _builtins.str = ...,
+        recipe: _builtins.str = ...,
+        params: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        site: _builtins.str = ...,
+        files: _abc.Iterable[Global___ResultFile] | None = ...,
+        description: _builtins.str = ...,
+        visibility: _builtins.str = ...,
+        users: _abc.Iterable[_builtins.str] | None = ...,
+        published_at: _builtins.float = ...,
+        fetches: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "description", b"description", "fetches", b"fetches", "files", b"files", "id", b"id", "job_id", b"job_id", "owner", b"owner", "params", b"params", "published_at", b"published_at", "recipe", b"recipe", "site", b"site", "users", b"users", "visibility", b"visibility"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Result: _TypeAlias = Result  # noqa: Y015
+
+@_typing.final
+class PublishResultRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    FILES_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    VISIBILITY_FIELD_NUMBER: _builtins.int
+    USERS_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.int
+    description: _builtins.str
+    visibility: _builtins.str
+    """empty = the app's"""
+    @_builtins.property
+    def files(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """relative to the job's working directory; empty = the app's outputs"""
+
+    @_builtins.property
+    def users(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.int = ...,
+        files: _abc.Iterable[_builtins.str] | None = ...,
+        description: _builtins.str = ...,
+        visibility: _builtins.str = ...,
+        users: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "files", b"files", "job_id", b"job_id", "users", b"users", "visibility", b"visibility"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PublishResultRequest: _TypeAlias = PublishResultRequest  # noqa: Y015
+
+@_typing.final
+class ListResultsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APP_FIELD_NUMBER: _builtins.int
+    app: _builtins.str
+    def __init__(
+        self,
+        *,
+        app: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListResultsRequest: _TypeAlias = ListResultsRequest  # noqa: Y015
+
+@_typing.final
+class ListResultsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___Result]: ...
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___Result] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListResultsResponse: _TypeAlias = ListResultsResponse  # noqa: Y015
+
+@_typing.final
+class GetResultRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetResultRequest: _TypeAlias = GetResultRequest  # noqa: Y015
+
+@_typing.final
+class FetchResultRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    FILE_FIELD_NUMBER: _builtins.int
+    OFFSET_FIELD_NUMBER: _builtins.int
+    MAX_BYTES_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    file: _builtins.str
+    """one of the result's paths; empty = its only file"""
+    offset: _builtins.int
+    max_bytes: _builtins.int
+    """0 = 64 KiB; at most 1 MiB"""
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        file: _builtins.str = ...,
+        offset: _builtins.int = ...,
+        max_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["file", b"file", "id", b"id", "max_bytes", b"max_bytes", "offset", b"offset"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FetchResultRequest: _TypeAlias = FetchResultRequest  # noqa: Y015
+
+@_typing.final
+class FetchResultResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATA_FIELD_NUMBER: _builtins.int
+    OFFSET_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    FILE_FIELD_NUMBER: _builtins.int
+    data: _builtins.bytes
+    offset: _builtins.int
+    size: _builtins.int
+    """the file's size now"""
+    @_builtins.property
+    def file(self) -> Global___ResultFile:
+        """as published (the fetcher checks the sha256 at the end)"""
+
+    def __init__(
+        self,
+        *,
+        data: _builtins.bytes = ...,
+        offset: _builtins.int = ...,
+        size: _builtins.int = ...,
+        file: Global___ResultFile | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["file", b"file"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "file", b"file", "offset", b"offset", "size", b"size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FetchResultResponse: _TypeAlias = FetchResultResponse  # noqa: Y015
 
 @_typing.final
 class NodeReport(_message.Message):
@@ -1382,6 +2056,7 @@ class SiteReport(_message.Message):
     ERROR_FIELD_NUMBER: _builtins.int
     MAPPED_USERS_FIELD_NUMBER: _builtins.int
     MAPS_ALL_USERS_FIELD_NUMBER: _builtins.int
+    OFFERS_FIELD_NUMBER: _builtins.int
     REPORTS_FEATURES_FIELD_NUMBER: _builtins.int
     slurm_version: _builtins.str
     backend: _builtins.str
@@ -1405,6 +2080,10 @@ class SiteReport(_message.Message):
     def mapped_users(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Global users with an account mapping at this site (placement skips the site for others)."""
 
+    @_builtins.property
+    def offers(self) -> Global___Offerings:
+        """software this site provides (agent config, or Lmod)"""
+
     def __init__(
         self,
         *,
@@ -1417,11 +2096,12 @@ class SiteReport(_message.Message):
         error: _builtins.str = ...,
         mapped_users: _abc.Iterable[_builtins.str] | None = ...,
         maps_all_users: _builtins.bool = ...,
+        offers: Global___Offerings | None = ...,
         reports_features: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["offers", b"offers"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "error", b"error", "jobs", b"jobs", "mapped_users", b"mapped_users", "maps_all_users", b"maps_all_users", "nodes", b"nodes", "partitions", b"partitions", "reports_features", b"reports_features", "slurm_reachable", b"slurm_reachable", "slurm_version", b"slurm_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "error", b"error", "jobs", b"jobs", "mapped_users", b"mapped_users", "maps_all_users", b"maps_all_users", "nodes", b"nodes", "offers", b"offers", "partitions", b"partitions", "reports_features", b"reports_features", "slurm_reachable", b"slurm_reachable", "slurm_version", b"slurm_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1594,6 +2274,7 @@ class OutputData(_message.Message):
     SIZE_FIELD_NUMBER: _builtins.int
     PATH_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
+    FILES_FIELD_NUMBER: _builtins.int
     request_id: _builtins.int
     data: _builtins.bytes
     offset: _builtins.int
@@ -1601,6 +2282,10 @@ class OutputData(_message.Message):
     path: _builtins.str
     error: _builtins.str
     """why nothing could be read (no such file, permission, ...)"""
+    @_builtins.property
+    def files(self) -> _containers.RepeatedCompositeFieldContainer[Global___ResultFile]:
+        """ReadOutputCommand.checksum's files (absolute real paths)"""
+
     def __init__(
         self,
         *,
@@ -1610,10 +2295,11 @@ class OutputData(_message.Message):
         size: _builtins.int = ...,
         path: _builtins.str = ...,
         error: _builtins.str = ...,
+        files: _abc.Iterable[Global___ResultFile] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "error", b"error", "offset", b"offset", "path", b"path", "request_id", b"request_id", "size", b"size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "error", b"error", "files", b"files", "offset", b"offset", "path", b"path", "request_id", b"request_id", "size", b"size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1826,7 +2512,10 @@ Global___CancelJobsCommand: _TypeAlias = CancelJobsCommand  # noqa: Y015
 
 @_typing.final
 class ReadOutputCommand(_message.Message):
-    """Read part of a job's output file as the job's own user (never as root)."""
+    """Read part of a job's output file as the job's own user (never as root); or part of one
+    of its published result's files (path), or the sizes and sha256 of its result's files
+    (checksum, publishing a result: the answer's files).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -1840,6 +2529,8 @@ class ReadOutputCommand(_message.Message):
     STDERR_FIELD_NUMBER: _builtins.int
     OFFSET_FIELD_NUMBER: _builtins.int
     MAX_BYTES_FIELD_NUMBER: _builtins.int
+    PATH_FIELD_NUMBER: _builtins.int
+    CHECKSUM_FIELD_NUMBER: _builtins.int
     request_id: _builtins.int
     job_id: _builtins.int
     attempt: _builtins.int
@@ -1850,9 +2541,15 @@ class ReadOutputCommand(_message.Message):
     stderr: _builtins.bool
     offset: _builtins.int
     max_bytes: _builtins.int
+    path: _builtins.str
+    """an absolute path to read instead of the job's output file"""
     @_builtins.property
     def spec(self) -> Global___JobSpec:
         """name, workdir, output, error only (no script)"""
+
+    @_builtins.property
+    def checksum(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """instead of reading: these (relative to the job's workdir)"""
 
     def __init__(
         self,
@@ -1867,10 +2564,12 @@ class ReadOutputCommand(_message.Message):
         stderr: _builtins.bool = ...,
         offset: _builtins.int = ...,
         max_bytes: _builtins.int = ...,
+        path: _builtins.str = ...,
+        checksum: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["array_id", b"array_id", "array_task", b"array_task", "attempt", b"attempt", "job_id", b"job_id", "max_bytes", b"max_bytes", "offset", b"offset", "request_id", b"request_id", "spec", b"spec", "stderr", b"stderr", "user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["array_id", b"array_id", "array_task", b"array_task", "attempt", b"attempt", "checksum", b"checksum", "job_id", b"job_id", "max_bytes", b"max_bytes", "offset", b"offset", "path", b"path", "request_id", b"request_id", "spec", b"spec", "stderr", b"stderr", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

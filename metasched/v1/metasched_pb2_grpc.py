@@ -532,6 +532,380 @@ class Scheduler:
             _registered_method=True)
 
 
+class ShelfStub:
+    """Missing associated documentation comment in .proto file."""
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.PublishApp = channel.unary_unary(
+                '/metasched.v1.Shelf/PublishApp',
+                request_serializer=metasched_dot_v1_dot_metasched__pb2.PublishAppRequest.SerializeToString,
+                response_deserializer=metasched_dot_v1_dot_metasched__pb2.App.FromString,
+                _registered_method=True)
+        self.ListApps = channel.unary_unary(
+                '/metasched.v1.Shelf/ListApps',
+                request_serializer=metasched_dot_v1_dot_metasched__pb2.ListAppsRequest.SerializeToString,
+                response_deserializer=metasched_dot_v1_dot_metasched__pb2.ListAppsResponse.FromString,
+                _registered_method=True)
+        self.GetApp = channel.unary_unary(
+                '/metasched.v1.Shelf/GetApp',
+                request_serializer=metasched_dot_v1_dot_metasched__pb2.GetAppRequest.SerializeToString,
+                response_deserializer=metasched_dot_v1_dot_metasched__pb2.App.FromString,
+                _registered_method=True)
+        self.DeprecateApp = channel.unary_unary(
+                '/metasched.v1.Shelf/DeprecateApp',
+                request_serializer=metasched_dot_v1_dot_metasched__pb2.DeprecateAppRequest.SerializeToString,
+                response_deserializer=metasched_dot_v1_dot_metasched__pb2.ListAppsResponse.FromString,
+                _registered_method=True)
+        self.PublishResult = channel.unary_unary(
+                '/metasched.v1.Shelf/PublishResult',
+                request_serializer=metasched_dot_v1_dot_metasched__pb2.PublishResultRequest.SerializeToString,
+                response_deserializer=metasched_dot_v1_dot_metasched__pb2.Result.FromString,
+                _registered_method=True)
+        self.ListResults = channel.unary_unary(
+                '/metasched.v1.Shelf/ListResults',
+                request_serializer=metasched_dot_v1_dot_metasched__pb2.ListResultsRequest.SerializeToString,
+                response_deserializer=metasched_dot_v1_dot_metasched__pb2.ListResultsResponse.FromString,
+                _registered_method=True)
+        self.GetResult = channel.unary_unary(
+                '/metasched.v1.Shelf/GetResult',
+                request_serializer=metasched_dot_v1_dot_metasched__pb2.GetResultRequest.SerializeToString,
+                response_deserializer=metasched_dot_v1_dot_metasched__pb2.Result.FromString,
+                _registered_method=True)
+        self.FetchResult = channel.unary_unary(
+                '/metasched.v1.Shelf/FetchResult',
+                request_serializer=metasched_dot_v1_dot_metasched__pb2.FetchResultRequest.SerializeToString,
+                response_deserializer=metasched_dot_v1_dot_metasched__pb2.FetchResultResponse.FromString,
+                _registered_method=True)
+
+
+class ShelfServicer:
+    """Missing associated documentation comment in .proto file."""
+
+    def PublishApp(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListApps(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetApp(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeprecateApp(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PublishResult(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListResults(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetResult(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FetchResult(self, request, context):
+        """read at the site, as the owner
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_ShelfServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'PublishApp': grpc.unary_unary_rpc_method_handler(
+                    servicer.PublishApp,
+                    request_deserializer=metasched_dot_v1_dot_metasched__pb2.PublishAppRequest.FromString,
+                    response_serializer=metasched_dot_v1_dot_metasched__pb2.App.SerializeToString,
+            ),
+            'ListApps': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListApps,
+                    request_deserializer=metasched_dot_v1_dot_metasched__pb2.ListAppsRequest.FromString,
+                    response_serializer=metasched_dot_v1_dot_metasched__pb2.ListAppsResponse.SerializeToString,
+            ),
+            'GetApp': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetApp,
+                    request_deserializer=metasched_dot_v1_dot_metasched__pb2.GetAppRequest.FromString,
+                    response_serializer=metasched_dot_v1_dot_metasched__pb2.App.SerializeToString,
+            ),
+            'DeprecateApp': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeprecateApp,
+                    request_deserializer=metasched_dot_v1_dot_metasched__pb2.DeprecateAppRequest.FromString,
+                    response_serializer=metasched_dot_v1_dot_metasched__pb2.ListAppsResponse.SerializeToString,
+            ),
+            'PublishResult': grpc.unary_unary_rpc_method_handler(
+                    servicer.PublishResult,
+                    request_deserializer=metasched_dot_v1_dot_metasched__pb2.PublishResultRequest.FromString,
+                    response_serializer=metasched_dot_v1_dot_metasched__pb2.Result.SerializeToString,
+            ),
+            'ListResults': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListResults,
+                    request_deserializer=metasched_dot_v1_dot_metasched__pb2.ListResultsRequest.FromString,
+                    response_serializer=metasched_dot_v1_dot_metasched__pb2.ListResultsResponse.SerializeToString,
+            ),
+            'GetResult': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetResult,
+                    request_deserializer=metasched_dot_v1_dot_metasched__pb2.GetResultRequest.FromString,
+                    response_serializer=metasched_dot_v1_dot_metasched__pb2.Result.SerializeToString,
+            ),
+            'FetchResult': grpc.unary_unary_rpc_method_handler(
+                    servicer.FetchResult,
+                    request_deserializer=metasched_dot_v1_dot_metasched__pb2.FetchResultRequest.FromString,
+                    response_serializer=metasched_dot_v1_dot_metasched__pb2.FetchResultResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'metasched.v1.Shelf', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('metasched.v1.Shelf', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Shelf:
+    """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def PublishApp(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/metasched.v1.Shelf/PublishApp',
+            metasched_dot_v1_dot_metasched__pb2.PublishAppRequest.SerializeToString,
+            metasched_dot_v1_dot_metasched__pb2.App.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListApps(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/metasched.v1.Shelf/ListApps',
+            metasched_dot_v1_dot_metasched__pb2.ListAppsRequest.SerializeToString,
+            metasched_dot_v1_dot_metasched__pb2.ListAppsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetApp(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/metasched.v1.Shelf/GetApp',
+            metasched_dot_v1_dot_metasched__pb2.GetAppRequest.SerializeToString,
+            metasched_dot_v1_dot_metasched__pb2.App.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeprecateApp(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/metasched.v1.Shelf/DeprecateApp',
+            metasched_dot_v1_dot_metasched__pb2.DeprecateAppRequest.SerializeToString,
+            metasched_dot_v1_dot_metasched__pb2.ListAppsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PublishResult(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/metasched.v1.Shelf/PublishResult',
+            metasched_dot_v1_dot_metasched__pb2.PublishResultRequest.SerializeToString,
+            metasched_dot_v1_dot_metasched__pb2.Result.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListResults(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/metasched.v1.Shelf/ListResults',
+            metasched_dot_v1_dot_metasched__pb2.ListResultsRequest.SerializeToString,
+            metasched_dot_v1_dot_metasched__pb2.ListResultsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetResult(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/metasched.v1.Shelf/GetResult',
+            metasched_dot_v1_dot_metasched__pb2.GetResultRequest.SerializeToString,
+            metasched_dot_v1_dot_metasched__pb2.Result.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FetchResult(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/metasched.v1.Shelf/FetchResult',
+            metasched_dot_v1_dot_metasched__pb2.FetchResultRequest.SerializeToString,
+            metasched_dot_v1_dot_metasched__pb2.FetchResultResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
 class AgentServiceStub:
     """Missing associated documentation comment in .proto file."""
 

@@ -182,6 +182,94 @@ class SchedulerServicer(metaclass=_abc_1.ABCMeta):
 
 def add_SchedulerServicer_to_server(servicer: SchedulerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
+class ShelfStub:
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> ShelfAsyncStub: ...
+    PublishApp: _grpc.UnaryUnaryMultiCallable[_metasched_pb2.PublishAppRequest, _metasched_pb2.App]
+    ListApps: _grpc.UnaryUnaryMultiCallable[_metasched_pb2.ListAppsRequest, _metasched_pb2.ListAppsResponse]
+    GetApp: _grpc.UnaryUnaryMultiCallable[_metasched_pb2.GetAppRequest, _metasched_pb2.App]
+    DeprecateApp: _grpc.UnaryUnaryMultiCallable[_metasched_pb2.DeprecateAppRequest, _metasched_pb2.ListAppsResponse]
+    PublishResult: _grpc.UnaryUnaryMultiCallable[_metasched_pb2.PublishResultRequest, _metasched_pb2.Result]
+    ListResults: _grpc.UnaryUnaryMultiCallable[_metasched_pb2.ListResultsRequest, _metasched_pb2.ListResultsResponse]
+    GetResult: _grpc.UnaryUnaryMultiCallable[_metasched_pb2.GetResultRequest, _metasched_pb2.Result]
+    FetchResult: _grpc.UnaryUnaryMultiCallable[_metasched_pb2.FetchResultRequest, _metasched_pb2.FetchResultResponse]
+    """read at the site, as the owner"""
+
+@_typing.type_check_only
+class ShelfAsyncStub(ShelfStub):
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    PublishApp: _aio.UnaryUnaryMultiCallable[_metasched_pb2.PublishAppRequest, _metasched_pb2.App]  # type: ignore[assignment]
+    ListApps: _aio.UnaryUnaryMultiCallable[_metasched_pb2.ListAppsRequest, _metasched_pb2.ListAppsResponse]  # type: ignore[assignment]
+    GetApp: _aio.UnaryUnaryMultiCallable[_metasched_pb2.GetAppRequest, _metasched_pb2.App]  # type: ignore[assignment]
+    DeprecateApp: _aio.UnaryUnaryMultiCallable[_metasched_pb2.DeprecateAppRequest, _metasched_pb2.ListAppsResponse]  # type: ignore[assignment]
+    PublishResult: _aio.UnaryUnaryMultiCallable[_metasched_pb2.PublishResultRequest, _metasched_pb2.Result]  # type: ignore[assignment]
+    ListResults: _aio.UnaryUnaryMultiCallable[_metasched_pb2.ListResultsRequest, _metasched_pb2.ListResultsResponse]  # type: ignore[assignment]
+    GetResult: _aio.UnaryUnaryMultiCallable[_metasched_pb2.GetResultRequest, _metasched_pb2.Result]  # type: ignore[assignment]
+    FetchResult: _aio.UnaryUnaryMultiCallable[_metasched_pb2.FetchResultRequest, _metasched_pb2.FetchResultResponse]  # type: ignore[assignment]
+    """read at the site, as the owner"""
+
+class ShelfServicer(metaclass=_abc_1.ABCMeta):
+    @_abc_1.abstractmethod
+    def PublishApp(
+        self,
+        request: _metasched_pb2.PublishAppRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_metasched_pb2.App, _abc.Awaitable[_metasched_pb2.App]]: ...
+
+    @_abc_1.abstractmethod
+    def ListApps(
+        self,
+        request: _metasched_pb2.ListAppsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_metasched_pb2.ListAppsResponse, _abc.Awaitable[_metasched_pb2.ListAppsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetApp(
+        self,
+        request: _metasched_pb2.GetAppRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_metasched_pb2.App, _abc.Awaitable[_metasched_pb2.App]]: ...
+
+    @_abc_1.abstractmethod
+    def DeprecateApp(
+        self,
+        request: _metasched_pb2.DeprecateAppRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_metasched_pb2.ListAppsResponse, _abc.Awaitable[_metasched_pb2.ListAppsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def PublishResult(
+        self,
+        request: _metasched_pb2.PublishResultRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_metasched_pb2.Result, _abc.Awaitable[_metasched_pb2.Result]]: ...
+
+    @_abc_1.abstractmethod
+    def ListResults(
+        self,
+        request: _metasched_pb2.ListResultsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_metasched_pb2.ListResultsResponse, _abc.Awaitable[_metasched_pb2.ListResultsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetResult(
+        self,
+        request: _metasched_pb2.GetResultRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_metasched_pb2.Result, _abc.Awaitable[_metasched_pb2.Result]]: ...
+
+    @_abc_1.abstractmethod
+    def FetchResult(
+        self,
+        request: _metasched_pb2.FetchResultRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_metasched_pb2.FetchResultResponse, _abc.Awaitable[_metasched_pb2.FetchResultResponse]]:
+        """read at the site, as the owner"""
+
+def add_ShelfServicer_to_server(servicer: ShelfServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
 class AgentServiceStub:
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...

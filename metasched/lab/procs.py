@@ -65,13 +65,20 @@ class Daemon:
     pidfile: Path
     marker: str  # a substring of its command line, e.g. its config path
 
-    def pid(self) -> int | None:
-        """The recorded PID if that very process is still alive, else None."""
+    def recorded(self) -> tuple[int, str] | None:
+        """(pid, start time) as the pid file records them, alive or not."""
         try:
             pid_s, start = self.pidfile.read_text().split()
-            pid = int(pid_s)
+            return int(pid_s), start
         except (OSError, ValueError):
             return None
+
+    def pid(self) -> int | None:
+        """The recorded PID if that very process is still alive, else None."""
+        rec = self.recorded()
+        if rec is None:
+            return None
+        pid, start = rec
         if _start_time(pid) != start or self.marker not in _cmdline(pid) or _is_zombie(pid):
             return None
         return pid

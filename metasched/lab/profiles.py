@@ -35,6 +35,9 @@ class SiteProfile:
     gpu_type: str = ""
     gpu_count: int = 0
     partitions: tuple[Partition, ...] = (Partition("batch", max_time_minutes=7 * 24 * 60),)
+    # Which Slurm runs the site (metasched.lab.installs.find): "" = the machine's own
+    # (Debian's 22.05), a release ("25.11": the build scripts/setup caches), or a prefix.
+    slurm: str = ""
 
     def __post_init__(self) -> None:
         if not _NAME_RE.match(self.name):

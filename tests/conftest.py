@@ -3,7 +3,8 @@
 Slurm lab fixtures: `slurm_lab` (one lab for the whole session: the DEMO_SITES hpc, gpu,
 ai), `make_lab(sites, **kw)` (a lab of its own for one test, e.g. to stop a site) and
 `make_federation(sites, ...)` (a lab plus metaschedd and its agents).
-Without slurmctld they skip, unless METASCHED_REQUIRE_SLURM=1 makes that a failure.
+Without slurmctld they skip, unless METASCHED_REQUIRE_SLURM=1 makes that a failure; so do the
+tests of a Slurm release that is not installed (need_slurm("25.11"): scripts/build-slurm).
 """
 
 from __future__ import annotations
@@ -22,15 +23,21 @@ from typing import Any
 
 import pytest
 
-from metasched.lab import DEMO_SITES, SiteProfile, SlurmLab, slurm_installed
+from metasched.lab import DEMO_SITES, SiteProfile, SlurmLab, installs, slurm_installed
 from metasched.lab.federation import Federation
 
+# The Slurm releases every run covers: Debian's, and the one scripts/build-slurm builds.
+RELEASES = ("22.05", "25.11")
 
-def _need_slurm() -> None:
+
+def _need_slurm(release: str = "") -> None:
     why = ""
-    if not slurm_installed():
-        why = "Slurm lab needs slurmctld, slurmd and munge (apt-get install slurmctld slurmd "
-        why += "slurm-client munge)"
+    if not slurm_installed(release):
+        if release and not installs.available(release):
+            why = f"Slurm {release} is not installed (scripts/build-slurm builds it)"
+        else:
+            why = "Slurm lab needs slurmctld, slurmd and munge (apt-get install slurmctld "
+            why += "slurmd slurm-client munge)"
     elif os.geteuid() != 0:
         why = "Slurm lab needs root"
     if why:
@@ -84,9 +91,22 @@ def _remove(root: Path) -> None:
     shutil.rmtree(root, ignore_errors=True)
 
 
-def need_slurm() -> None:
-    """Skip (or, with METASCHED_REQUIRE_SLURM=1, fail) a test that needs the real Slurm lab."""
-    _need_slurm()
+def need_slurm(release: str = "") -> None:
+    """Skip (or, with METASCHED_REQUIRE_SLURM=1, fail) a test that needs the real Slurm lab,
+    of that release ("22.05", "25.11"; "" = the machine's own)."""
+    _need_slurm(release)
+
+
+def need_pyslurm() -> None:
+    """pyslurm is built by scripts/build-slurm against the 25.11 build."""
+    need_slurm("25.11")
+    import importlib.util
+
+    if importlib.util.find_spec("pyslurm") is None:
+        why = "pyslurm is not installed in this virtualenv (scripts/build-slurm installs it)"
+        if os.environ.get("METASCHED_REQUIRE_SLURM") == "1":
+            pytest.fail(f"METASCHED_REQUIRE_SLURM=1 but: {why}")
+        pytest.skip(why)
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from metasched.agent import config as agent_config
 from metasched.agent.journal import Journal
 from metasched.agent.site_agent import SiteAgent
 from metasched.agent.slurm import make_backend
-from metasched.agent.slurm.base import SlurmError
+from metasched.agent.slurm.base import SlurmBackend, SlurmError, SlurmUnavailable
 from metasched.agent.tagkey import KEY_FILE, TagKeyError, TagKeys
 from metasched.config import ConfigError
 
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         # before anything talks to Slurm: an agent that cannot sign cannot tell its jobs
         keys = TagKeys.load_or_create(cfg.state_dir)
-        backend = make_backend(cfg.backend, cfg.slurm_conf or None)
+        backend = make_backend(cfg.backend, cfg.slurm_conf or None, cfg.slurm_bin_dir)
     except (ConfigError, SlurmError, ValueError, TagKeyError, OSError) as e:
         print(f"metasched-agent: {e}", file=sys.stderr)
         return 2
@@ -48,10 +48,14 @@ def main(argv: list[str] | None = None) -> int:
         try:
             version = backend.version()
             backend.nodes()  # the version is local; this one needs slurmctld to answer
-        except SlurmError as e:
+        except SlurmUnavailable as e:
             print(
-                f"metasched-agent: Slurm at site {cfg.site} does not answer: {e}", file=sys.stderr
+                f"metasched-agent: Slurm at site {cfg.site} does not answer ({_via(backend)}): {e}",
+                file=sys.stderr,
             )
+            return 1
+        except SlurmError as e:
+            print(f"metasched-agent: Slurm at site {cfg.site}: {e}", file=sys.stderr)
             return 1
         journal = Journal(cfg.state_dir / "journal.db")
         rep = SiteAgent(cfg, backend, journal, keys).report()
@@ -69,9 +73,17 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     log.get(site=cfg.site).info("agent_started", daemon=cfg.daemon, backend=backend.name)
-    agent.run(stop)
-    journal.close()
+    if agent.run(stop):
+        journal.close()
+    # else a command is still in flight (its intent is journalled): the process ends with it
     return 0
+
+
+def _via(backend: SlurmBackend) -> str:
+    try:
+        return backend.describe()
+    except SlurmError:
+        return backend.name
 
 
 if __name__ == "__main__":

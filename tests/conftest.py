@@ -25,6 +25,7 @@ import pytest
 
 from metasched.lab import DEMO_SITES, SiteProfile, SlurmLab, installs, slurm_installed
 from metasched.lab.federation import Federation
+from metasched.lab.profiles import mixed_demo
 
 # The Slurm releases every run covers: Debian's, and the one scripts/build-slurm builds.
 RELEASES = ("22.05", "25.11")
@@ -137,14 +138,30 @@ def make_federation() -> Iterator[Callable[..., Federation]]:
         _remove(root)
 
 
+def mixed_available() -> bool:
+    """Can a federation mix Slurm releases and agent backends here (a 25.11 build and pyslurm
+    for it)? With METASCHED_REQUIRE_SLURM=1 it must."""
+    import importlib.util
+
+    ok = installs.available("25.11") and importlib.util.find_spec("pyslurm") is not None
+    if not ok and os.environ.get("METASCHED_REQUIRE_SLURM") == "1":
+        pytest.fail(
+            "METASCHED_REQUIRE_SLURM=1 but no Slurm 25.11 build or pyslurm: run scripts/build-slurm"
+        )
+    return ok
+
+
 @pytest.fixture(scope="module")
 def demo_federation() -> Iterator[Federation]:
-    """The demo's three sites (hpc, gpu, ai) with metaschedd and agents, one per test module."""
+    """The demo's three sites (hpc, gpu, ai) with metaschedd and agents, one per test module:
+    a mixed federation (hpc: Slurm 22.05, cli agent; gpu: 25.11, pyslurm agent; ai: 25.11, cli
+    agent) when 25.11 is built, else all on the machine's Slurm."""
     _need_slurm()
+    sites, backends = mixed_demo() if mixed_available() else (list(DEMO_SITES), {})
     root = _short_root("mse-")
     root.chmod(0o755)
-    lab = SlurmLab(root / "l", list(DEMO_SITES), overrides={"MessageTimeout": "3"})
-    with lab, Federation(lab, root / "f") as fed:
+    lab = SlurmLab(root / "l", sites, overrides={"MessageTimeout": "3"})
+    with lab, Federation(lab, root / "f", backends=backends) as fed:
         yield fed
     _remove(root)
 

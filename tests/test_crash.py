@@ -40,7 +40,6 @@ import pytest
 
 from metasched import auth, tags
 from metasched.agent.slurm.base import SlurmJob
-from metasched.agent.slurm.cli import CliBackend
 from metasched.lab import SiteProfile
 from metasched.lab.federation import Federation, wait_for
 from metasched.states import JobState
@@ -216,7 +215,7 @@ def scan_slurm(
     """Every tagged Slurm job of this federation at every site: squeue + the completion log."""
     out: dict[tuple[str, str], SlurmJob] = {}
     for site in fed.lab.sites:
-        be = CliBackend(str(fed.lab.slurm_conf(site)))
+        be = fed.lab.backend(site)
         for j in [*be.finished([], tag_list), *be.jobs()]:  # squeue wins: it is newer
             t = tags.parse(j.comment)
             if t is not None and t.federation == federation_id:

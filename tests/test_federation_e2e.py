@@ -20,7 +20,6 @@ import grpc
 import pytest
 
 from metasched import tags
-from metasched.agent.slurm.cli import CliBackend
 from metasched.lab import SlurmLab
 from metasched.lab.federation import Federation, wait_for
 from metasched.states import JobState
@@ -64,10 +63,7 @@ def wait_state(fed: Federation, job_id: int, states: set[JobState], timeout: flo
 
 def slurm_jobs(lab: SlurmLab, site: str) -> list[tuple[tags.Tag | None, str, str]]:
     """(tag, slurm id, state) of every job the site's Slurm shows."""
-    return [
-        (tags.parse(j.comment), j.job_id, j.state)
-        for j in CliBackend(str(lab.slurm_conf(site))).jobs()
-    ]
+    return [(tags.parse(j.comment), j.job_id, j.state) for j in lab.backend(site).jobs()]
 
 
 def occupy(lab: SlurmLab, site: str, seconds: int = 120) -> str:
@@ -305,9 +301,7 @@ def test_a_user_runs_as_their_mapped_local_account(fed: Federation, lab: SlurmLa
     job = wait_state(fed, job_id, {S.COMPLETED}, 60)
     assert job.user == user
     assert (work / "ran-as").read_text().strip() == user
-    slurm_user = {j.job_id: j.user for j in CliBackend(str(lab.slurm_conf(job.site))).jobs()}[
-        job.slurm_job_id
-    ]
+    slurm_user = {j.job_id: j.user for j in lab.backend(job.site).jobs()}[job.slurm_job_id]
     assert slurm_user == user
     # and another user cannot see it
     other = fed.msub("show", str(job_id), check=False, user="nobody")

@@ -8,7 +8,6 @@ from collections.abc import Callable
 import pytest
 
 from metasched import tags
-from metasched.agent.slurm.cli import CliBackend
 from metasched.lab import SiteProfile
 from metasched.lab.federation import Federation, wait_for
 from metasched.states import JobState
@@ -115,9 +114,7 @@ def test_a_stale_pending_job_moves_to_the_site_that_freed_up(fed: Federation) ->
     assert any(JobState.from_pb(e.state) == S.RECALLING for e in done.events)
     # the first attempt was cancelled while pending: exactly one Slurm job of ours ever ran
     at_east = [
-        j
-        for j in CliBackend(str(lab.slurm_conf("east"))).jobs()
-        if (t := tags.parse(j.comment)) and t.job_id == job_id
+        j for j in lab.backend("east").jobs() if (t := tags.parse(j.comment)) and t.job_id == job_id
     ]
     assert [j.state for j in at_east] == ["CANCELLED"]
     # and the script ran once, at west, as the Slurm job metasched records

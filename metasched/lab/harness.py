@@ -25,6 +25,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import socket
 import subprocess
 import threading
@@ -35,6 +36,7 @@ from importlib import resources
 from pathlib import Path
 from types import TracebackType
 
+from metasched.agent.slurm.cli import CliBackend
 from metasched.lab import installs, procs
 from metasched.lab.installs import SlurmInstall
 from metasched.lab.procs import Daemon
@@ -208,6 +210,10 @@ class SlurmLab:
         """What a client command needs in its environment to talk to this site: its
         slurm.conf, and its own Slurm's commands first on PATH."""
         return {"SLURM_CONF": str(self.slurm_conf(name)), "PATH": self.install(name).env_path()}
+
+    def backend(self, name: str) -> CliBackend:
+        """The cli backend on this site's own Slurm: how tests read a site as an agent would."""
+        return CliBackend(str(self.slurm_conf(name)), str(self.install(name).bin_dir))
 
     def sbatch(self, name: str, *args: str) -> str:
         """Submit local work at a site, as its own users would (not through metasched)."""
@@ -589,6 +595,19 @@ class SlurmLab:
             self._wait_ping(name)
         self._start_slurmds(name)
         self._wait_ready(name)
+
+    def hang_site(self, name: str) -> None:
+        """A controller that hangs: slurmctld stopped (SIGSTOP), its port still accepting
+        connections that are never answered. resume_site() lets it go on."""
+        self._signal_ctld(name, signal.SIGSTOP)
+
+    def resume_site(self, name: str) -> None:
+        self._signal_ctld(name, signal.SIGCONT)
+
+    def _signal_ctld(self, name: str, sig: int) -> None:
+        with self._lock:
+            if not procs.signal_daemons([self._ctld(name)], sig, group=False):
+                raise LabError(f"{name}: slurmctld is not running")
 
     def site_up(self, name: str) -> bool:
         return (

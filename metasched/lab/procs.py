@@ -194,8 +194,20 @@ def leftovers(lab_dir: Path) -> list[int]:
     return sorted(found)
 
 
-def kill_leftovers(lab_dir: Path) -> list[int]:
-    """SIGKILL every leftover process of the lab; return their PIDs."""
+def kill_leftovers(lab_dir: Path, grace: float = 1.0) -> list[int]:
+    """End every leftover process of the lab: SIGTERM, then SIGKILL what is left after grace;
+    return the PIDs that had to be killed. TERM first lets a job's login shell (Slurm's get-user-env runs
+    `su - user`) run its exit traps: killed outright, root's pyenv rehash once left its lock
+    file behind, and every login shell on the machine then waited 60 s for it."""
+    first = leftovers(lab_dir)
+    for pid in first:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while first and time.monotonic() < deadline:
+        _reap(first)
+        first = [pid for pid in first if not _is_zombie(pid)]
+        time.sleep(0.05)
     killed = []
     for _ in range(3):  # a dying slurmstepd may still fork: sweep until nothing is found
         pids = leftovers(lab_dir)

@@ -25,7 +25,7 @@ import pytest
 
 from metasched.lab import DEMO_SITES, SiteProfile, SlurmLab, installs, slurm_installed
 from metasched.lab.federation import Federation
-from metasched.lab.profiles import mixed_demo
+from metasched.lab.profiles import mixed_demo, mixed_demo_ready
 
 # The Slurm releases every run covers: Debian's, and the one scripts/build-slurm builds.
 RELEASES = ("22.05", "25.11")
@@ -141,9 +141,7 @@ def make_federation() -> Iterator[Callable[..., Federation]]:
 def mixed_available() -> bool:
     """Can a federation mix Slurm releases and agent backends here (a 25.11 build and pyslurm
     for it)? With METASCHED_REQUIRE_SLURM=1 it must."""
-    import importlib.util
-
-    ok = installs.available("25.11") and importlib.util.find_spec("pyslurm") is not None
+    ok = mixed_demo_ready()
     if not ok and os.environ.get("METASCHED_REQUIRE_SLURM") == "1":
         pytest.fail(
             "METASCHED_REQUIRE_SLURM=1 but no Slurm 25.11 build or pyslurm: run scripts/build-slurm"

@@ -7,6 +7,7 @@ mixed_demo() puts them on different Slurm releases and agent backends.
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from dataclasses import dataclass, replace
 
@@ -105,6 +106,13 @@ def demo_sites(n: int = 3) -> list[SiteProfile]:
 
 # The demo's sites over Slurm releases, when a 25.11 build is there: (release, agent backend).
 MIXED_DEMO = {"hpc": ("", "cli"), "gpu": ("25.11", "pyslurm"), "ai": ("25.11", "cli")}
+
+
+def mixed_demo_ready() -> bool:
+    """Is a 25.11 build there (scripts/build-slurm), with pyslurm for it in this Python?"""
+    from metasched.lab import installs
+
+    return installs.available("25.11") and importlib.util.find_spec("pyslurm") is not None
 
 
 def mixed_demo() -> tuple[list[SiteProfile], dict[str, str]]:

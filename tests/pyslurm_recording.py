@@ -82,6 +82,23 @@ def by(kind: str, key: str) -> dict[Any, Recorded]:
 
 
 # ------------------------------------------------------------------ recording
+def gpu_site(name: str, release: str) -> Any:
+    """The small GPU site recordings and the backend contract use: 2 nodes x 8 CPUs, 4 H100."""
+    from metasched.lab import SiteProfile
+
+    return SiteProfile(
+        name,
+        nodes=2,
+        cpus=8,
+        sockets=1,
+        cores_per_socket=8,
+        mem_mb=16_000,
+        gpu_type="h100",
+        gpu_count=4,
+        slurm=release,
+    )
+
+
 SCENARIO = {
     # job name -> sbatch options; what each stands for is in its name
     "gres-2x2-running": ["-N2", "--gres=gpu:h100:2", "--comment=metasched:0a1b2c3d:7:0"],
@@ -94,19 +111,9 @@ SCENARIO = {
 
 def record() -> None:
     sys.path.insert(0, str(Path(__file__).parent.parent))
-    from metasched.lab import SiteProfile, SlurmLab
+    from metasched.lab import SlurmLab
 
-    site = SiteProfile(
-        "rec",
-        nodes=2,
-        cpus=8,
-        sockets=1,
-        cores_per_socket=8,
-        mem_mb=16_000,
-        gpu_type="h100",
-        gpu_count=4,
-        slurm="25.11",
-    )
+    site = gpu_site("rec", "25.11")
     root = Path(tempfile.mkdtemp(prefix="msv-rec-", dir="/tmp"))
     with SlurmLab(root, [site]) as lab:
         env = lab.env("rec")

@@ -22,7 +22,7 @@ from typing import TypeVar
 
 import pytest
 from conftest import need_pyslurm, need_slurm
-from pyslurm_recording import KINDS, encode_object, raw, shape
+from pyslurm_recording import KINDS, encode_object, gpu_site, raw, shape
 
 from metasched.agent.slurm.base import (
     SlurmBackend,
@@ -59,17 +59,8 @@ def site_name(release: str, prefix: str = "v") -> str:
 
 
 def profile(release: str, prefix: str = "v") -> SiteProfile:
-    return SiteProfile(
-        site_name(release, prefix),
-        nodes=2,
-        cpus=8,
-        sockets=1,
-        cores_per_socket=8,
-        mem_mb=16_000,
-        gpu_type="h100",
-        gpu_count=4,
-        slurm=release,
-    )
+    site: SiteProfile = gpu_site(site_name(release, prefix), release)
+    return site
 
 
 def make(case: Case, lab: SlurmLab, site: str) -> SlurmBackend:

@@ -69,3 +69,30 @@ def test_outage_keeps_jobs_and_down_cleans_up(make_lab: Callable[..., SlurmLab])
     assert f"{jid} RUNNING" in squeue()  # recovered from saved state
     lab.down()
     assert lab.leftovers() == []
+
+
+@pytest.mark.slurm
+def test_a_dead_daemon_is_told_from_a_slow_one(make_lab: Callable[..., SlurmLab]) -> None:
+    """Dead: said at once, with how it ended and its last log line. Slow (running, not
+    answering): only after the timeout, with its pid and whether its port accepts connections."""
+    site = SiteProfile("slow", nodes=1, cpus=4, sockets=1, cores_per_socket=4, mem_mb=8000)
+    lab = make_lab([site], timeout=10)
+    lab.hang_site("slow")
+    began = time.monotonic()
+    try:
+        with pytest.raises(LabError) as slow:
+            lab.start_site("slow")
+    finally:
+        lab.resume_site("slow")
+    assert time.monotonic() - began >= 10
+    assert "slow: slurmctld (pid " in str(slow.value)
+    assert "is running but did not answer ping" in str(slow.value)
+    assert f"its port {lab.ctld_port('slow')} accepts connections" in str(slow.value)
+
+    bad = SiteProfile("dead", nodes=1, cpus=4, sockets=1, cores_per_socket=4, mem_mb=8000)
+    began = time.monotonic()
+    with pytest.raises(LabError) as dead:
+        make_lab([bad], timeout=120, overrides={"SelectType": "select/none-such"})
+    assert time.monotonic() - began < 60  # not the 120 s a slow one would get
+    assert "dead: slurmctld exited 1 (" in str(dead.value)
+    assert "select/none-such" in str(dead.value)  # its last words, from its log

@@ -347,7 +347,7 @@ class SlurmLab:
 
     def _munge_try(self, d: Path, key: Path) -> str:
         """Start munged and wait until it hands out a credential: '' then, else what went wrong."""
-        procs.stop_daemons([self._munged], group=True, grace=2.0)
+        procs.stop_daemons([self._munged], group=True, grace=2.0, reap=self._reap)
         for stale in (self.munge_socket, Path(f"{self.munge_socket}.lock")):
             stale.unlink(missing_ok=True)
         proc = self._start(
@@ -445,6 +445,11 @@ class SlurmLab:
         proc = daemon.start(argv, env, log)
         self._children[daemon.pidfile] = proc
         return proc
+
+    def _reap(self) -> None:
+        """Collect the daemons of ours that exited, each through its own Popen (procs.Reaper)."""
+        for proc in self._children.values():
+            proc.poll()
 
     def _ended(self, daemon: Daemon) -> str | None:
         """None while the daemon runs; else how it ended ('exited 1', 'killed by signal 9').
@@ -574,9 +579,9 @@ class SlurmLab:
         # launch RPC then finds no slurmd; Slurm 22.05 keeps such a job RUNNING, with no
         # process anywhere, until its time limit (it ends TIMEOUT). That is Slurm losing a
         # job in a way no real controller outage does, not a fault metasched can see.
-        procs.stop_daemons([self._ctld(name)], group=True)
+        procs.stop_daemons([self._ctld(name)], group=True, reap=self._reap)
         # slurmd alone, not its group: its slurmstepds (the running jobs) must survive
-        procs.stop_daemons(self._slurmds(name), group=False)
+        procs.stop_daemons(self._slurmds(name), group=False, reap=self._reap)
 
     def start_site(self, name: str) -> None:
         """Bring a stopped site back with its saved state; its jobs are recovered."""
@@ -592,7 +597,7 @@ class SlurmLab:
             if _port_busy(port):
                 raise LabError(f"{name}: port {port} already in use")
             self._start_ctld(name)
-            self._wait_ping(name)
+        self._wait_ping(name)  # a controller that runs may still not answer (hung, or slow)
         self._start_slurmds(name)
         self._wait_ready(name)
 
@@ -644,9 +649,9 @@ class SlurmLab:
             ]
             time.sleep(0.1)
         daemons = [d for n in self.sites for d in (*self._slurmds(n), self._ctld(n))]
-        procs.stop_daemons(daemons, group=True)
-        procs.stop_daemons([self._munged], group=True)
-        procs.kill_leftovers(self.root)
+        procs.stop_daemons(daemons, group=True, reap=self._reap)
+        procs.stop_daemons([self._munged], group=True, reap=self._reap)
+        procs.kill_leftovers(self.root, reap=self._reap)
         if self.cleanup_at_exit:
             atexit.unregister(self.down)
 

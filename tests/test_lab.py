@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from metasched.lab import DEMO_SITES, LabError, SiteProfile, SlurmLab, demo_sites
+from metasched.lab import DEMO_SITES, LabError, SiteProfile, SlurmLab, demo_sites, procs
 from metasched.lab.harness import _apply_overrides
 
 
@@ -96,3 +96,25 @@ def test_a_dead_daemon_is_told_from_a_slow_one(make_lab: Callable[..., SlurmLab]
     assert time.monotonic() - began < 60  # not the 120 s a slow one would get
     assert "dead: slurmctld exited 1 (" in str(dead.value)
     assert "select/none-such" in str(dead.value)  # its last words, from its log
+
+
+def test_a_daemon_still_inside_exec_is_alive(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The 'slurmctld died' flake under load: Popen returns when exec closes its error pipe,
+    before the kernel has put the new argv in place, so a just-started daemon's
+    /proc/PID/cmdline can read "" for as long as it waits for a CPU. Caught in a loaded crash
+    test run: pid file '17681 981752', /proc/17681/stat state R, cmdline '', and the lab said
+    the controller had died; it ran until teardown."""
+    proc = subprocess.Popen(["sleep", "60"])
+    try:
+        daemon = procs.Daemon(tmp_path / "d.pid", "slurmctld -D -f /x/slurm.conf")
+        fields = procs.stat_fields(proc.pid)
+        assert fields is not None
+        daemon.pidfile.write_text(f"{proc.pid} {fields[19]}\n")
+        assert daemon.pid() is None  # `sleep 60` is not the process the pid file meant
+        monkeypatch.setattr(procs, "_cmdline", lambda pid: "")  # inside execve: no argv yet
+        assert daemon.pid() == proc.pid
+    finally:
+        proc.kill()
+        proc.wait()

@@ -74,12 +74,21 @@ class Daemon:
             return None
 
     def pid(self) -> int | None:
-        """The recorded PID if that very process is still alive, else None."""
+        """The recorded PID if that very process is still alive, else None.
+
+        PID and start time identify the process. Its command line must show the marker once
+        it has one: a process still inside execve has none yet. Popen returns when exec closes
+        its error pipe, before the kernel has put the new argv in place, and on a loaded
+        machine the child may not run again for seconds; reading "" then as "another process"
+        made the lab report a healthy, just-started slurmctld as dead ("slurmctld died")."""
         rec = self.recorded()
         if rec is None:
             return None
         pid, start = rec
-        if _start_time(pid) != start or self.marker not in _cmdline(pid) or _is_zombie(pid):
+        if _start_time(pid) != start or _is_zombie(pid):
+            return None
+        cmdline = _cmdline(pid)
+        if cmdline and self.marker not in cmdline:
             return None
         return pid
 
@@ -145,8 +154,7 @@ def stop_daemons(
 # Never os.waitpid by pid: a child reaped behind its Popen's back leaves that Popen believing
 # it runs, and its pid free; once the kernel hands the pid to a new process (pid_max is 32768
 # here, and a busy machine wraps it in minutes), killing "that child" through the stale Popen
-# (Federation.kill, the crash test's killpg) hits the new one: a slurmctld that died for no
-# reason of its own under load.
+# (Federation.kill, the crash test's killpg) would hit the new one.
 Reaper = Callable[[], object] | None
 
 

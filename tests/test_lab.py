@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from conftest import need_slurm
 
 from metasched.lab import DEMO_SITES, LabError, SiteProfile, SlurmLab, demo_sites, procs
 from metasched.lab.harness import _apply_overrides
@@ -118,3 +119,22 @@ def test_a_daemon_still_inside_exec_is_alive(
     finally:
         proc.kill()
         proc.wait()
+
+
+@pytest.mark.slurm
+def test_each_release_gets_only_the_options_it_takes(make_lab: Callable[..., SlurmLab]) -> None:
+    """One template for every site: 22.05 gets GetEnvTimeout=60 (its 2 s default requeues and
+    holds a job whose login environment came late), 25.11 does not (defunct since 25.05: every
+    daemon logs an error for the line)."""
+    need_slurm("25.11")
+    old = SiteProfile("old", nodes=1, cpus=2, sockets=1, cores_per_socket=2, mem_mb=2000)
+    new = SiteProfile(
+        "new", nodes=1, cpus=2, sockets=1, cores_per_socket=2, mem_mb=2000, slurm="25.11"
+    )
+    lab = make_lab([old, new])
+    config = lab.backend("old").config()
+    assert config.get("GetEnvTimeout") == "60 sec", config.get("GetEnvTimeout")
+    for name in ("old", "new"):
+        for log in sorted((lab.site_dir(name) / "log").glob("*.log")):
+            defunct = [ln for ln in log.read_text(errors="replace").splitlines() if "defunct" in ln]
+            assert not defunct, f"{log}: {defunct}"

@@ -49,6 +49,10 @@ _MAX_SOCKET_PATH = 107
 _PORT_LOW, _PORT_HIGH = 20000, 32000
 _MUNGE = ("munged", "mungekey", "munge")  # the machine's own munge serves every site
 _SLURM = ("slurmctld", "slurmd", "scontrol", "sinfo", "squeue", "sbatch", "scancel")
+# slurm.conf options of the template that later releases no longer take, by the release that
+# dropped them: each daemon of those logs an error for the line ("The option ... is defunct").
+# GetEnvTimeout: deprecated in 25.05 for a fixed 120 s (CHANGELOG/slurm-25.05.md).
+_DEFUNCT_SINCE = {"getenvtimeout": (25, 5)}
 
 
 class LabError(RuntimeError):
@@ -436,6 +440,7 @@ class SlurmLab:
                 f"DefaultTime={p.default_time_minutes} MaxTime={max_time} State=UP"
             )
         lines = _apply_overrides(lines, self.overrides)
+        lines = _for_release(lines, self.install(name).release)
         (d / "slurm.conf").write_text("\n".join(lines) + "\n")
 
     # ------------------------------------------------------------ is it dead, or slow?
@@ -693,6 +698,16 @@ def _apply_overrides(lines: list[str], overrides: Mapping[str, str]) -> list[str
             out.append(line)
     out.extend(f"{k}={v}" for k, v in todo.values())
     return out
+
+
+def _for_release(lines: list[str], release: str) -> list[str]:
+    """slurm.conf lines without the options this release ('25.11') no longer takes."""
+    major, minor = (int(x) for x in release.split(".")[:2])
+    return [
+        line
+        for line in lines
+        if _DEFUNCT_SINCE.get(line.split("=", 1)[0].strip().lower(), (99, 99)) > (major, minor)
+    ]
 
 
 def _partitions(site: Mapping[str, object]) -> tuple[Partition, ...]:

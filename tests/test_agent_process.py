@@ -86,13 +86,14 @@ def test_check_with_pyslurm(make_lab: Callable[..., SlurmLab], tmp_path: Path) -
 
 
 # ------------------------------------------------------------------ SIGTERM
-def stopped(fed: Federation, site: str, event: str) -> dict[str, object]:
-    """The agent's last `event` log record (agent_stopped or agent_stopped_in_flight)."""
+def stopped(fed: Federation, site: str, *events: str) -> dict[str, object]:
+    """The agent's last log record of one of `events` (agent_stopped, agent_stopped_in_flight,
+    agent_killed_at_stop_deadline: its watchdog's)."""
     for line in reversed(fed.log(f"agent-{site}").read_text().splitlines()):
-        if f'"{event}"' in line:
+        if any(f'"event": "{event}"' in line for event in events):
             rec: dict[str, object] = json.loads(line)
             return rec
-    raise AssertionError(f"agent-{site} logged no {event}")
+    raise AssertionError(f"agent-{site} logged none of {events}")
 
 
 def terminate(fed: Federation, site: str) -> float:
@@ -109,7 +110,8 @@ def test_an_idle_agent_stops_within_2s_of_sigterm(
 ) -> None:
     """Today an idle agent looks at its stop flag only when a message arrives, and none does."""
     fed = make_federation([site("idle")])
-    time.sleep(2)  # connected, reporting, nothing to do
+    log = fed.log("agent-idle")
+    wait_for(lambda: '"connected_to_daemon"' in log.read_text(), 60, "the agent to connect")
     took = terminate(fed, "idle")
     assert fed.log("agent-idle").read_text().count('"agent_started"') == 1
     assert float(stopped(fed, "idle", "agent_stopped")["stop_s"]) < 2.0  # type: ignore[arg-type]
@@ -131,36 +133,50 @@ def journalled(fed: Federation, site: str, job_id: int) -> list[str]:
     return [r[0] for r in rows]
 
 
-def test_an_agent_stops_within_2s_while_sbatch_hangs_and_the_job_runs_once(
-    make_federation: Callable[..., Federation],
+@pytest.mark.parametrize(
+    ("release", "backend"), [("", "cli"), ("25.11", "pyslurm")], ids=["cli", "pyslurm-25.11"]
+)
+def test_an_agent_stops_within_2s_while_its_submission_hangs_and_the_job_runs_once(
+    make_federation: Callable[..., Federation], release: str, backend: str
 ) -> None:
-    """SIGTERM while the submission waits on a hung slurmctld: the agent ends within its
-    grace with the intent journalled; restarted, it finds or submits the job, exactly once."""
-    fed = make_federation([site("hang")], lab_overrides={"MessageTimeout": "30"})
+    """SIGTERM while the submission waits on a hung slurmctld: the agent ends within 2 s
+    with the intent journalled; restarted, it finds or submits the job, exactly once. sbatch
+    waits in a child process; pyslurm waits inside libslurm holding Python's GIL, so no
+    Python code of the agent runs until Slurm's MessageTimeout (30 s here)."""
+    if backend == "pyslurm":
+        need_pyslurm()
+    fed = make_federation(
+        [site("hang", release)], lab_overrides={"MessageTimeout": "30"}, backends={"hang": backend}
+    )
     lab = fed.lab
+
+    def submit() -> pb.SubmitJobResponse:
+        spec = pb.JobSpec(script="#!/bin/sh\ntrue\n", time_limit_minutes=5, workdir="/tmp")
+        job: pb.SubmitJobResponse = fed.call("SubmitJob", pb.SubmitJobRequest(spec=spec))
+        return job
+
+    def completed(job_id: int) -> bool:
+        return JobState.from_pb(fed.job(job_id).state) == JobState.COMPLETED
+
+    # a job first, as any agent that has run a while: what it reads once about the site is
+    # read, and the call in flight below is the submission itself (pyslurm's holds the GIL)
+    first = submit()
+    wait_for(lambda: completed(first.job_id), 180, "the first job", fed.log("metaschedd"))
     lab.hang_site("hang")
     try:
-        job = fed.call(
-            "SubmitJob",
-            pb.SubmitJobRequest(
-                spec=pb.JobSpec(script="#!/bin/sh\ntrue\n", time_limit_minutes=5, workdir="/tmp")
-            ),
-        )
+        job = submit()
         # the intent is written just before the backend's submit, which now waits on Slurm
         wait_for(lambda: journalled(fed, "hang", job.job_id) == ["intent"], 60, "the intent")
         time.sleep(0.5)
         took = terminate(fed, "hang")
     finally:
         lab.resume_site("hang")
-    rec = stopped(fed, "hang", "agent_stopped_in_flight")
+    # cli: the agent ends itself after its grace; pyslurm: its watchdog ends it at the deadline
+    rec = stopped(fed, "hang", "agent_stopped_in_flight", "agent_killed_at_stop_deadline")
     assert float(rec["stop_s"]) < 2.0  # type: ignore[arg-type]
     assert took < 10
     assert journalled(fed, "hang", job.job_id) in (["intent"], ["submitted"])
     fed.start_agent("hang")
-
-    def completed() -> bool:
-        return JobState.from_pb(fed.job(job.job_id).state) == JobState.COMPLETED
-
-    wait_for(completed, 180, f"job {job.job_id} to complete", fed.log("metaschedd"))
+    wait_for(lambda: completed(job.job_id), 180, f"job {job.job_id}", fed.log("metaschedd"))
     ours = [t for j in lab.backend("hang").jobs() if (t := tags.parse(j.comment))]
     assert [t.job_id for t in ours].count(job.job_id) == 1, ours

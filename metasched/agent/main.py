@@ -9,6 +9,7 @@ import threading
 
 from metasched import log
 from metasched.agent import config as agent_config
+from metasched.agent import stop_deadline
 from metasched.agent.journal import Journal
 from metasched.agent.site_agent import SiteAgent
 from metasched.agent.slurm import make_backend
@@ -72,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    # ends the agent at the 2 s deadline even while Python cannot run (pyslurm holds the GIL)
+    stop_deadline.arm(cfg.site)
     log.get(site=cfg.site).info("agent_started", daemon=cfg.daemon, backend=backend.name)
     if agent.run(stop):
         journal.close()

@@ -18,8 +18,9 @@ is keyed by id; Job.gres_per_node keys read 'gres/gpu:h100' and a job's nodes ar
 `allocated_nodes`; Job.tres_per_job does not parse '--gpus=N' (None); time_limit must be an
 int; user_id without group_id runs the job with gid root; Job.load() of a purged job raises
 RPCError 'Invalid job id specified' (Job(id).cancel() does not); a job cancelled while running
-shows exit_code_signal 15. pyslurm holds the GIL during every RPC: a call to a slurmctld that
-does not answer blocks the agent's other threads until Slurm's MessageTimeout.
+shows exit_code_signal 15. pyslurm holds the GIL through a submission (and at times a load): a
+call to a slurmctld that does not answer blocks the agent's other threads until Slurm's
+MessageTimeout (SIGTERM still ends the agent in time: agent/stop_deadline.py).
 """
 
 from __future__ import annotations

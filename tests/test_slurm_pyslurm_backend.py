@@ -107,10 +107,13 @@ def test_submit_kwargs_carry_only_the_request() -> None:
     )
     assert with_env["environment"] == {"A": "1"} and "user_id" not in with_env
     assert "wckey" not in with_env
-    with pytest.raises(SlurmError, match="reserved"):
-        submit_kwargs(
-            SubmitRequest(script="", tag="t", environment={"SLURM_X": "1"}), None, None, "/", False
-        )
+    task = SubmitRequest(  # an array task: the agent's SLURM_ARRAY_* beside the job's own
+        script="", tag="t", environment={"A": "1"}, slurm_environment={"SLURM_ARRAY_TASK_ID": "5"}
+    )
+    assert submit_kwargs(task, None, None, "/", False)["environment"] == {
+        "A": "1",
+        "SLURM_ARRAY_TASK_ID": "5",
+    }
 
 
 def test_make_backend_refuses_what_cannot_work(tmp_path: Path) -> None:

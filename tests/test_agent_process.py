@@ -96,13 +96,31 @@ def stopped(fed: Federation, site: str, *events: str) -> dict[str, object]:
     raise AssertionError(f"agent-{site} logged none of {events}")
 
 
+def watchdogs(agent: int) -> list[int]:
+    """Pids of the agent's stop-deadline watchdog (agent/stop_deadline.py)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"metasched.agent.stop_deadline" in argv and str(agent).encode() in argv:
+                found.append(int(entry.name))
+    return found
+
+
 def terminate(fed: Federation, site: str) -> float:
-    """SIGTERM the site's agent as systemctl stop does; seconds until the process is gone."""
+    """SIGTERM the site's agent as systemctl stop does; seconds until the process is gone.
+    Its watchdog, there while it runs, goes with it."""
     proc = fed.procs.pop(f"agent-{site}")
+    wait_for(lambda: bool(watchdogs(proc.pid)), 60, "the agent's watchdog")
     began = time.monotonic()
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=30)  # today's idle agent would not end: systemd kills it at 30 s
-    return time.monotonic() - began
+    took = time.monotonic() - began
+    wait_for(lambda: not watchdogs(proc.pid), 60, "the watchdog to end with the agent")
+    return took
 
 
 def test_an_idle_agent_stops_within_2s_of_sigterm(

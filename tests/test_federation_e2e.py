@@ -7,6 +7,7 @@ The sites are the demo's: hpc (CPUs, fp64/fp32), gpu (A100: fp64 .. int8) and ai
 from __future__ import annotations
 
 import json
+import os
 import pwd
 import shutil
 import signal
@@ -248,17 +249,36 @@ def test_unreachable_daemon_is_one_line(tmp_path: Path) -> None:
 
 
 def test_msub_commands_for_following_work(fed: Federation, tmp_path: Path) -> None:
+    # the job runs until the test lets it end: on a loaded machine a 2 s job had ended before
+    # `msub status` or `msub watch` had started, and neither saw it live
+    tmp_path.chmod(0o777)
+    go = tmp_path / "go"
     script = tmp_path / "short.sh"
-    script.write_text("#!/bin/bash\n#SBATCH -J followme\n#SBATCH -t 3\nsleep 2\n")
+    script.write_text(
+        f"#!/bin/bash\n#SBATCH -J followme\n#SBATCH -t 3\nwhile [ ! -e {go} ]; do sleep 0.2; done\n"
+    )
     out = fed.msub("--precision", "fp64", str(script)).stdout
     assert out.startswith("Submitted job ") and "to site " in out and "expected start" in out
     job_id = out.split()[2]
     listed = fed.msub("status").stdout
     assert any(line.split()[0] == job_id and "followme" in line for line in listed.splitlines())
-    watched = fed.msub("watch", job_id)
-    assert watched.returncode == 0
-    lines = watched.stdout.strip().splitlines()
-    assert "RUNNING" in watched.stdout and lines[-1].startswith(f"job {job_id} ended COMPLETED")
+    watch = subprocess.Popen(
+        [sys.executable, "-m", "metasched.cli.msub", "watch", job_id],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "METASCHED_DAEMON": f"unix:{fed.socket}"},
+    )
+    assert watch.stdout is not None
+    seen = []
+    for line in watch.stdout:  # until watch has shown the job running (or ended without)
+        seen.append(line.rstrip("\n"))
+        if "RUNNING" in line:
+            break
+    go.touch()
+    rest, _ = watch.communicate(timeout=300)
+    lines = [*seen, *rest.strip().splitlines()]
+    assert watch.returncode == 0
+    assert "RUNNING" in seen[-1] and lines[-1].startswith(f"job {job_id} ended COMPLETED"), lines
     finished = json.loads(fed.msub("list", "--finished", "--json").stdout)
     mine = [j for j in finished if str(j["id"]) == job_id]
     assert mine and mine[0]["state"] == "completed"

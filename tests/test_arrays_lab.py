@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import pwd
 import shutil
 import subprocess
 import sys
@@ -16,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tests_support import local_account
 
 from metasched import tags
 from metasched.agent.slurm.cli import CliBackend
@@ -44,19 +44,8 @@ def shared_dir() -> Iterator[Path]:
 
 @pytest.fixture(scope="module")
 def user() -> Iterator[str]:
-    made = False
-    try:
-        pwd.getpwnam(USER)
-    except KeyError:
-        subprocess.run(["useradd", "-M", "-s", "/bin/sh", USER], check=True)
-        made = True
-    yield USER
-    if made:  # once the user's last job processes are gone
-        wait_for(
-            lambda: subprocess.run(["userdel", USER], capture_output=True).returncode in (0, 6),
-            60,
-            f"userdel {USER}",
-        )
+    with local_account(USER) as name:
+        yield name
 
 
 def spec(script: str, **kw: object) -> pb.JobSpec:

@@ -23,6 +23,7 @@ from typing import TypeVar
 import pytest
 from conftest import need_pyslurm, need_slurm
 from pyslurm_recording import KINDS, encode_object, gpu_site, raw, shape
+from tests_support import local_account
 
 from metasched.agent.slurm.base import (
     SlurmBackend,
@@ -125,15 +126,8 @@ def backend(case: Case, version_lab: SlurmLab, site: str) -> SlurmBackend:
 def local_user() -> Iterator[str]:
     if os.geteuid() != 0:
         pytest.skip("submitting as another user needs root")
-    made = False
-    try:
-        pwd.getpwnam(USER)
-    except KeyError:
-        subprocess.run(["useradd", "-m", "-s", "/bin/sh", USER], check=True)
-        made = True
-    yield USER
-    if made:
-        subprocess.run(["userdel", "-r", USER], check=False, capture_output=True)
+    with local_account(USER, home=True) as name:
+        yield name
 
 
 # ------------------------------------------------------------------ helpers

@@ -4,7 +4,8 @@ Slurm lab fixtures: `slurm_lab` (one lab for the whole session: the DEMO_SITES h
 ai), `make_lab(sites, **kw)` (a lab of its own for one test, e.g. to stop a site) and
 `make_federation(sites, ...)` (a lab plus metaschedd and its agents); `lone_daemon` (metaschedd
 with no sites, as a process) and `linux_users` (real local accounts, removed afterwards).
-Without slurmctld they skip, unless METASCHED_REQUIRE_SLURM=1 makes that a failure.
+Without slurmctld they skip, unless METASCHED_REQUIRE_SLURM=1 makes that a failure; so do the
+tests of a Slurm release that is not installed (need_slurm("25.11"): scripts/build-slurm).
 """
 
 from __future__ import annotations
@@ -14,9 +15,8 @@ import os
 # As in the agent (metasched/agent/__init__.py): tests run sbatch as other users from this
 # process, which has gRPC channels open; gRPC's fork handlers would crash those children.
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
-import pwd
+import contextlib
 import shutil
-import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -24,17 +24,25 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests_support import local_account
 
-from metasched.lab import DEMO_SITES, SiteProfile, SlurmLab, slurm_installed
+from metasched.lab import DEMO_SITES, SiteProfile, SlurmLab, installs, slurm_installed
 from metasched.lab.federation import Federation
 from metasched.lab.lone import LoneDaemon
+from metasched.lab.profiles import mixed_demo, mixed_demo_ready
+
+# The Slurm releases every run covers: Debian's, and the one scripts/build-slurm builds.
+RELEASES = ("22.05", "25.11")
 
 
-def _need_slurm() -> None:
+def _need_slurm(release: str = "") -> None:
     why = ""
-    if not slurm_installed():
-        why = "Slurm lab needs slurmctld, slurmd and munge (apt-get install slurmctld slurmd "
-        why += "slurm-client munge)"
+    if not slurm_installed(release):
+        if release and not installs.available(release):
+            why = f"Slurm {release} is not installed (scripts/build-slurm builds it)"
+        else:
+            why = "Slurm lab needs slurmctld, slurmd and munge (apt-get install slurmctld "
+            why += "slurmd slurm-client munge)"
     elif os.geteuid() != 0:
         why = "Slurm lab needs root"
     if why:
@@ -88,9 +96,22 @@ def _remove(root: Path) -> None:
     shutil.rmtree(root, ignore_errors=True)
 
 
-def need_slurm() -> None:
-    """Skip (or, with METASCHED_REQUIRE_SLURM=1, fail) a test that needs the real Slurm lab."""
-    _need_slurm()
+def need_slurm(release: str = "") -> None:
+    """Skip (or, with METASCHED_REQUIRE_SLURM=1, fail) a test that needs the real Slurm lab,
+    of that release ("22.05", "25.11"; "" = the machine's own)."""
+    _need_slurm(release)
+
+
+def need_pyslurm() -> None:
+    """pyslurm is built by scripts/build-slurm against the 25.11 build."""
+    need_slurm("25.11")
+    import importlib.util
+
+    if importlib.util.find_spec("pyslurm") is None:
+        why = "pyslurm is not installed in this virtualenv (scripts/build-slurm installs it)"
+        if os.environ.get("METASCHED_REQUIRE_SLURM") == "1":
+            pytest.fail(f"METASCHED_REQUIRE_SLURM=1 but: {why}")
+        pytest.skip(why)
 
 
 @pytest.fixture
@@ -121,14 +142,28 @@ def make_federation() -> Iterator[Callable[..., Federation]]:
         _remove(root)
 
 
+def mixed_available() -> bool:
+    """Can a federation mix Slurm releases and agent backends here (a 25.11 build and pyslurm
+    for it)? With METASCHED_REQUIRE_SLURM=1 it must."""
+    ok = mixed_demo_ready()
+    if not ok and os.environ.get("METASCHED_REQUIRE_SLURM") == "1":
+        pytest.fail(
+            "METASCHED_REQUIRE_SLURM=1 but no Slurm 25.11 build or pyslurm: run scripts/build-slurm"
+        )
+    return ok
+
+
 @pytest.fixture(scope="module")
 def demo_federation() -> Iterator[Federation]:
-    """The demo's three sites (hpc, gpu, ai) with metaschedd and agents, one per test module."""
+    """The demo's three sites (hpc, gpu, ai) with metaschedd and agents, one per test module:
+    a mixed federation (hpc: Slurm 22.05, cli agent; gpu: 25.11, pyslurm agent; ai: 25.11, cli
+    agent) when 25.11 is built, else all on the machine's Slurm."""
     _need_slurm()
+    sites, backends = mixed_demo() if mixed_available() else (list(DEMO_SITES), {})
     root = _short_root("mse-")
     root.chmod(0o755)
-    lab = SlurmLab(root / "l", list(DEMO_SITES), overrides={"MessageTimeout": "3"})
-    with lab, Federation(lab, root / "f") as fed:
+    lab = SlurmLab(root / "l", sites, overrides={"MessageTimeout": "3"})
+    with lab, Federation(lab, root / "f", backends=backends) as fed:
         yield fed
     _remove(root)
 
@@ -183,16 +218,5 @@ def linux_users() -> Iterator[Callable[[str], str]]:
     """linux_users(name) -> a real local account `name` (made if missing, removed after)."""
     if os.geteuid() != 0:
         pytest.skip("needs root to make local users")
-    made: list[str] = []
-
-    def make(name: str) -> str:
-        try:
-            pwd.getpwnam(name)
-        except KeyError:
-            subprocess.run(["useradd", "-M", "-s", "/bin/sh", name], check=True)
-            made.append(name)
-        return name
-
-    yield make
-    for name in made:
-        subprocess.run(["userdel", name], check=False)
+    with contextlib.ExitStack() as accounts:
+        yield lambda name: accounts.enter_context(local_account(name))

@@ -15,11 +15,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tests_support import local_account
 
 from metasched import tags
 from metasched.agent.slurm.cli import CliBackend
 from metasched.lab.federation import Federation, wait_for
-from metasched.lab.users import local_user
 from metasched.states import JobState
 from metasched.v1 import metasched_pb2 as pb
 
@@ -44,7 +44,7 @@ def shared_dir() -> Iterator[Path]:
 
 @pytest.fixture(scope="module")
 def user() -> Iterator[str]:
-    with local_user(USER) as name:
+    with local_account(USER) as name:
         yield name
 
 

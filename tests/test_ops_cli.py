@@ -41,10 +41,11 @@ def test_every_command_says_its_version(module: str, name: str) -> None:
 
 def _agent_toml(tmp: Path) -> Path:
     path = tmp / "agent.toml"
+    (tmp / "slurm.conf").write_text("ClusterName=s\n")  # the agent checks it is there
     path.write_text(
         f'[agent]\nsite = "s"\ndaemon = "unix:{tmp / "no-daemon.sock"}"\ntoken = "t"\n'
         f'state_dir = "{tmp / "state"}"\nbackend = "cli"\n'
-        f'slurm_conf = "{tmp / "no-slurm.conf"}"\npoll_interval = 1.0\n[users]\n"*" = "*"\n'
+        f'slurm_conf = "{tmp / "slurm.conf"}"\npoll_interval = 1.0\n[users]\n"*" = "*"\n'
     )
     return path
 

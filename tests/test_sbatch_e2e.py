@@ -14,6 +14,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from tests_support import local_account
 
 from metasched import tags
 from metasched.agent.slurm.base import SubmitRequest
@@ -21,7 +22,6 @@ from metasched.agent.slurm.cli import CliBackend
 from metasched.lab import SlurmLab
 from metasched.lab.corpus import show_job
 from metasched.lab.federation import Federation, wait_for
-from metasched.lab.users import local_user
 from metasched.sbatch import argv
 from metasched.states import JobState
 from metasched.v1 import metasched_pb2 as pb
@@ -181,7 +181,7 @@ USER = "msoargs"  # a real local user of this module (prefix mso: see the task's
 
 @pytest.fixture(scope="module")
 def user() -> Iterator[str]:
-    with local_user(USER) as name:
+    with local_account(USER) as name:
         yield name
 
 

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from metasched.agent.slurm.cli import CliBackend
 from metasched.lab import DEMO_SITES
 from metasched.lab.federation import Federation, wait_for
 from metasched.states import JobState
@@ -42,7 +41,7 @@ def submit(fed: Federation, script: str) -> int:
 
 
 def in_squeue(fed: Federation, slurm_job_id: str) -> bool:
-    return any(j.job_id == slurm_job_id for j in CliBackend(str(fed.lab.slurm_conf("hpc"))).jobs())
+    return any(j.job_id == slurm_job_id for j in fed.lab.backend("hpc").jobs())
 
 
 def test_a_job_that_left_squeue_unseen_is_resolved_from_the_completion_log(

@@ -90,6 +90,27 @@ def test_exit_status(raw: object, want: int) -> None:
     assert parse.exit_status(raw) == want
 
 
+@pytest.mark.parametrize(
+    "raw",
+    [
+        15,  # 22.05 squeue
+        {
+            "status": ["SIGNALED"],
+            "return_code": {"set": False, "number": 0},
+            "signal": {"id": {"set": True, "number": 15}, "name": "TERM"},
+        },  # 23.11+ squeue
+        "0:15",  # sacct
+        "0:0",  # 22.05 and 25.11 jobcomp: no signal kept
+    ],
+)
+def test_a_job_slurm_ended_has_one_exit_code_in_every_view(raw: object) -> None:
+    """Cancelled (or timed out): squeue keeps scancel's signal, the completion log does not.
+    The job must not change exit code when it leaves squeue for the log."""
+    assert parse.exit_status(raw, "CANCELLED") == 0
+    assert parse.exit_status(raw, "TIMEOUT") == 0
+    assert parse.exit_code(0, 15, "FAILED") == 143  # a signal the job did not get from Slurm
+
+
 def test_number_and_state_normalisers() -> None:
     assert parse.number(7) == 7
     assert parse.number({"set": True, "infinite": False, "number": 7}) == 7
@@ -119,11 +140,12 @@ def test_squeue_22_05() -> None:
         "1": ("COMPLETED", 0),
         "2": ("FAILED", 3),  # exit 3: exit_code 768
         "3": ("RUNNING", 0),
-        "4": ("CANCELLED", 143),  # scancel: SIGTERM
+        # scancel's SIGTERM (wait status 15) is Slurm's doing: the return code, as jobcomp says
+        "4": ("CANCELLED", 0),
         "5": ("PENDING", 0),
         "6": ("PENDING", 0),
         "7": ("FAILED", 137),  # batch shell killed by SIGKILL
-        "8": ("TIMEOUT", 143),
+        "8": ("TIMEOUT", 0),
         "11": ("FAILED", 129),  # refused --gres still got an id; FAILED BadConstraints
         "14": ("FAILED", 143),
     }
@@ -140,7 +162,7 @@ def test_squeue_22_05() -> None:
 def test_squeue_25_11_shapes() -> None:
     jobs = by_id(parse.parse_squeue_json(read("25.11/squeue-after-cancel.json")))
     j8 = jobs["8"]
-    assert (j8.state, j8.exit_code, j8.nodes, j8.cpus) == ("CANCELLED", 143, 2, 128)
+    assert (j8.state, j8.exit_code, j8.nodes, j8.cpus) == ("CANCELLED", 0, 2, 128)
     assert (j8.gpus, j8.gpu_type) == (4, "h100")  # 2 per node x 2 nodes
     assert j8.comment == "metasched:1"
     assert j8.node_names == ("site-x-n1", "site-x-n2")
@@ -273,7 +295,7 @@ def test_sacct_json_constructed() -> None:
     a, b = jobs["41"], jobs["42"]
     assert (a.state, a.exit_code, a.cpus, a.gpus, a.gpu_type) == ("FAILED", 3, 4, 2, "a100")
     assert a.comment == "metasched:0a1b2c3d:9:0" and a.time_limit_minutes == 30
-    assert (b.state, b.exit_code, b.nodes, b.time_limit_minutes) == ("CANCELLED", 137, 2, 60)
+    assert (b.state, b.exit_code, b.nodes, b.time_limit_minutes) == ("CANCELLED", 0, 2, 60)
 
 
 # ------------------------------------------------------------------ sbatch, scontrol

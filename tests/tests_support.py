@@ -1,12 +1,17 @@
-"""Helpers for test modules that build their own module-scoped federation."""
+"""Helpers for test modules that build their own module-scoped federation or local users."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import pwd
+import subprocess
+from collections.abc import Iterator
 
 import pytest
 
 from metasched.lab import slurm_installed
+from metasched.lab.federation import wait_for
 
 
 def need_slurm_or_skip() -> None:
@@ -15,3 +20,26 @@ def need_slurm_or_skip() -> None:
     if os.environ.get("METASCHED_REQUIRE_SLURM") == "1":
         pytest.fail("METASCHED_REQUIRE_SLURM=1 but the Slurm lab cannot run here")
     pytest.skip("Slurm lab needs slurmctld, slurmd, munge and root")
+
+
+@contextlib.contextmanager
+def local_account(name: str, home: bool = False) -> Iterator[str]:
+    """A real local user for the test (named with its work's prefix, so parallel runs never
+    share one), removed afterwards once its last processes are gone: userdel refuses while a
+    job's process lingers, and a user left behind was then never removed (made=False)."""
+    made = False
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        subprocess.run(["useradd", "-m" if home else "-M", "-s", "/bin/sh", name], check=True)
+        made = True
+    try:
+        yield name
+    finally:
+        if made:  # 0 removed, 6 no such user, 12 removed but its home was not
+            argv = ["userdel", *(["-r"] if home else []), name]
+            wait_for(
+                lambda: subprocess.run(argv, capture_output=True).returncode in (0, 6, 12),
+                60,
+                f"userdel {name}",
+            )

@@ -34,6 +34,9 @@ class AgentConfig:
     poll_interval: float = 5.0
     backend: str = "auto"
     slurm_conf: str = ""
+    # The site's Slurm client commands (sbatch, squeue, ...): "" = the first on PATH. Sites
+    # often have several Slurm installs; a client of another release cannot talk to slurmctld.
+    slurm_bin_dir: str = ""
     log_level: str = "info"
     users: UserMap = field(default_factory=UserMap)
     # partition name -> declared precisions (peak TFLOPS per node); absent = derived from GRES
@@ -153,6 +156,7 @@ def from_dict(raw: dict[str, Any], where: str = "config") -> AgentConfig:
         poll_interval=config.get(a, "poll_interval", float, 5.0, w),
         backend=backend,
         slurm_conf=config.get(a, "slurm_conf", str, "", w),
+        slurm_bin_dir=config.get(a, "slurm_bin_dir", str, "", w),
         log_level=config.get(a, "log_level", str, "info", w),
         users=UserMap(accounts, identity),
         precisions=precisions,

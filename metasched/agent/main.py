@@ -6,14 +6,15 @@ import argparse
 import signal
 import sys
 import threading
+import time
 
 from metasched import __version__, log, sdnotify
 from metasched.agent import config as agent_config
-from metasched.agent import metrics
+from metasched.agent import metrics, stop_deadline
 from metasched.agent.journal import Journal
 from metasched.agent.site_agent import SiteAgent
 from metasched.agent.slurm import make_backend
-from metasched.agent.slurm.base import SlurmError
+from metasched.agent.slurm.base import SlurmBackend, SlurmError, SlurmUnavailable
 from metasched.agent.tagkey import KEY_FILE, TagKeyError, TagKeys
 from metasched.config import ConfigError
 
@@ -41,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         # before anything talks to Slurm: an agent that cannot sign cannot tell its jobs
         keys = TagKeys.load_or_create(cfg.state_dir)
-        backend = make_backend(cfg.backend, cfg.slurm_conf or None)
+        backend = make_backend(cfg.backend, cfg.slurm_conf or None, cfg.slurm_bin_dir)
     except (ConfigError, SlurmError, ValueError, TagKeyError, OSError) as e:
         print(f"metasched-agent: {e}", file=sys.stderr)
         return 2
@@ -50,10 +51,14 @@ def main(argv: list[str] | None = None) -> int:
         try:
             version = backend.version()
             backend.nodes()  # the version is local; this one needs slurmctld to answer
-        except SlurmError as e:
+        except SlurmUnavailable as e:
             print(
-                f"metasched-agent: Slurm at site {cfg.site} does not answer: {e}", file=sys.stderr
+                f"metasched-agent: Slurm at site {cfg.site} does not answer ({_via(backend)}): {e}",
+                file=sys.stderr,
             )
+            return 1
+        except SlurmError as e:
+            print(f"metasched-agent: Slurm at site {cfg.site}: {e}", file=sys.stderr)
             return 1
         journal = Journal(cfg.state_dir / "journal.db")
         rep = SiteAgent(cfg, backend, journal, keys).report()
@@ -80,24 +85,43 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    # ends the agent at the 2 s deadline even while Python cannot run (pyslurm holds the GIL)
+    stop_deadline.arm(cfg.site)
     log.get(site=cfg.site).info(
         "agent_started", daemon=cfg.daemon, backend=backend.name, metrics=metrics_at
     )
-    runner = threading.Thread(target=agent.run, args=(stop,), name="agent")
+    settled: list[bool] = []  # agent.run's answer: True when nothing was left in flight
+    runner = threading.Thread(target=lambda: settled.append(agent.run(stop)), name="agent")
     runner.start()
     # systemd (Type=notify): ready once running; the watchdog is fed while the poller keeps
     # polling Slurm (a poll stuck in a Slurm command stops it: WatchdogSec in the unit)
     sdnotify.notify("READY=1", f"STATUS=site {cfg.site}, daemon {cfg.daemon}")
     interval = sdnotify.watchdog_interval()
     stuck_after = max(4 * cfg.poll_interval, 120.0)
-    while runner.is_alive() and not stop.wait(interval or 1.0):
-        if interval and agent.polling(stuck_after):
-            sdnotify.notify("WATCHDOG=1")
+    next_feed = time.monotonic()
+    while runner.is_alive() and not stop.is_set():
+        # short sleeps, not stop.wait(): the signal handler sets `stop` on this thread, and
+        # Event.set() inside a handler can deadlock against this thread's own Event.wait()
+        time.sleep(0.1)
+        if interval and time.monotonic() >= next_feed:
+            next_feed = time.monotonic() + interval
+            if agent.polling(stuck_after):
+                sdnotify.notify("WATCHDOG=1")
     sdnotify.notify("STOPPING=1")
-    stop.set()
+    # no stop.set() here: a second signal arriving inside it would deadlock on its lock; the
+    # runner ends by itself once stop is set (within STOP_GRACE_SECONDS), or has ended
     runner.join()
-    journal.close()
-    return 0
+    if settled and settled[0]:
+        journal.close()
+    # else a command is still in flight (its intent is journalled): the process ends with it
+    return 0 if stop.is_set() else 1  # ended without being asked: systemd restarts it
+
+
+def _via(backend: SlurmBackend) -> str:
+    try:
+        return backend.describe()
+    except SlurmError:
+        return backend.name
 
 
 if __name__ == "__main__":

@@ -54,6 +54,9 @@ AGENT_VERSION = "0.1.0"
 # Reads of job output (msub output, results) waiting for a reader thread before the site
 # answers "busy": the daemon bounds each user to a few in flight, this bounds them all.
 MAX_READS_WAITING = 32
+# After a stop request, how long a command in flight may take to finish before the agent ends
+# anyway (its intent is journalled first, so a restart finds the job or submits it once).
+STOP_GRACE_SECONDS = 1.5
 
 
 def job_report(j: SlurmJob, ours: tags.Tag | None = None) -> pb.SlurmJobReport:
@@ -205,6 +208,8 @@ class SiteAgent:
         self._readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="output")
         self._reads_lock = threading.Lock()
         self._reads_waiting = 0
+        self._stream: grpc.Call | None = None  # the open Connect call, to cancel on stop
+        self._stream_lock = threading.Lock()
 
     # ---------------------------------------------------------------- what the site looks like
 
@@ -672,7 +677,29 @@ class SiteAgent:
         since = self.metrics.since_last_poll()
         return since is None or since < limit
 
-    def run(self, stop: threading.Event) -> None:
+    def run(self, stop: threading.Event) -> bool:
+        """Stay connected until `stop` is set, then end within STOP_GRACE_SECONDS whatever is
+        going on: the stream is cancelled at once (an idle agent waits on it), and a command in
+        flight gets the grace to finish. True when nothing was left in flight."""
+        worker = threading.Thread(target=self._connect, args=(stop,), daemon=True, name="stream")
+        worker.start()
+        while not stop.is_set() and worker.is_alive():
+            # short sleeps, not stop.wait(): a signal handler may set `stop` at any moment, and
+            # Event.set() inside a handler can deadlock against this thread's Event.wait()
+            time.sleep(0.1)
+        asked = time.monotonic()
+        with self._stream_lock:
+            if self._stream is not None:
+                self._stream.cancel()  # type: ignore[no-untyped-call]  # untyped in grpc-stubs
+        worker.join(STOP_GRACE_SECONDS)
+        took = round(time.monotonic() - asked, 3)
+        if worker.is_alive():
+            self.log.warning("agent_stopped_in_flight", stop_s=took)
+            return False
+        self.log.info("agent_stopped", stop_s=took)
+        return True
+
+    def _connect(self, stop: threading.Event) -> None:
         """Stay connected until `stop` is set, reconnecting with backoff."""
         delay = 1.0
         while not stop.is_set():
@@ -680,6 +707,8 @@ class SiteAgent:
             try:
                 self._session(stop)
             except grpc.RpcError as e:
+                if stop.is_set():
+                    break  # we cancelled it
                 code = e.code() if hasattr(e, "code") else None
                 details = e.details() if hasattr(e, "details") else str(e)
                 if code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
@@ -727,6 +756,10 @@ class SiteAgent:
         poller = threading.Thread(target=self._poll, args=(outbox, stop, ended), daemon=True)
         try:
             stream = pb_grpc.AgentServiceStub(channel).Connect(requests())
+            with self._stream_lock:
+                self._stream = stream
+            if stop.is_set():  # asked to stop before the stream could be cancelled
+                return
             for msg in stream:
                 if msg.WhichOneof("body") == "welcome":
                     self.metrics.connected(True)
@@ -749,6 +782,8 @@ class SiteAgent:
                     break
         finally:
             self.metrics.connected(False)
+            with self._stream_lock:
+                self._stream = None
             ended.set()
             outbox.put(None)
             channel.close()

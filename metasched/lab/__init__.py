@@ -4,6 +4,7 @@ with SlurmLab(Path("/tmp/msl-demo"), list(DEMO_SITES)) as lab:
     subprocess.run(["sinfo"], env={**os.environ, **lab.env("gpu")})
 """
 
+from metasched.lab import installs
 from metasched.lab.harness import LabError, SlurmLab, slurm_installed
 from metasched.lab.profiles import DEMO_SITES, Partition, SiteProfile, demo_sites
 
@@ -14,5 +15,6 @@ __all__ = [
     "SiteProfile",
     "SlurmLab",
     "demo_sites",
+    "installs",
     "slurm_installed",
 ]

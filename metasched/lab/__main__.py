@@ -37,10 +37,12 @@ def main(argv: list[str] | None = None) -> int:
                 if not lab.site_up(name):
                     print(f"{name}: DOWN  SLURM_CONF={lab.slurm_conf(name)}")
                     continue
-                print(f"{name}: UP    SLURM_CONF={lab.slurm_conf(name)}")
+                version = lab.install(name).version
+                print(f"{name}: UP    Slurm {version}  SLURM_CONF={lab.slurm_conf(name)}")
+                sinfo = lab.install(name).command("sinfo")
                 nodes = subprocess.run(
-                    ["sinfo", "-h", "-N", "-o", "  %N %T cpus=%c mem=%m gres=%G"],
-                    env=lab.env(name) | {"PATH": "/usr/bin:/bin:/usr/sbin:/sbin"},
+                    [sinfo, "-h", "-N", "-o", "  %N %T cpus=%c mem=%m gres=%G"],
+                    env=lab.env(name),
                     capture_output=True,
                     text=True,
                     check=False,

@@ -17,6 +17,7 @@ from typing import Any
 
 from metasched.lab import DEMO_SITES, SlurmLab
 from metasched.lab.federation import Federation
+from metasched.lab.profiles import mixed_demo, mixed_demo_ready
 
 JOBS: list[tuple[str, list[str], str]] = [
     # name, msub options, what it stands for
@@ -105,12 +106,17 @@ def main(argv: list[str] | None = None) -> int:
     root.mkdir(parents=True)
     root.chmod(0o755)
 
-    say("== 1. three real Slurm 22.05 sites on this machine")
+    # Slurm 25.11 sites with a pyslurm agent too, when scripts/build-slurm has built them
+    sites, backends = mixed_demo() if mixed_demo_ready() else (list(DEMO_SITES), {})
+    say("== 1. three real Slurm sites on this machine")
     t0 = time.monotonic()
-    lab = SlurmLab(root / "lab", list(DEMO_SITES), cleanup_at_exit=not args.keep)
+    lab = SlurmLab(root / "lab", sites, cleanup_at_exit=not args.keep)
     lab.up()
-    say(f"   up in {time.monotonic() - t0:.1f}s: " + ", ".join(lab.sites))
-    fed = Federation(lab, root / "fed", poll_interval=1.0)
+    say(f"   up in {time.monotonic() - t0:.1f}s:")
+    for name in lab.sites:
+        agent = backends.get(name, "cli")
+        say(f"   {name:<4} Slurm {lab.install(name).version}, {agent} agent")
+    fed = Federation(lab, root / "fed", poll_interval=1.0, backends=backends)
     try:
         say("== 2. metaschedd and one metasched-agent per site")
         t0 = time.monotonic()

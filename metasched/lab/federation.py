@@ -20,13 +20,14 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import grpc
 
 from metasched import auth
+from metasched.lab import installs
 from metasched.lab.harness import SlurmLab
 from metasched.lab.software import make_software, offers_toml
 from metasched.states import JobState
@@ -55,8 +56,11 @@ class Federation:
         tls: bool = True,
         agent_metrics: bool = False,
         software: bool = True,
+        backends: Mapping[str, str] | None = None,
     ) -> None:
         self.lab = lab
+        # site -> "cli" or "pyslurm": how that site's agent talks to its Slurm (default cli)
+        self.backends = {site: "cli" for site in lab.sites} | dict(backends or {})
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.root.chmod(0o755)  # local users (msub via runuser) reach the sockets in it
@@ -119,14 +123,19 @@ log_level = "debug"
             extra = f'tls_cert = "{c.cert}"\ntls_key = "{c.key}"\ntls_ca = "{self.ca.cert}"\n'
         if site in self.agent_metrics:
             extra += f'metrics_listen = "{self.agent_metrics[site].removeprefix("http://")}"\n'
+        # The site's own Slurm commands when they are not the machine's (first on PATH)
+        install = self.lab.install(site)
+        own = installs.system()
+        bin_dir = "" if own is not None and own.prefix == install.prefix else install.bin_dir
         return f"""[agent]
 site = "{site}"
 daemon = "{self.address}"
 token = "{self.tokens[site]}"
 {extra}state_dir = "{self.root / f"agent-{site}"}"
 poll_interval = {self.poll_interval}
-backend = "cli"
+backend = "{self.backends[site]}"
 slurm_conf = "{self.lab.slurm_conf(site)}"
+slurm_bin_dir = "{bin_dir}"
 log_level = "debug"
 
 [users]

@@ -2,7 +2,12 @@
 
 Each site has its own slurm.conf, ports, state, spool and logs, one slurmctld and one slurmd
 per fake node (all on 127.0.0.1, each with its own Port=). One munged with its own key and
-socket serves all sites, so the lab never touches the machine's munge or Slurm.
+socket serves all sites, so the lab never touches the machine's munge or Slurm. Each site runs
+the Slurm its profile names (installs.py): one lab can mix Debian's 22.05 and a 25.11 build.
+
+A daemon that does not answer is either dead (its process has exited: the error says how,
+with its last log line) or slow (still running: the error says whether its port accepts
+connections); only the first fails fast, the second gets the whole timeout.
 
 Layout under root (keep it short: the munge socket path must fit in a sockaddr_un):
     lab.json                  base port and site names, so another process can attach
@@ -20,8 +25,10 @@ import json
 import os
 import random
 import shutil
+import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict
@@ -29,7 +36,9 @@ from importlib import resources
 from pathlib import Path
 from types import TracebackType
 
-from metasched.lab import procs
+from metasched.agent.slurm.cli import CliBackend
+from metasched.lab import installs, procs
+from metasched.lab.installs import SlurmInstall
 from metasched.lab.procs import Daemon
 from metasched.lab.profiles import Partition, SiteProfile
 
@@ -38,15 +47,46 @@ _MAX_SOCKET_PATH = 107
 # Free port ranges are looked for below the kernel's ephemeral range (usually 32768+), so a
 # client connection never holds a port a daemon is about to bind.
 _PORT_LOW, _PORT_HIGH = 20000, 32000
-_REQUIRED = ("slurmctld", "slurmd", "munged", "mungekey", "munge", "scontrol", "sinfo")
+_MUNGE = ("munged", "mungekey", "munge")  # the machine's own munge serves every site
+_SLURM = ("slurmctld", "slurmd", "scontrol", "sinfo", "squeue", "sbatch", "scancel")
+# slurm.conf options of the template that later releases no longer take, by the release that
+# dropped them: each daemon of those logs an error for the line ("The option ... is defunct").
+# GetEnvTimeout: deprecated in 25.05 for a fixed 120 s (CHANGELOG/slurm-25.05.md).
+_DEFUNCT_SINCE = {"getenvtimeout": (25, 5)}
 
 
 class LabError(RuntimeError):
     """The lab could not be brought up or down; the message names the log to read."""
 
 
-def slurm_installed() -> bool:
-    return all(shutil.which(b) for b in _REQUIRED)
+def slurm_installed(release: str = "") -> bool:
+    """Can a lab site of that Slurm (installs.find) run here: its programs and munge?"""
+    try:
+        install = installs.find(release)
+    except installs.NoSuchInstall:
+        return False
+    return not _missing(install)
+
+
+def _missing(install: SlurmInstall) -> list[str]:
+    gone = [b for b in _MUNGE if not shutil.which(b)]
+    return gone + [c for c in map(install.command, _SLURM) if not os.access(c, os.X_OK)]
+
+
+def _port_accepts(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(1.0)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _last_line(*files: Path) -> str:
+    """The last non-empty line of the first of files that has one (a daemon's log)."""
+    for f in files:
+        with contextlib.suppress(OSError):
+            lines = [ln for ln in f.read_text(errors="replace").splitlines() if ln.strip()]
+            if lines:
+                return lines[-1].strip()
+    return "nothing logged"
 
 
 def _port_busy(port: int) -> bool:
@@ -112,6 +152,13 @@ class SlurmLab:
         if len(str(self.munge_socket).encode()) > _MAX_SOCKET_PATH:
             raise LabError(f"lab root {self.root} is too long for a unix socket path; use /tmp/x")
         self._munged = Daemon(self._munge_dir / "lab-munged.pid", f"--socket={self.munge_socket}")
+        # The daemons this object started, by pid file: their exit status is the kernel's word
+        # on whether they live (see _ended). Daemons of an attached lab have only pid files.
+        self._children: dict[Path, subprocess.Popen[bytes]] = {}
+        self._installs: dict[str, SlurmInstall] = {}
+        # One bring-up or outage at a time: a test's fault thread and its main thread may both
+        # start a site, and two slurmctld on one state directory would fight over it.
+        self._lock = threading.RLock()
 
     # ------------------------------------------------------------ attaching from elsewhere
     @classmethod
@@ -154,9 +201,23 @@ class SlurmLab:
     def slurm_conf(self, name: str) -> Path:
         return self.site_dir(name) / "slurm.conf"
 
+    def install(self, name: str) -> SlurmInstall:
+        """The Slurm this site runs (its profile's `slurm`)."""
+        if name not in self._installs:
+            try:
+                self._installs[name] = installs.find(self._site(name).slurm)
+            except installs.NoSuchInstall as e:
+                raise LabError(f"site {name}: {e}") from None
+        return self._installs[name]
+
     def env(self, name: str) -> dict[str, str]:
-        """What a client command needs in its environment to talk to this site."""
-        return {"SLURM_CONF": str(self.slurm_conf(name))}
+        """What a client command needs in its environment to talk to this site: its
+        slurm.conf, and its own Slurm's commands first on PATH."""
+        return {"SLURM_CONF": str(self.slurm_conf(name)), "PATH": self.install(name).env_path()}
+
+    def backend(self, name: str) -> CliBackend:
+        """The cli backend on this site's own Slurm: how tests read a site as an agent would."""
+        return CliBackend(str(self.slurm_conf(name)), str(self.install(name).bin_dir))
 
     def sbatch(self, name: str, *args: str) -> str:
         """Submit local work at a site, as its own users would (not through metasched)."""
@@ -200,9 +261,10 @@ class SlurmLab:
         self, name: str, *args: str, timeout: float = 10
     ) -> subprocess.CompletedProcess[str]:
         env = {**os.environ, **self.env(name)}
+        argv = [self.install(name).command(args[0]), *args[1:]]
         try:
             return subprocess.run(
-                args, env=env, capture_output=True, text=True, timeout=timeout, check=False
+                argv, env=env, capture_output=True, text=True, timeout=timeout, check=False
             )
         except subprocess.TimeoutExpired:
             return subprocess.CompletedProcess(args, 124, "", "timed out")
@@ -213,16 +275,21 @@ class SlurmLab:
         slurmctld answers ping and every node is registered."""
         if os.geteuid() != 0:
             raise LabError("the Slurm lab needs root (slurmd runs jobs as their users)")
-        missing = [b for b in _REQUIRED if not shutil.which(b)]
-        if missing:
-            raise LabError(
-                f"not installed: {', '.join(missing)} (apt-get install slurmctld "
-                "slurmd slurm-client munge)"
-            )
+        for name in self.sites:
+            missing = _missing(self.install(name))
+            if missing:
+                raise LabError(
+                    f"site {name}: not installed: {', '.join(missing)} (scripts/setup installs "
+                    "them)"
+                )
+        with self._lock:
+            self._up()
+
+    def _up(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         # munged wants every directory above its socket searchable by all (mkdtemp gives 0700)
         self.root.chmod(self.root.stat().st_mode | 0o111)
-        to_start = [n for n in self.sites if not self._ctld(n).alive()]
+        to_start = [n for n in self.sites if self._ended(self._ctld(n)) is not None]
         busy = [f"{n}:{p}" for n in to_start for p in self._site_ports(n) if _port_busy(p)]
         if busy:
             raise LabError(f"ports already in use (choose another base_port): {' '.join(busy)}")
@@ -246,7 +313,7 @@ class SlurmLab:
         return [base] + [base + 10 + k for k in range(1, self._site(name).nodes + 1)]
 
     def _munge_up(self) -> None:
-        if self._munged.alive():
+        if self._ended(self._munged) is None:
             return
         d = self._munge_dir
         d.mkdir(parents=True, exist_ok=True)
@@ -284,10 +351,11 @@ class SlurmLab:
 
     def _munge_try(self, d: Path, key: Path) -> str:
         """Start munged and wait until it hands out a credential: '' then, else what went wrong."""
-        procs.stop_daemons([self._munged], group=True, grace=2.0)
+        procs.stop_daemons([self._munged], group=True, grace=2.0, reap=self._reap)
         for stale in (self.munge_socket, Path(f"{self.munge_socket}.lock")):
             stale.unlink(missing_ok=True)
-        proc = self._munged.start(
+        proc = self._start(
+            self._munged,
             [
                 "munged",
                 "--foreground",
@@ -377,39 +445,93 @@ class SlurmLab:
                 f"DefaultTime={p.default_time_minutes} MaxTime={max_time} State={p.state}"
             )
         lines = _apply_overrides(lines, self.overrides)
+        lines = _for_release(lines, self.install(name).release)
         (d / "slurm.conf").write_text("\n".join(lines) + "\n")
+
+    # ------------------------------------------------------------ is it dead, or slow?
+    def _start(
+        self, daemon: Daemon, argv: list[str], env: Mapping[str, str], log: Path
+    ) -> subprocess.Popen[bytes]:
+        proc = daemon.start(argv, env, log)
+        self._children[daemon.pidfile] = proc
+        return proc
+
+    def _reap(self) -> None:
+        """Collect the daemons of ours that exited, each through its own Popen (procs.Reaper)."""
+        for proc in self._children.values():
+            proc.poll()
+
+    def _ended(self, daemon: Daemon) -> str | None:
+        """None while the daemon runs; else how it ended ('exited 1', 'killed by signal 9').
+
+        For a daemon this object started, the kernel's exit status decides (Popen.poll), not
+        the pid file's pid: a process that runs is never called dead, however slow it is."""
+        proc = self._children.get(daemon.pidfile)
+        rec = daemon.recorded()
+        if proc is not None and rec is not None and rec[0] == proc.pid:
+            code = proc.poll()
+            if code is None:
+                return None
+            return f"killed by signal {-code}" if code < 0 else f"exited {code}"
+        return None if daemon.alive() else "is not running"
+
+    def _dead_or_slow(
+        self, what: str, daemon: Daemon, port: int, waited: str, logs: tuple[Path, ...]
+    ) -> LabError:
+        """The error for a daemon that did not answer: dead (how it ended) or slow (its pid
+        and whether its port accepts connections), with its last log line either way."""
+        last = _last_line(*logs)
+        ended = self._ended(daemon)
+        if ended is not None:
+            return LabError(f"{what} {ended} ({last}); see {logs[0]}")
+        rec = daemon.recorded()
+        port_says = "accepts connections" if _port_accepts(port) else "is not listening"
+        return LabError(
+            f"{what} (pid {rec[0] if rec else '?'}) is running but {waited}; its port {port} "
+            f"{port_says}; last log line: {last}; see {logs[0]}"
+        )
 
     def _start_ctld(self, name: str) -> None:
         d = self.root / name
-        self._ctld(name).start(
-            ["slurmctld", "-D", "-f", str(self.slurm_conf(name))],
+        self._start(
+            self._ctld(name),
+            [self.install(name).command("slurmctld"), "-D", "-f", str(self.slurm_conf(name))],
             self._daemon_env(name),
             d / "log" / "slurmctld.out",
         )
 
     def _start_slurmds(self, name: str) -> None:
         d = self.root / name
+        slurmd = self.install(name).command("slurmd")
         for node, daemon in zip(self._site(name).node_names(), self._slurmds(name), strict=True):
-            if daemon.alive():
+            if self._ended(daemon) is None:
                 continue
             (d / "spool" / node).mkdir(parents=True, exist_ok=True)
-            daemon.start(
-                ["slurmd", "-D", "-f", str(self.slurm_conf(name)), "-N", node],
+            self._start(
+                daemon,
+                [slurmd, "-D", "-f", str(self.slurm_conf(name)), "-N", node],
                 self._daemon_env(name),
                 d / "log" / f"slurmd-{node}.out",
             )
 
     def _wait_ping(self, name: str) -> None:
-        log = self.root / name / "log" / "slurmctld.log"
-        deadline = time.monotonic() + self.timeout
+        logs = (
+            self.root / name / "log" / "slurmctld.log",
+            self.root / name / "log" / "slurmctld.out",
+        )
+        ctld = self._ctld(name)
+        began = time.monotonic()
         while True:
             if self._client(name, "scontrol", "ping", timeout=5).returncode == 0:
                 return
-            if not self._ctld(name).alive():
-                raise LabError(f"{name}: slurmctld died; see {log}")
-            if time.monotonic() > deadline:
-                raise LabError(
-                    f"{name}: slurmctld did not answer ping in {self.timeout}s; see {log}"
+            waited = time.monotonic() - began
+            if self._ended(ctld) is not None or waited > self.timeout:
+                raise self._dead_or_slow(
+                    f"{name}: slurmctld",
+                    ctld,
+                    self.ctld_port(name),
+                    f"did not answer ping in {waited:.0f}s",
+                    logs,
                 )
             time.sleep(0.05)
 
@@ -430,49 +552,96 @@ class SlurmLab:
                     ok.add(node)
             if want <= ok:
                 return
+            # a slurmd that exited will never register: say so now, with its log
+            nodes = zip(self._site(name).node_names(), self._slurmds(name), strict=True)
+            for node, daemon in nodes:
+                if node not in ok and self._ended(daemon) is not None:
+                    raise self._slurmd_trouble(name, node, daemon, "")
             if time.monotonic() > deadline:
-                logs = self.root / name / "log"
-                raise LabError(
-                    f"{name}: nodes not ready after {self.timeout}s "
-                    f"({' '.join(states.split())}); see {logs}/slurmd-*.log"
+                late = [n for n in self._site(name).node_names() if n not in ok]
+                node = late[0]
+                daemon = self._slurmds(name)[self._site(name).node_names().index(node)]
+                seen = " ".join(states.split()) or "no answer from sinfo"
+                raise self._slurmd_trouble(
+                    name, node, daemon, f"not ready after {self.timeout:.0f}s (sinfo: {seen})"
                 )
             time.sleep(0.05)
+
+    def _slurmd_trouble(self, name: str, node: str, daemon: Daemon, waited: str) -> LabError:
+        logs = self.root / name / "log"
+        k = self._site(name).node_names().index(node) + 1
+        return self._dead_or_slow(
+            f"{name}: slurmd of {node}",
+            daemon,
+            self.ctld_port(name) + 10 + k,
+            waited,
+            (logs / f"slurmd-{node}.log", logs / f"slurmd-{node}.out"),
+        )
 
     # ------------------------------------------------------------ outages
     def stop_site(self, name: str) -> None:
         """An outage: slurmctld and slurmds die, running jobs go on, state is kept."""
+        with self._lock:
+            self._stop_site(name)
+
+    def _stop_site(self, name: str) -> None:
         # slurmctld first. A controller that outlives its slurmds goes on starting jobs whose
         # launch RPC then finds no slurmd; Slurm 22.05 keeps such a job RUNNING, with no
         # process anywhere, until its time limit (it ends TIMEOUT). That is Slurm losing a
         # job in a way no real controller outage does, not a fault metasched can see.
-        procs.stop_daemons([self._ctld(name)], group=True)
+        procs.stop_daemons([self._ctld(name)], group=True, reap=self._reap)
         # slurmd alone, not its group: its slurmstepds (the running jobs) must survive
-        procs.stop_daemons(self._slurmds(name), group=False)
+        procs.stop_daemons(self._slurmds(name), group=False, reap=self._reap)
 
     def start_site(self, name: str) -> None:
         """Bring a stopped site back with its saved state; its jobs are recovered."""
+        with self._lock:
+            self._start_site(name)
+
+    def _start_site(self, name: str) -> None:
         self._munge_up()
         if not self.slurm_conf(name).exists():
             self._render(name)
-        if not self._ctld(name).alive():
+        if self._ended(self._ctld(name)) is not None:
             port = self.ctld_port(name)
             if _port_busy(port):
                 raise LabError(f"{name}: port {port} already in use")
             self._start_ctld(name)
-            self._wait_ping(name)
+        self._wait_ping(name)  # a controller that runs may still not answer (hung, or slow)
         self._start_slurmds(name)
         self._wait_ready(name)
 
+    def hang_site(self, name: str) -> None:
+        """A controller that hangs: slurmctld stopped (SIGSTOP), its port still accepting
+        connections that are never answered. resume_site() lets it go on."""
+        self._signal_ctld(name, signal.SIGSTOP)
+
+    def resume_site(self, name: str) -> None:
+        self._signal_ctld(name, signal.SIGCONT)
+
+    def _signal_ctld(self, name: str, sig: int) -> None:
+        with self._lock:
+            if not procs.signal_daemons([self._ctld(name)], sig, group=False):
+                raise LabError(f"{name}: slurmctld is not running")
+
     def site_up(self, name: str) -> bool:
         return (
-            self._ctld(name).alive()
+            self._ended(self._ctld(name)) is None
             and self._client(name, "scontrol", "ping", timeout=5).returncode == 0
         )
 
     # ------------------------------------------------------------ teardown
     def down(self) -> None:
         """Cancel jobs, stop every daemon of the lab, kill anything jobs left behind."""
-        up = [n for n in self.sites if self.slurm_conf(n).exists() and self._ctld(n).alive()]
+        with self._lock:
+            self._down()
+
+    def _down(self) -> None:
+        up = [
+            n
+            for n in self.sites
+            if self.slurm_conf(n).exists() and self._ended(self._ctld(n)) is None
+        ]
         pending = []
         for name in up:
             ids = self._client(name, "squeue", "-h", "-o", "%i", timeout=5).stdout.split()
@@ -490,9 +659,9 @@ class SlurmLab:
             ]
             time.sleep(0.1)
         daemons = [d for n in self.sites for d in (*self._slurmds(n), self._ctld(n))]
-        procs.stop_daemons(daemons, group=True)
-        procs.stop_daemons([self._munged], group=True)
-        procs.kill_leftovers(self.root)
+        procs.stop_daemons(daemons, group=True, reap=self._reap)
+        procs.stop_daemons([self._munged], group=True, reap=self._reap)
+        procs.kill_leftovers(self.root, reap=self._reap)
         if self.cleanup_at_exit:
             atexit.unregister(self.down)
 
@@ -534,6 +703,16 @@ def _apply_overrides(lines: list[str], overrides: Mapping[str, str]) -> list[str
             out.append(line)
     out.extend(f"{k}={v}" for k, v in todo.values())
     return out
+
+
+def _for_release(lines: list[str], release: str) -> list[str]:
+    """slurm.conf lines without the options this release ('25.11') no longer takes."""
+    major, minor = (int(x) for x in release.split(".")[:2])
+    return [
+        line
+        for line in lines
+        if _DEFUNCT_SINCE.get(line.split("=", 1)[0].strip().lower(), (99, 99)) > (major, minor)
+    ]
 
 
 def _partitions(site: Mapping[str, object]) -> tuple[Partition, ...]:

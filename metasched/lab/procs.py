@@ -14,7 +14,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,14 +65,30 @@ class Daemon:
     pidfile: Path
     marker: str  # a substring of its command line, e.g. its config path
 
-    def pid(self) -> int | None:
-        """The recorded PID if that very process is still alive, else None."""
+    def recorded(self) -> tuple[int, str] | None:
+        """(pid, start time) as the pid file records them, alive or not."""
         try:
             pid_s, start = self.pidfile.read_text().split()
-            pid = int(pid_s)
+            return int(pid_s), start
         except (OSError, ValueError):
             return None
-        if _start_time(pid) != start or self.marker not in _cmdline(pid) or _is_zombie(pid):
+
+    def pid(self) -> int | None:
+        """The recorded PID if that very process is still alive, else None.
+
+        PID and start time identify the process. Its command line must show the marker once
+        it has one: a process still inside execve has none yet. Popen returns when exec closes
+        its error pipe, before the kernel has put the new argv in place, and on a loaded
+        machine the child may not run again for seconds; reading "" then as "another process"
+        made the lab report a healthy, just-started slurmctld as dead ("slurmctld died")."""
+        rec = self.recorded()
+        if rec is None:
+            return None
+        pid, start = rec
+        if _start_time(pid) != start or _is_zombie(pid):
+            return None
+        cmdline = _cmdline(pid)
+        if cmdline and self.marker not in cmdline:
             return None
         return pid
 
@@ -111,35 +127,35 @@ def signal_daemons(daemons: Iterable[Daemon], sig: int, group: bool) -> list[tup
     return hit
 
 
-def stop_daemons(daemons: Iterable[Daemon], group: bool, grace: float = 10.0) -> None:
-    """SIGTERM all at once (slurmctld saves its state on TERM), SIGKILL what is left after grace."""
+def stop_daemons(
+    daemons: Iterable[Daemon], group: bool, grace: float = 10.0, reap: Reaper = None
+) -> None:
+    """SIGTERM all at once (slurmctld saves its state on TERM), SIGKILL what is left after
+    grace. reap: collects the exit status of the caller's own children (see Reaper)."""
     hit = signal_daemons(daemons, signal.SIGTERM, group)
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline and any(d.alive() for d, _ in hit):
-        _reap([pid for _, pid in hit])
-        time.sleep(0.05)
+        time.sleep(0.05)  # a daemon that exited is a zombie: alive() says no, its pid is held
     for d, pid in hit:
         if d.alive():
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, signal.SIGKILL) if group else os.kill(pid, signal.SIGKILL)
         elif group:
-            # the leader is gone; helpers in its group (slurmscriptd) may not be
+            # the leader is gone but not yet reaped, so its group id is still its own: the
+            # helpers in its group (slurmscriptd) may be left
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, signal.SIGKILL)
         d.pidfile.unlink(missing_ok=True)
-    _reap([pid for _, pid in hit])
+    if reap is not None:
+        reap()
 
 
-def _reap(pids: Iterable[int]) -> None:
-    """Collect these exited children of ours so they are not zombies.
-
-    Only these: reaping any child (waitpid(-1)) would also collect processes that other code
-    in this process still holds a Popen for; their PIDs could then be reused, and a later
-    kill of such a stale PID would hit an unrelated process.
-    """
-    for pid in pids:
-        with contextlib.suppress(ChildProcessError, OSError):
-            os.waitpid(pid, os.WNOHANG)
+# Collects exited children of this process, each through its own subprocess.Popen (poll()).
+# Never os.waitpid by pid: a child reaped behind its Popen's back leaves that Popen believing
+# it runs, and its pid free; once the kernel hands the pid to a new process (pid_max is 32768
+# here, and a busy machine wraps it in minutes), killing "that child" through the stale Popen
+# (Federation.kill, the crash test's killpg) would hit the new one.
+Reaper = Callable[[], object] | None
 
 
 def _all_pids() -> list[int]:
@@ -187,8 +203,19 @@ def leftovers(lab_dir: Path) -> list[int]:
     return sorted(found)
 
 
-def kill_leftovers(lab_dir: Path) -> list[int]:
-    """SIGKILL every leftover process of the lab; return their PIDs."""
+def kill_leftovers(lab_dir: Path, grace: float = 1.0, reap: Reaper = None) -> list[int]:
+    """End every leftover process of the lab: SIGTERM, then SIGKILL what is left after grace;
+    return the PIDs that had to be killed. TERM first lets a job's login shell (Slurm's
+    get-user-env runs `su - user`) run its exit traps: killed outright, root's pyenv rehash
+    once left its lock file behind, and every login shell on the machine then waited 60 s."""
+    first = leftovers(lab_dir)
+    for pid in first:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while first and time.monotonic() < deadline:
+        first = [pid for pid in first if not _is_zombie(pid)]
+        time.sleep(0.05)
     killed = []
     for _ in range(3):  # a dying slurmstepd may still fork: sweep until nothing is found
         pids = leftovers(lab_dir)
@@ -199,5 +226,6 @@ def kill_leftovers(lab_dir: Path) -> list[int]:
                 os.kill(pid, signal.SIGKILL)
         killed.extend(pids)
         time.sleep(0.05)
-    _reap(killed)
+    if reap is not None:
+        reap()
     return killed

@@ -1,11 +1,13 @@
-"""What a lab site looks like: nodes, CPUs, memory, GPUs, partitions.
+"""What a lab site looks like: nodes, CPUs, memory, GPUs, partitions, and which Slurm.
 
 The numbers are Slurm's view only (slurmd trusts them via config_overrides), so a laptop can
-play a site of 128-CPU GPU nodes. DEMO_SITES are the three precision profiles of the README.
+play a site of 128-CPU GPU nodes. DEMO_SITES are the three precision profiles of the README;
+mixed_demo() puts them on different Slurm releases and agent backends.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from dataclasses import dataclass, replace
 
@@ -38,6 +40,9 @@ class SiteProfile:
     partitions: tuple[Partition, ...] = (Partition("batch", max_time_minutes=7 * 24 * 60),)
     features: tuple[str, ...] = ()  # node features (-C) besides the site's own name
     other_gres: tuple[str, ...] = ()  # count-only GRES per node, e.g. ("nvme:1000",)
+    # Which Slurm runs the site (metasched.lab.installs.find): "" = the machine's own
+    # (Debian's 22.05), a release ("25.11": the build scripts/setup caches), or a prefix.
+    slurm: str = ""
 
     def __post_init__(self) -> None:
         if not _NAME_RE.match(self.name):
@@ -100,3 +105,22 @@ def demo_sites(n: int = 3) -> list[SiteProfile]:
         rnd = i // len(DEMO_SITES)
         out.append(replace(shape, name=shape.name + (str(rnd + 1) if rnd else "")))
     return out
+
+
+# The demo's sites over Slurm releases, when a 25.11 build is there: (release, agent backend).
+MIXED_DEMO = {"hpc": ("", "cli"), "gpu": ("25.11", "pyslurm"), "ai": ("25.11", "cli")}
+
+
+def mixed_demo_ready() -> bool:
+    """Is a 25.11 build there (scripts/build-slurm), with pyslurm for it in this Python?"""
+    from metasched.lab import installs
+
+    return installs.available("25.11") and importlib.util.find_spec("pyslurm") is not None
+
+
+def mixed_demo() -> tuple[list[SiteProfile], dict[str, str]]:
+    """DEMO_SITES as a mixed federation: hpc on the machine's Slurm (Debian's 22.05) with a
+    cli agent, gpu on 25.11 with a pyslurm agent, ai on 25.11 with a cli agent. Returns the
+    sites and each site's agent backend."""
+    sites = [replace(s, slurm=MIXED_DEMO[s.name][0]) for s in DEMO_SITES]
+    return sites, {name: backend for name, (_, backend) in MIXED_DEMO.items()}

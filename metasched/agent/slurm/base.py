@@ -163,6 +163,10 @@ class SlurmBackend(abc.ABC):
     def version(self) -> str:
         """Slurm's version string, e.g. '22.05.8'."""
 
+    def describe(self) -> str:
+        """Which Slurm the backend talks through, for a one-line diagnosis."""
+        return f"{self.name}, Slurm {self.version()}"
+
     @abc.abstractmethod
     def submit(self, req: SubmitRequest) -> str:
         """Submit; return Slurm's job id. Raises SlurmError if Slurm refuses the job."""

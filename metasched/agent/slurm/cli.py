@@ -40,6 +40,9 @@ from metasched.agent.slurm.base import (
     submitter,
 )
 
+# What a client says when slurmctld runs a Slurm release it cannot talk to (a client speaks
+# to its own release and the two before it; 22.05's sinfo at a 25.11 site says only this).
+_MISMATCH = "incompatible versions of client and server code"
 # scancel of a job that is gone is success: cancel() is idempotent
 _ALREADY_GONE = ("invalid job id", "already completing or completed", "job has already finished")
 # Variables sbatch must see to work; nothing else of the agent's environment reaches it.
@@ -67,6 +70,8 @@ class CliBackend(SlurmBackend):
     def _base_env(self) -> dict[str, str]:
         env = {k: os.environ[k] for k in _KEEP_ENV if k in os.environ}
         env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+        if self.bin_dir:  # whatever the site's Slurm runs in turn is its own too
+            env["PATH"] = f"{self.bin_dir}:{env['PATH']}"
         if self.slurm_conf:
             env["SLURM_CONF"] = self.slurm_conf
         elif "SLURM_CONF" in os.environ:
@@ -118,6 +123,12 @@ class CliBackend(SlurmBackend):
             if e.errno == errno.E2BIG:  # only our own bounded arguments reach exec
                 raise JobRefused(f"cannot run {cmd}: {e.strerror}") from None
             raise SlurmUnavailable(f"cannot run {argv[0]}: {e}") from None
+        if _MISMATCH in proc.stderr.lower():
+            raise SlurmError(
+                f"{argv[0]} (Slurm {self.client_version()}) cannot talk to this site's "
+                "slurmctld, which runs another Slurm release: set the agent's slurm_bin_dir "
+                "to the site's Slurm bin directory"
+            )
         if check and proc.returncode != 0:
             message = _one_line(proc.stderr) or f"{cmd} exited {proc.returncode}"
             if parse.is_unavailable(proc.stderr):
@@ -140,6 +151,16 @@ class CliBackend(SlurmBackend):
             out = self._run("sinfo", ["--version"]).stdout.split()
             self._version = out[-1] if out else ""
         return self._version
+
+    def client_version(self) -> str:
+        """The version of the commands run (`sinfo --version`: local, needs no slurmctld)."""
+        try:
+            return self.version() or "?"
+        except SlurmError:
+            return "?"
+
+    def describe(self) -> str:
+        return f"{self._exe('sinfo')}, Slurm {self.client_version()}"
 
     # ------------------------------------------------------------ submit / cancel
     def sbatch_args(self, req: SubmitRequest, env_fd: int, script_fd: int = -1) -> list[str]:

@@ -15,7 +15,10 @@ sinfo --json: 21.08-23.02 print {"nodes": [one dict per node]}; 23.11+ print {"s
 
 Text outputs (no JSON exists for them): sbatch --test-only's stderr line, the jobcomp/filetxt
 file (key=value per line) and `sacct -c -P` (reads that file). Exit codes are normalised to the
-job's own exit status: exit(n) -> n, killed by signal s -> 128+s (the shell's convention).
+job's own exit status: exit(n) -> n, killed by signal s -> 128+s (the shell's convention),
+except for a job Slurm itself ended (cancelled, timed out, preempted): that one reports its
+return code, because the completion log keeps no signal for it (22.05 and 25.11 write 0:0)
+while squeue does, and a job must not change exit code when it moves from one to the other.
 """
 
 from __future__ import annotations
@@ -65,33 +68,42 @@ def node_state(state: Any, flags: Iterable[str] = ()) -> str:
     return "+".join(p.lower() for p in parts if p) or "unknown"
 
 
-def exit_status(value: Any) -> int:
-    """Slurm's exit code in any of its shapes -> the job's exit status (signal s -> 128+s).
+# States in which Slurm, not the job, ended the job: their signal is Slurm's (see module doc).
+ENDED_BY_SLURM = frozenset({"CANCELLED", "TIMEOUT", "PREEMPTED", "DEADLINE"})
+
+
+def exit_code(return_code: int, signal: int, state: str = "") -> int:
+    """The one rule every backend and view applies: killed by signal s -> 128+s, unless Slurm
+    ended the job (state in ENDED_BY_SLURM): then its return code."""
+    if signal and state not in ENDED_BY_SLURM:
+        return 128 + signal
+    return return_code
+
+
+def exit_status(value: Any, state: str = "") -> int:
+    """Slurm's exit code in any of its shapes -> the job's exit status (see exit_code).
 
     22.05 squeue gives the raw wait(2) status (exit 3 -> 768, SIGTERM -> 15); 23.02 wraps it
     in {set, number}; 23.11+ give {"status": [...], "return_code": N, "signal": {"id": N}};
-    sacct / jobcomp text gives "exit:signal" ("3:0", "0:15")."""
+    sacct / jobcomp text gives "exit:signal" ("3:0", "0:15"). -1: unreadable."""
     if value is None:
         return 0
     if isinstance(value, str):
         m = re.fullmatch(r"\s*(\d+)(?::(\d+))?\s*", value)
         if not m:
             return -1
-        code, sig = int(m.group(1)), int(m.group(2) or 0)
-        return 128 + sig if sig else code
+        return exit_code(int(m.group(1)), int(m.group(2) or 0), state)
     if isinstance(value, Mapping) and ("return_code" in value or "signal" in value):
         status = value.get("status") or []
         signal = value.get("signal") or {}
         sig = number(signal.get("id") if isinstance(signal, Mapping) else signal)
-        if "SIGNALED" in status and sig:
-            return 128 + sig
-        return number(value.get("return_code"))
+        return exit_code(
+            number(value.get("return_code")), sig if "SIGNALED" in status else 0, state
+        )
     if isinstance(value, Mapping) and not value.get("set", True):
         return 0  # still running: no exit code yet
     raw = number(value)
-    if raw & 0x7F:  # WIFSIGNALED
-        return 128 + (raw & 0x7F)
-    return (raw >> 8) & 0xFF
+    return exit_code((raw >> 8) & 0xFF, raw & 0x7F, state)  # WIFSIGNALED: raw & 0x7F
 
 
 _GRES_ITEM = re.compile(r"^(?:gres[:/])?gpu(?::([^:(]+))?(?::(\d+))?(?:\(.*\))?$")
@@ -183,9 +195,10 @@ def _job_from_json(j: JsonObj) -> SlurmJob:
     per_node = parse_gres(j.get("tres_per_node"))
     per_job = parse_gres(j.get("tres_per_job"))
     gpu_types = [t for t in (*per_node, *per_job) if t]
+    state = base_state(j.get("job_state"))
     return SlurmJob(
         job_id=str(j.get("job_id", "")),
-        state=base_state(j.get("job_state")),
+        state=state,
         partition=str(j.get("partition") or ""),
         reason=str(j.get("state_reason") or ""),
         name=str(j.get("name") or ""),
@@ -199,7 +212,7 @@ def _job_from_json(j: JsonObj) -> SlurmJob:
         submit_time=float(number(j.get("submit_time"))),
         start_time=float(number(j.get("start_time"))),
         end_time=float(number(j.get("end_time"))),
-        exit_code=exit_status(j.get("exit_code")),
+        exit_code=exit_status(j.get("exit_code"), state),
         priority=number(j.get("priority")),
         node_names=tuple(expand_hostlist(str(j.get("nodes") or ""))),
     )
@@ -314,17 +327,16 @@ def _sacct_comment(j: JsonObj) -> str:
     return str(c or "")
 
 
-def _sacct_exit(value: Any) -> int:
+def _sacct_exit(value: Any, state: str) -> int:
     """sacct JSON exit_code: {"status": "COMPLETED"|[..], "return_code": N|{..}, "signal":..}."""
     if isinstance(value, Mapping):
         status = value.get("status")
         status_list = status if isinstance(status, list) else [status]
         sig = value.get("signal") or {}
         sig_id = number(sig.get("signal_id", sig.get("id")) if isinstance(sig, Mapping) else sig)
-        if "SIGNALED" in status_list and sig_id:
-            return 128 + sig_id
-        return number(value.get("return_code"))
-    return exit_status(value)
+        signalled = sig_id if "SIGNALED" in status_list else 0
+        return exit_code(number(value.get("return_code")), signalled, state)
+    return exit_status(value, state)
 
 
 def parse_sacct_json(text: str) -> list[SlurmJob]:
@@ -343,10 +355,11 @@ def parse_sacct_json(text: str) -> list[SlurmJob]:
                     gpus = number(t.get("count"))
             elif t.get("type") == "cpu":
                 cpus = number(t.get("count"))
+        state = base_state(_path(j, _SACCT_PATHS["state"]))
         out.append(
             SlurmJob(
                 job_id=str(j.get("job_id", "")),
-                state=base_state(_path(j, _SACCT_PATHS["state"])),
+                state=state,
                 partition=str(j.get("partition") or ""),
                 reason=str(_path(j, _SACCT_PATHS["reason"]) or ""),
                 name=str(j.get("name") or ""),
@@ -360,7 +373,7 @@ def parse_sacct_json(text: str) -> list[SlurmJob]:
                 submit_time=float(number(_path(j, _SACCT_PATHS["submit"]))),
                 start_time=float(number(_path(j, _SACCT_PATHS["start"]))),
                 end_time=float(number(_path(j, _SACCT_PATHS["end"]))),
-                exit_code=_sacct_exit(j.get("exit_code")),
+                exit_code=_sacct_exit(j.get("exit_code"), state),
             )
         )
     return out
@@ -390,10 +403,11 @@ def _job_from_record(r: Mapping[str, str]) -> SlurmJob:
     """One completion record (keys lower-cased) from jobcomp or sacct text."""
     user = r.get("user") or r.get("userid") or r.get("uid") or ""
     comment = r.get("comment") or ""
-    wckey = r.get("wckey") or r.get("wckey") or ""
+    wckey = r.get("wckey") or ""
+    state = base_state(r.get("state") or r.get("jobstate") or "")
     return SlurmJob(
         job_id=(r.get("jobid") or "").strip(),
-        state=base_state(r.get("state") or r.get("jobstate") or ""),
+        state=state,
         partition=r.get("partition") or "",
         name=r.get("jobname") or r.get("name") or "",
         user=user.split("(", 1)[0],  # 'root(0)'
@@ -405,7 +419,7 @@ def _job_from_record(r: Mapping[str, str]) -> SlurmJob:
         submit_time=_text_time(r.get("submit") or r.get("submittime") or ""),
         start_time=_text_time(r.get("start") or r.get("starttime") or ""),
         end_time=_text_time(r.get("end") or r.get("endtime") or ""),
-        exit_code=exit_status(r.get("exitcode") or "0:0"),
+        exit_code=exit_status(r.get("exitcode") or "0:0", state),
     )
 
 

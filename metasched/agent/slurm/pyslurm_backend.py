@@ -1,11 +1,26 @@
 """The pyslurm backend, for Slurm 25.11 sites with pyslurm 25.11 built against their Slurm.
 
-pyslurm is imported lazily (only this backend needs it, and it only builds against a
-site's own Slurm headers). The conversions from pyslurm objects are plain functions of
-attributes, so they are tested without pyslurm. Facts from a real 25.11.7 cluster:
-time_limit must be an int (minutes); user_id without group_id runs the job with gid root;
-a purged job's Job.load raises RPCError('Invalid job id specified') and Job(id).cancel()
-does not; there is no will-run (test-only) call.
+pyslurm gives jobs, nodes, partitions, submit and cancel over libslurm's RPCs. What it cannot
+know without slurmdbd is derived the way the cli backend derives it:
+  - GPUs in use: Node.allocated_gres comes from allocated TRES, which carry GPUs only with
+    AccountingStorageTRES=gres/gpu, fatal to slurmctld without slurmdbd; so a node's GPUs in
+    use are summed over the jobs' per-node allocations (Job.get_resource_layout_per_node, the
+    same numbers sinfo's GresUsed shows).
+  - finished jobs: pyslurm.db needs slurmdbd; a job that left the queue is looked up by the
+    cli backend's finished() (sacct --json with slurmdbd, else the completion log, sacct -c),
+    which is why this backend also needs the site's Slurm commands (slurm_bin_dir).
+
+Facts from a real 25.11.7 site with pyslurm 25.11.2 (recorded objects: tests/data/pyslurm/):
+`import pyslurm` with no configuration ends the process in libslurm (fatal, no exception), so
+a child process tries the import with this site's slurm.conf first (load()); there is no
+slurm_version() (pyslurm.version is a module): the version is slurm_api_version(); Jobs.load()
+is keyed by id; Job.gres_per_node keys read 'gres/gpu:h100' and a job's nodes are
+`allocated_nodes`; Job.tres_per_job does not parse '--gpus=N' (None); time_limit must be an
+int; user_id without group_id runs the job with gid root; Job.load() of a purged job raises
+RPCError 'Invalid job id specified' (Job(id).cancel() does not); a job cancelled while running
+shows exit_code_signal 15. pyslurm holds the GIL through a submission (and at times a load): a
+call to a slurmctld that does not answer blocks the agent's other threads until Slurm's
+MessageTimeout (SIGTERM still ends the agent in time: agent/stop_deadline.py).
 """
 
 from __future__ import annotations
@@ -13,7 +28,11 @@ from __future__ import annotations
 import importlib
 import os
 import pwd
+import subprocess
+import sys
+import threading
 from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 from metasched import jobspec, tags
@@ -26,90 +45,113 @@ from metasched.agent.slurm.base import (
     SlurmJob,
     SlurmUnavailable,
     SubmitRequest,
+    submitter,
 )
+from metasched.agent.slurm.cli import CliBackend
 from metasched.sbatch import argv as sargv
 
 # Slurm errnos meaning "could not talk to slurmctld" (slurm_errno.h: communication errors
 # 1000-1010, protocol socket errors 5000-5010).
 _UNAVAILABLE_ERRNOS = frozenset(range(1000, 1011)) | frozenset(range(5000, 5011))
+_INVALID_JOB_ID = 2017  # ESLURM_INVALID_JOB_ID: a job slurmctld no longer keeps
+# Where libslurm looks without SLURM_CONF (Debian's and most sites' builds).
+DEFAULT_SLURM_CONF = "/etc/slurm/slurm.conf"
 
 
 def _num(value: Any) -> int:
-    """pyslurm gives None for unset/unlimited and plain ints otherwise."""
+    """pyslurm gives None (unset) or 'UNLIMITED' for no limit, and plain ints otherwise."""
     return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0
 
 
-def _gres_counts(value: Any) -> dict[str, int]:
-    """pyslurm GRES dicts {'gpu:h100': 4} or {'gpu': 2} (other GRES ignored) -> {type: n}."""
-    if isinstance(value, str):
-        return parse.parse_gres(value)
+def gpu_counts(gres: Any) -> dict[str, int]:
+    """A pyslurm GRES dict -> {gpu type: count} (other GRES ignored, untyped GPUs under '').
+    Keys read 'gpu:h100' (Node.configured_gres), 'gres/gpu:h100' (Job.gres_per_node) or 'gpu';
+    values are counts, or {'count': n, 'indexes': ...} in a job's per-node layout."""
     out: dict[str, int] = {}
-    for key, count in (value or {}).items():
-        name, _, gtype = str(key).partition(":")
-        if name == "gpu":
-            out[gtype] = out.get(gtype, 0) + _num(count)
+    for key, value in (gres or {}).items():
+        name, _, gtype = str(key).removeprefix("gres/").removeprefix("gres:").partition(":")
+        if name != "gpu":
+            continue
+        count = value.get("count") if isinstance(value, Mapping) else value
+        out[gtype] = out.get(gtype, 0) + _num(count)
     return out
 
 
-def _exit(obj: Any) -> int:
-    sig = _num(getattr(obj, "exit_code_signal", 0))
-    return 128 + sig if sig else _num(getattr(obj, "exit_code", 0))
+def _add(into: dict[str, int], more: Mapping[str, int], times: int = 1) -> None:
+    for k, v in more.items():
+        into[k] = into.get(k, 0) + v * times
+
+
+def job_layout(job: Any) -> dict[str, dict[str, int]]:
+    """GPUs a job holds on each node: {node: {type: count}} ({} when it holds none)."""
+    layout = job.get_resource_layout_per_node() or {}
+    return {node: gpu_counts(part.get("gres")) for node, part in layout.items()}
 
 
 # ------------------------------------------------------------------ pure conversions
-def job_from_pyslurm(job: Any) -> SlurmJob:
-    """pyslurm.Job or pyslurm.db.Job -> SlurmJob."""
-    nodes = _num(getattr(job, "num_nodes", 1)) or 1
-    per_node = _gres_counts(getattr(job, "gres_per_node", None))
-    types = [t for t in per_node if t]
-    user = getattr(job, "user_name", None) or getattr(job, "user", None) or ""
+def job_from_pyslurm(job: Any, layout: Mapping[str, Mapping[str, int]] | None = None) -> SlurmJob:
+    """pyslurm.Job -> SlurmJob. layout: job_layout(job); a running job's GPUs are what it
+    holds (exact for --gpus per job too), other jobs' what they ask for per node."""
+    state = parse.base_state(job.state)
+    nodes = _num(job.num_nodes) or 1
+    gpus: dict[str, int] = {}
+    for per_node in (layout or {}).values():
+        _add(gpus, per_node)
+    if not any(gpus.values()):
+        gpus = {}
+        _add(gpus, gpu_counts(job.gres_per_node), nodes)
+    types = [t for t, n in gpus.items() if t and n]
     return SlurmJob(
-        job_id=str(getattr(job, "id", "")),
-        state=parse.base_state(getattr(job, "state", "")),
-        partition=str(getattr(job, "partition", "") or ""),
-        reason=str(getattr(job, "state_reason", "") or ""),
-        name=str(getattr(job, "name", "") or ""),
-        user=str(user),
-        comment=str(getattr(job, "comment", "") or ""),
+        job_id=str(job.id),
+        state=state,
+        partition=str(job.partition or ""),
+        reason=str(job.state_reason or ""),
+        name=str(job.name or ""),
+        user=str(job.user_name or ""),
+        comment=str(job.comment or ""),
         nodes=nodes,
-        cpus=_num(getattr(job, "cpus", 1)) or 1,
-        gpus=sum(per_node.values()) * nodes,
+        cpus=_num(job.cpus) or 1,
+        gpus=sum(gpus.values()),
         gpu_type=types[0] if types else "",
-        time_limit_minutes=_num(getattr(job, "time_limit", 0)),
-        submit_time=float(_num(getattr(job, "submit_time", 0))),
-        start_time=float(_num(getattr(job, "start_time", 0))),
-        end_time=float(_num(getattr(job, "end_time", 0))),
-        exit_code=_exit(job),
-        priority=_num(getattr(job, "priority", 0)),
-        node_names=tuple(parse.expand_hostlist(str(getattr(job, "nodes", "") or ""))),
+        time_limit_minutes=_num(job.time_limit),
+        submit_time=float(_num(job.submit_time)),
+        start_time=float(_num(job.start_time)),
+        end_time=float(_num(job.end_time)),
+        exit_code=parse.exit_code(_num(job.exit_code), _num(job.exit_code_signal), state),
+        priority=_num(job.priority),
+        node_names=tuple(parse.expand_hostlist(str(job.allocated_nodes or ""))),
     )
 
 
-def node_from_pyslurm(node: Any) -> Node:
+def node_from_pyslurm(node: Any, in_use: Mapping[str, int] | None = None) -> Node:
+    """pyslurm.Node -> Node. in_use: GPUs its jobs hold (see module doc), by type."""
+    gpus = gpu_counts(node.configured_gres)
+    alloc = dict.fromkeys(gpus, 0)  # as sinfo: every configured type, 0 when idle
+    _add(alloc, in_use or {})
     return Node(
         name=str(node.name),
-        partitions=tuple(getattr(node, "partitions", None) or ()),
-        state=parse.node_state(str(getattr(node, "state", "") or "").split("+")),
-        cpus=_num(getattr(node, "total_cpus", 0)),
-        alloc_cpus=_num(getattr(node, "allocated_cpus", 0)),
-        mem_mb=_num(getattr(node, "real_memory", 0)),
-        alloc_mem_mb=_num(getattr(node, "allocated_memory", 0)),
-        gpus=_gres_counts(getattr(node, "configured_gres", None)),
-        alloc_gpus=_gres_counts(getattr(node, "allocated_gres", None)),
-        features=parse.features(getattr(node, "active_features", None)),
+        partitions=tuple(node.partitions or ()),
+        state=parse.node_state(str(node.state or "").split("+")),
+        cpus=_num(node.total_cpus),
+        alloc_cpus=_num(node.allocated_cpus),
+        mem_mb=_num(node.real_memory),
+        alloc_mem_mb=_num(node.allocated_memory),
+        gpus=gpus,
+        alloc_gpus=alloc,
+        features=parse.features(node.active_features),
     )
 
 
 def partition_from_pyslurm(part: Any) -> PartitionInfo:
-    nodes = getattr(part, "nodes", "") or ""
+    nodes = part.nodes or ""
     return PartitionInfo(
         name=str(part.name),
         nodes=tuple(parse.expand_hostlist(nodes) if isinstance(nodes, str) else nodes),
-        max_time_minutes=_num(getattr(part, "max_time", 0)),
-        default_time_minutes=_num(getattr(part, "default_time", 0)),
-        max_nodes_per_job=_num(getattr(part, "max_nodes", 0)),
-        is_default=bool(getattr(part, "is_default", False)),
-        state=str(getattr(part, "state", "UP") or "UP").lower(),
+        max_time_minutes=_num(part.max_time),
+        default_time_minutes=_num(part.default_time),
+        max_nodes_per_job=_num(part.max_nodes),
+        is_default=bool(part.is_default),
+        state=str(part.state or "UP").lower(),
     )
 
 
@@ -225,9 +267,15 @@ def option_kwargs(words: tuple[str, ...]) -> dict[str, Any]:
     return kw
 
 
-def submit_kwargs(req: SubmitRequest, uid: int | None, gid: int | None) -> dict[str, Any]:
-    """JobSubmitDescription arguments for req. The environment is always given: pyslurm
-    otherwise copies the agent's whole environment into the job."""
+def submit_kwargs(
+    req: SubmitRequest, uid: int | None, gid: int | None, home: str, wckey: bool
+) -> dict[str, Any]:
+    """JobSubmitDescription arguments for req: only what req carries. The environment is
+    always given (pyslurm otherwise copies the agent's whole environment into the job), and so
+    is the working directory (otherwise the agent's own): the user's home when req has none,
+    as the cli backend does. wckey: also put the tag there unless the user gave --wckey (no
+    slurmdbd: the completion log keeps the WCKey, not the comment). pyslurm adds the agent's
+    SLURM_* variables, as sbatch does with --export (SLURM_CONF, the site's own)."""
     if req.script_args:
         raise SlurmError("script arguments cannot be given to the pyslurm backend (script text)")
     if req.export_mode == "nil":
@@ -235,10 +283,14 @@ def submit_kwargs(req: SubmitRequest, uid: int | None, gid: int | None) -> dict[
     kw: dict[str, Any] = {
         "script": req.script,
         "comment": tags.comment(req.tag, req.comment),
-        "environment": {**req.environment, **req.slurm_environment},
-        # as sbatch --export=NONE/names: start from the user's login environment; ALL: the
-        # environment given is the job's whole environment
+        # pyslurm exports the agent's whole environment for an empty dict (it tests `not
+        # environment`): "NONE" is sbatch's --export=NONE, a dict its --export=NAMES. The
+        # job's variables are checked by metasched.jobenv; SLURM_ARRAY_* are the agent's own.
+        "environment": {**req.environment, **req.slurm_environment} or "NONE",
+        # as sbatch --export=NONE/names: start from the user's login environment (never the
+        # agent's); ALL: the environment given is the job's whole environment
         "get_user_environment": req.export_mode != "all",
+        "working_directory": req.workdir or home,
     }
     for attr, number in (
         ("nodes", req.nodes),
@@ -251,11 +303,11 @@ def submit_kwargs(req: SubmitRequest, uid: int | None, gid: int | None) -> dict[
     optional = {
         "name": req.name,
         "partitions": req.partition,
-        "working_directory": req.workdir,
         "standard_output": req.output,
         "standard_error": req.error,
         "account": req.account,
         "excluded_nodes": req.exclude_nodes,
+        "wckey": req.tag if wckey else "",
     }
     kw.update({k: v for k, v in optional.items() if v})
     if req.mem_per_node_mb:
@@ -263,7 +315,7 @@ def submit_kwargs(req: SubmitRequest, uid: int | None, gid: int | None) -> dict[
     if req.gpus_per_node:
         gtype = f"{req.gpu_type}:" if req.gpu_type else ""
         kw["gres_per_node"] = f"gpu:{gtype}{req.gpus_per_node}"
-    kw.update(option_kwargs(req.options))
+    kw.update(option_kwargs(req.options))  # the user's own --wckey replaces the tag there
     if uid is not None:
         kw["user_id"] = uid
         kw["group_id"] = gid  # user_id alone runs the job with gid root
@@ -271,7 +323,8 @@ def submit_kwargs(req: SubmitRequest, uid: int | None, gid: int | None) -> dict[
 
 
 def iter_loaded(collection: Any) -> Iterator[Any]:
-    """Objects of a pyslurm collection: 25.11 keys Jobs by cluster, then id; others by id."""
+    """Objects of a pyslurm collection: by id (25.11 on one cluster), or by cluster then id
+    (a multi-cluster load)."""
     values: Iterable[Any] = collection.values() if hasattr(collection, "values") else collection
     for v in values:
         if isinstance(v, Mapping) or (hasattr(v, "values") and not hasattr(v, "id")):
@@ -280,77 +333,136 @@ def iter_loaded(collection: Any) -> Iterator[Any]:
             yield v
 
 
+# ------------------------------------------------------------------ loading pyslurm safely
+def slurm_conf_for(slurm_conf: str | None) -> str:
+    """The slurm.conf libslurm will read: the configured one, $SLURM_CONF, or the default.
+    Raises SlurmError naming the missing file: pyslurm must never be imported without one."""
+    conf = slurm_conf or os.environ.get("SLURM_CONF") or DEFAULT_SLURM_CONF
+    if not Path(conf).is_file():
+        how = "slurm_conf" if slurm_conf else "$SLURM_CONF" if "SLURM_CONF" in os.environ else ""
+        raise SlurmError(
+            f"no slurm.conf at {conf}{f' ({how})' if how else ''}: pyslurm needs one "
+            "(set agent.slurm_conf)"
+        )
+    return conf
+
+
+def probe(slurm_conf: str) -> str:
+    """Import pyslurm in a child process with this slurm.conf; its Slurm version, or
+    SlurmError with the child's last words (libslurm's 'fatal: ...' when it ends the process)."""
+    code = "import pyslurm; print('.'.join(map(str, pyslurm.slurm_api_version())))"
+    env = {**os.environ, "SLURM_CONF": slurm_conf}
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", code],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+            cwd="/",
+        )
+    except subprocess.TimeoutExpired:
+        raise SlurmError("importing pyslurm did not finish within 120s") from None
+    if proc.returncode != 0:
+        lines = [ln.strip() for ln in proc.stderr.splitlines() if ln.strip()]
+        last = lines[-1] if lines else f"exited {proc.returncode}"
+        raise SlurmError(f"pyslurm cannot load with {slurm_conf}: {last}")
+    return proc.stdout.strip()
+
+
+# libslurm keeps one configuration per process: backends of different sites (tests) take
+# turns, re-initialising it; within one site nothing changes hands.
+_ACTIVE: dict[str, str] = {}
+_ACTIVE_LOCK = threading.RLock()
+
+
 # ------------------------------------------------------------------ the backend
 class PyslurmBackend(SlurmBackend):
     name = "pyslurm"
 
-    def __init__(self, slurm_conf: str | None = None) -> None:
-        # libslurm reads SLURM_CONF when pyslurm is first imported: set it before
-        if slurm_conf:
-            os.environ["SLURM_CONF"] = slurm_conf
-        self._ps: Any = importlib.import_module("pyslurm")
+    def __init__(self, slurm_conf: str | None = None, bin_dir: str = "", timeout: float = 30):
+        self.slurm_conf = slurm_conf_for(slurm_conf)
+        self._version = probe(self.slurm_conf)
+        with _ACTIVE_LOCK:
+            if "conf" not in _ACTIVE:
+                os.environ["SLURM_CONF"] = self.slurm_conf  # read by libslurm at import
+                _ACTIVE["conf"] = self.slurm_conf
+            self._ps: Any = importlib.import_module("pyslurm")
+        # finished jobs and the accounting question go through the site's own commands
+        self._cli = CliBackend(self.slurm_conf, bin_dir=bin_dir, timeout=timeout)
 
     def _call(self, what: str, fn: Any, *args: Any) -> Any:
-        try:
-            return fn(*args)
-        except Exception as e:
-            if type(e).__name__ != "RPCError":
-                raise
-            errno = getattr(e, "errno", 0) or 0
-            msg = str(e)
-            if errno in _UNAVAILABLE_ERRNOS or parse.is_unavailable(msg):
-                raise SlurmUnavailable(f"{what}: {msg}") from None
-            raise SlurmError(f"{what}: {msg}") from None
+        with _ACTIVE_LOCK:
+            if _ACTIVE.get("conf") != self.slurm_conf:
+                self._ps.slurm_fini()
+                self._ps.slurm_init(self.slurm_conf)
+                _ACTIVE["conf"] = self.slurm_conf
+            try:
+                return fn(*args)
+            except self._ps.RPCError as e:
+                errno = getattr(e, "errno", 0) or 0
+                msg = str(e)
+                if errno in _UNAVAILABLE_ERRNOS or parse.is_unavailable(msg):
+                    raise SlurmUnavailable(f"{what}: {msg}") from None
+                if errno == _INVALID_JOB_ID:
+                    raise _Gone(f"{what}: {msg}") from None
+                raise SlurmError(f"{what}: {msg}") from None
 
     def version(self) -> str:
-        # slurm_version() is libslurm's; version() is pyslurm's own, which tracks it (25.11.x)
-        fn = getattr(self._ps, "slurm_version", None) or getattr(self._ps, "version", None)
-        return str(fn()) if fn else ""
+        return self._version
 
     def submit(self, req: SubmitRequest) -> str:
-        uid = gid = None
-        if req.local_user:
-            try:
-                pw = pwd.getpwnam(req.local_user)
-            except KeyError:
-                raise SlurmError(f"no such local user {req.local_user!r}") from None
-            uid, gid = pw.pw_uid, pw.pw_gid
-        desc = self._ps.JobSubmitDescription(**submit_kwargs(req, uid, gid))
+        # libslurm submits from this (root) process: the job runs as its user (uid and gid),
+        # but nothing of the user's is read here, unlike the cli backend's sbatch
+        account = submitter(req)
+        uid, gid = (account.uid, account.gid) if account else (None, None)
+        home = account.home if account else pwd.getpwuid(os.geteuid()).pw_dir
+        kw = submit_kwargs(req, uid, gid, home, wckey=not self._cli.has_slurmdbd())
+        desc = self._ps.JobSubmitDescription(**kw)
         return str(self._call("submit", desc.submit))
 
+    def _loaded_jobs(self) -> list[Any]:
+        return list(iter_loaded(self._call("load jobs", self._ps.Jobs.load)))
+
     def jobs(self) -> list[SlurmJob]:
-        loaded = self._call("load jobs", self._ps.Jobs.load)
-        return [job_from_pyslurm(j) for j in iter_loaded(loaded)]
+        return [job_from_pyslurm(j, job_layout(j)) for j in self._loaded_jobs()]
 
     def cancel(self, job_id: str, only_pending: bool = False) -> None:
-        if only_pending:
-            # pyslurm has no state filter on cancel: check, then cancel. The window between
-            # the two is one RPC; a job that starts inside it is cancelled while starting.
-            job = self._call("load", self._ps.Job.load, int(job_id))
-            if str(getattr(job, "state", "")).upper() != "PENDING":
-                return
-        self._call("cancel", self._ps.Job(int(job_id)).cancel)  # idempotent in 25.11
+        if not job_id.isdigit():
+            raise SlurmError(f"bad job id {job_id!r}")
+        try:
+            if only_pending:
+                # pyslurm has no state filter on cancel: check, then cancel. The window between
+                # the two is one RPC; a job that starts inside it is cancelled while starting.
+                job = self._call("load", self._ps.Job.load, int(job_id))
+                if parse.base_state(job.state) != "PENDING":
+                    return
+            self._call("cancel", self._ps.Job(int(job_id)).cancel)
+        except _Gone:
+            return  # purged: already finished, so cancelling it is done
 
     def nodes(self) -> list[Node]:
-        return [node_from_pyslurm(n) for n in iter_loaded(self._call("nodes", self._ps.Nodes.load))]
+        loaded = self._call("load nodes", self._ps.Nodes.load)
+        in_use: dict[str, dict[str, int]] = {}
+        for job in self._loaded_jobs():
+            for node, gpus in job_layout(job).items():
+                _add(in_use.setdefault(node, {}), gpus)
+        return [node_from_pyslurm(n, in_use.get(str(n.name))) for n in iter_loaded(loaded)]
 
     def partitions(self) -> list[PartitionInfo]:
-        loaded = self._call("partitions", self._ps.Partitions.load)
+        loaded = self._call("load partitions", self._ps.Partitions.load)
         return [partition_from_pyslurm(p) for p in iter_loaded(loaded)]
 
     def finished(self, job_ids: list[str], tags: list[str]) -> list[SlurmJob]:
-        """Needs slurmdbd (pyslurm.db). Lookup by tag loads the filter's whole window."""
-        if not job_ids and not tags:
-            return []
-        db = self._ps.db
-        flt = (
-            db.JobFilter(ids=[int(i) for i in job_ids]) if job_ids and not tags else db.JobFilter()
-        )
-        loaded = self._call("accounting", db.Jobs.load, flt)
-        ids, want = set(job_ids), set(tags)
-        out = []
-        for j in iter_loaded(loaded):
-            job = job_from_pyslurm(j)
-            if job.job_id in ids or (job.comment and job.comment in want):
-                out.append(job)
-        return out
+        return self._cli.finished(job_ids, tags)
+
+    def objects(self, kind: str) -> list[Any]:
+        """pyslurm's own objects of a kind (jobs, nodes, partitions), unconverted: for checking
+        recordings of them against the real thing."""
+        loaders = {"jobs": "Jobs", "nodes": "Nodes", "partitions": "Partitions"}
+        return list(iter_loaded(self._call(f"load {kind}", getattr(self._ps, loaders[kind]).load)))
+
+
+class _Gone(SlurmError):
+    """slurmctld does not know the job (any more)."""

@@ -16,7 +16,7 @@ import grpc
 import pytest
 from tests_support import local_account
 
-from metasched import tags
+from metasched import __version__, tags
 from metasched.agent.slurm.base import SubmitRequest
 from metasched.lab import SlurmLab
 from metasched.lab.corpus import show_job
@@ -282,4 +282,4 @@ def test_mistakes_are_errors_not_scripts(fed: Federation, tmp_path: Path) -> Non
     abbrev = fed.msub("--gpu=1", "--wrap", "true", check=False, cwd=tmp_path)
     assert abbrev.returncode == 2 and "ambiguous" in abbrev.stderr
     version = fed.msub("--version", cwd=tmp_path)
-    assert version.stdout.startswith("msub (metasched) ")
+    assert version.stdout.strip() == f"msub {__version__}"  # as every command says it

@@ -18,7 +18,6 @@ import pytest
 from tests_support import local_account
 
 from metasched import tags
-from metasched.agent.slurm.cli import CliBackend
 from metasched.lab.federation import Federation, wait_for
 from metasched.states import JobState
 from metasched.v1 import metasched_pb2 as pb
@@ -93,7 +92,7 @@ def our_slurm_jobs(fed: Federation) -> list[tuple[str, tags.Tag, str]]:
     """(site, tag, state) of every Slurm job of this federation at every site."""
     out = []
     for site in fed.lab.sites:
-        for j in CliBackend(str(fed.lab.slurm_conf(site))).jobs():
+        for j in fed.lab.backend(site).jobs():
             t = tags.parse(j.comment)
             if t is not None:
                 out.append((site, t, j.state))

@@ -16,9 +16,8 @@ import grpc
 import pytest
 from tests_support import local_account
 
-from metasched import tags
+from metasched import __version__, tags
 from metasched.agent.slurm.base import SubmitRequest
-from metasched.agent.slurm.cli import CliBackend
 from metasched.lab import SlurmLab
 from metasched.lab.corpus import show_job
 from metasched.lab.federation import Federation, wait_for
@@ -126,7 +125,7 @@ def test_lines_that_would_run_untracked_work_are_refused_at_submit(
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert reason in (err.value.details() or "")
     for site in lab.sites:  # nothing of it reached any site
-        assert not any(j.name == name for j in CliBackend(str(lab.slurm_conf(site))).jobs())
+        assert not any(j.name == name for j in lab.backend(site).jobs())
 
 
 def test_arrays_and_holds_in_the_lines_are_tracked_never_run_by_slurm(
@@ -149,15 +148,13 @@ def test_arrays_and_holds_in_the_lines_are_tracked_never_run_by_slurm(
     assert JobState.from_pb(job.state) == S.WAITING and job.held
     fed.call("CancelJobs", pb.CancelJobsRequest(jobs=[str(array_id), str(held)]))
     for site in lab.sites:  # the held job never reached a site
-        assert not any(
-            j.name == f"{name}-held" for j in CliBackend(str(lab.slurm_conf(site))).jobs()
-        )
+        assert not any(j.name == f"{name}-held" for j in lab.backend(site).jobs())
 
 
 def test_the_site_reads_no_line_of_the_script(lab: SlurmLab) -> None:
     """Defence in depth: whatever script reaches the agent, the site's sbatch reads no option
     from it (#SBATCH lines neutralised, --ignore-pbs): one job, not held, not an array."""
-    backend = CliBackend(str(lab.slurm_conf("hpc")))
+    backend = lab.backend("hpc")
     script = "#!/bin/sh\n#SBATCH --array=1-3\n#SBATCH -H\n#PBS -N pbsname\nsleep 60\n"
     tag = f"metasched:{uuid.uuid4().hex[:12]}:1:0"
     sid = backend.submit(
@@ -285,4 +282,4 @@ def test_mistakes_are_errors_not_scripts(fed: Federation, tmp_path: Path) -> Non
     abbrev = fed.msub("--gpu=1", "--wrap", "true", check=False, cwd=tmp_path)
     assert abbrev.returncode == 2 and "ambiguous" in abbrev.stderr
     version = fed.msub("--version", cwd=tmp_path)
-    assert version.stdout.startswith("msub (metasched) ")
+    assert version.stdout.strip() == f"msub {__version__}"  # as every command says it

@@ -221,7 +221,7 @@ def test_a_private_app_is_invisible_to_others_and_versions_never_change(
     assert "wave-secret" not in fed.msub("app", "list", user=bob).stdout
     for argv in (("app", "show", "wave-secret"), ("app", "run", "wave-secret")):
         refused = fed.msub(*argv, check=False, user=bob)
-        assert refused.returncode != 0 and "no app wave-secret" in refused.stderr
+        assert refused.returncode != 0 and "no app 'wave-secret" in refused.stderr
 
     # the same version again, even unchanged, is refused; a new version is another entry
     again = fed.msub("app", "publish", str(private), check=False, user=alice)

@@ -235,6 +235,12 @@ def test_a_cancel_that_crosses_a_failed_launch_is_sent_again_and_ends_cancelled(
     assert again, "the cancel is sent again"
     seen("CANCELLED")
     assert env.state(job.id) == S.CANCELLED
+    # and if Slurm shows it again (requeued and held after the cancel was confirmed), the
+    # cancel goes out again; the job stays CANCELLED
+    env.sent(site)
+    seen("PENDING", "JobHeldUser")
+    assert env.state(job.id) == S.CANCELLED
+    assert [m for m in env.sent(site) if m.WhichOneof("body") == "cancel"]
 
 
 def test_a_task_range_is_cancelled_and_others_go_on(env: Env) -> None:

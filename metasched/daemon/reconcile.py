@@ -206,6 +206,11 @@ class Reconciler(Activity):
                 if here and job.state == S.LOST and ours is not None and ours.is_final:
                     found.append(job.id)  # a record after all: it settles what was unknown
                 elif job.state.is_final and here:
+                    if job.state == S.CANCELLED and ours is not None and not ours.is_final:
+                        # Slurm took it back after the cancel was confirmed (a launch that
+                        # failed as the scancel came in is requeued and held): what the user
+                        # cancelled is cancelled again wherever it shows up
+                        cancels.append(replace(job, slurm_job_id=sj.slurm_job_id))
                     continue  # already settled; squeue keeps showing it for a while
                 if job.site != site_name or job.attempt != attempt:
                     if ours is not None and not ours.is_final and sj.slurm_job_id:

@@ -123,7 +123,7 @@ class AppShelf(Activity):
     def versions(self, who: Caller, name: str) -> list[pb.App]:
         found = [a for a in self.records.versions(name) if self.visible(who, a)]
         if not found:
-            raise Refused("NOT_FOUND", f"no app {name}")
+            raise Refused("NOT_FOUND", f"no app {name!r}")
         return found
 
     def get(self, who: Caller, name: str, version: str) -> pb.App:
@@ -131,14 +131,14 @@ class AppShelf(Activity):
         if version:
             app = self.records.get(name, version)
             if app is None or not self.visible(who, app):
-                raise Refused("NOT_FOUND", f"no app {name}@{version}")
+                raise Refused("NOT_FOUND", f"no app {f'{name}@{version}'!r}")
             return app
         found = self.versions(who, name)
         current = [a for a in found if not a.deprecated_at]
         if not current:
             raise Refused(
                 "FAILED_PRECONDITION",
-                f"every version of {name} is deprecated"
+                f"every version of {name!r} is deprecated"
                 f" ({found[-1].deprecation or 'no reason given'}); name a version to run it anyway",
             )
         return current[-1]
@@ -146,9 +146,9 @@ class AppShelf(Activity):
     def deprecate(self, who: Caller, name: str, version: str, note: str) -> list[pb.App]:
         found = self.versions(who, name)
         if found[0].owner != who.user and not who.admin:
-            raise Refused("PERMISSION_DENIED", f"app {name} belongs to {found[0].owner}")
+            raise Refused("PERMISSION_DENIED", f"app {name!r} belongs to {found[0].owner}")
         if version and not any(a.version == version for a in found):
-            raise Refused("NOT_FOUND", f"no app {name}@{version}")
+            raise Refused("NOT_FOUND", f"no app {f'{name}@{version}'!r}")
         return self.records.deprecate(name, version, note)
 
     # ---------------------------------------------------------------- runs

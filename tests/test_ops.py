@@ -16,6 +16,7 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from tests_support import scrape as scrape_url
 
 from metasched.lab import DEMO_SITES, SlurmLab
 from metasched.lab.federation import Federation, free_port, wait_for
@@ -46,13 +47,7 @@ def fed() -> Iterator[Federation]:
 
 
 def scrape(fed: Federation) -> dict[str, float]:
-    text = urllib.request.urlopen(f"{fed.http}/metrics", timeout=10).read().decode()  # type: ignore[attr-defined]
-    out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            key, _, value = line.rpartition(" ")
-            out[key] = float(value)
-    return out
+    return scrape_url(fed.http)  # type: ignore[attr-defined]
 
 
 def spec(sleep: int, **kw: object) -> pb.JobSpec:

@@ -15,11 +15,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tests_support import scrape
 
 from metasched.lab import SlurmLab
 from metasched.lab.federation import Federation, wait_for
@@ -91,16 +91,6 @@ def admin_json(fed: Federation, *args: str) -> object:
     out = admin(fed, *args, "--json")
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
-
-
-def scrape(url: str) -> dict[str, float]:
-    text = urllib.request.urlopen(f"{url}/metrics", timeout=10).read().decode()
-    out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            key, _, value = line.rpartition(" ")
-            out[key] = float(value)
-    return out
 
 
 def total(fed: Federation, key: str) -> float:

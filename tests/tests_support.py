@@ -6,6 +6,7 @@ import contextlib
 import os
 import pwd
 import subprocess
+import urllib.request
 from collections.abc import Iterator
 
 import pytest
@@ -43,3 +44,14 @@ def local_account(name: str, home: bool = False) -> Iterator[str]:
                 60,
                 f"userdel {name}",
             )
+
+
+def scrape(url: str) -> dict[str, float]:
+    """The Prometheus samples served at url/metrics, by name with labels."""
+    text = urllib.request.urlopen(f"{url}/metrics", timeout=10).read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.rpartition(" ")
+            out[key] = float(value)
+    return out

@@ -49,6 +49,7 @@ from typing import Any, NoReturn
 from metasched import __version__, auth
 from metasched.cli import errors, jsonout
 from metasched.cli.errors import UsageError
+from metasched.cli.msub import duration
 from metasched.v1 import metasched_pb2 as pb
 from metasched.v1 import metasched_pb2_grpc as pb_grpc
 
@@ -275,15 +276,8 @@ def run(opts: argparse.Namespace, out: Any) -> int:
 
 
 def age(seconds: float) -> str:
-    if seconds < 0:
-        return "never"
-    if seconds < 120:
-        return f"{seconds:.0f}s"
-    if seconds < 2 * 3600:
-        return f"{seconds / 60:.0f} min"
-    if seconds < 2 * 86400:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86400:.1f} days"
+    """A report's age as msub says durations ('never' when there was none)."""
+    return "never" if seconds < 0 else duration(seconds)
 
 
 def site_table(sites: list[pb.SiteSummary]) -> list[str]:

@@ -246,8 +246,12 @@ def _row_to_job(r: sqlite3.Row, spec: pb.JobSpec | None = None) -> JobRow:
 
 
 def _damaged(path: Path, what: str) -> str:
+    # one line whatever SQLite said (quick_check lists its findings a line each), and short
+    found = "; ".join(part.strip() for part in what.splitlines() if part.strip())
+    if len(found) > 300:
+        found = found[:300] + "..."
     return (
-        f"{path} is damaged ({what}): restore a backup (metasched-admin backup), or move it "
+        f"{path} is damaged ({found}): restore a backup (metasched-admin backup), or move it "
         "away and start an empty federation on purpose with metaschedd --new"
     )
 

@@ -68,7 +68,9 @@ def test_a_job_sees_the_id_sbatch_printed_in_its_script_and_its_srun_tasks(
         "#!/bin/bash\n#SBATCH -J ids\n#SBATCH -t 5\n#SBATCH -o ids.out\n"
         'echo "batch $SLURM_JOB_ID site $METASCHED_SITE_JOB_ID"\n'
         "srun sh -c 'echo \"task $SLURM_JOB_ID\"'\n"
-        "squeue -h -o '%i %T' -j $SLURM_JOB_ID\n"
+        # the daemon learns the job runs from the site's next report: ask until it says so
+        "for i in $(seq 60); do s=$(squeue -h -o '%i %T' -j $SLURM_JOB_ID)\n"
+        '  [ "${s#* }" = RUNNING ] && break; sleep 1; done; echo "$s"\n'
     )
     out = run("sbatch", str(script), cwd=tmp_path)
     assert out.startswith("Submitted batch job ")

@@ -1385,24 +1385,14 @@ class Store:
         states: Iterable[JobState] | None = None,
         include_final: bool = False,
         limit: int = 1000,
-        since: float = 0.0,
-        names: Iterable[str] = (),
     ) -> list[JobRow]:
-        """The newest `limit` jobs that match, oldest first. since: submitted, or ended, at or
-        after it; names: with these names."""
+        """The newest `limit` jobs that match, oldest first (listings for users: page)."""
         wanted = set(states) if states else None
-        named = set(names)
         if _live_only(wanted, include_final):
             pool = self.live if user is None else self._live_of_user.get(user, {})
-            rows = [
-                j
-                for j in list(pool.values())
-                if (wanted is None or j.state in wanted)
-                and (not named or j.spec.name in named)
-                and (not since or j.submitted_at >= since)
-            ]
+            rows = [j for j in list(pool.values()) if wanted is None or j.state in wanted]
             return sorted(rows, key=lambda j: j.id)[:limit]
-        where, args = _where(user, wanted, names=named, since=since)
+        where, args = _where(user, wanted)
         sql = "SELECT * FROM jobs" + where + " ORDER BY id DESC LIMIT ?"
         conn = self._reader()
         rows = self._decoded(conn, conn.execute(sql, [*args, limit]))

@@ -109,6 +109,10 @@ def test_a_daemon_still_inside_exec_is_alive(
     the controller had died; it ran until teardown."""
     proc = subprocess.Popen(["sleep", "60"])
     try:
+        # The race this test is about happens to the test's own `sleep` too: wait for its argv.
+        while proc.poll() is None and not procs._cmdline(proc.pid):
+            time.sleep(0.01)
+        assert proc.poll() is None, "sleep 60 exited"
         daemon = procs.Daemon(tmp_path / "d.pid", "slurmctld -D -f /x/slurm.conf")
         fields = procs.stat_fields(proc.pid)
         assert fields is not None

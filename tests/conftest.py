@@ -2,7 +2,9 @@
 
 Slurm lab fixtures: `slurm_lab` (one lab for the whole session: the DEMO_SITES hpc, gpu,
 ai), `make_lab(sites, **kw)` (a lab of its own for one test, e.g. to stop a site) and
-`make_federation(sites, ...)` (a lab plus metaschedd and its agents); `lone_daemon` (metaschedd
+`make_federation(sites, ...)` (a lab plus metaschedd and its agents); `hpc_agent` (a SiteAgent
+object, no daemon, over the session lab's hpc site: its submit/cancel/report called directly;
+`tests_support.submit_tagged` submits through it); `lone_daemon` (metaschedd
 with no sites, as a process) and `linux_users` (real local accounts, removed afterwards).
 Without slurmctld they skip, unless METASCHED_REQUIRE_SLURM=1 makes that a failure; so do the
 tests of a Slurm release that is not installed (need_slurm("25.11"): scripts/build-slurm).
@@ -26,6 +28,11 @@ from typing import Any
 import pytest
 from tests_support import local_account
 
+from metasched.agent.config import AgentConfig, UserMap
+from metasched.agent.journal import Journal
+from metasched.agent.site_agent import SiteAgent
+from metasched.agent.slurm.cli import CliBackend
+from metasched.agent.tagkey import TagKeys
 from metasched.lab import DEMO_SITES, SiteProfile, SlurmLab, installs, slurm_installed
 from metasched.lab.federation import Federation
 from metasched.lab.lone import LoneDaemon
@@ -112,6 +119,25 @@ def need_pyslurm() -> None:
         if os.environ.get("METASCHED_REQUIRE_SLURM") == "1":
             pytest.fail(f"METASCHED_REQUIRE_SLURM=1 but: {why}")
         pytest.skip(why)
+
+
+@pytest.fixture
+def hpc_agent(slurm_lab: SlurmLab, tmp_path: Path) -> SiteAgent:
+    """An agent for the session lab's hpc site (cli backend), journal and tag key in tmp_path,
+    with no daemon: tests call its submit, cancel and report themselves."""
+    cfg = AgentConfig(
+        site="hpc",
+        daemon="unix:/nonexistent",
+        token="",
+        state_dir=tmp_path,
+        users=UserMap(identity=True),
+    )
+    return SiteAgent(
+        cfg,
+        CliBackend(str(slurm_lab.slurm_conf("hpc")), timeout=15),
+        Journal(tmp_path / "j.db"),
+        TagKeys.load_or_create(tmp_path),
+    )
 
 
 @pytest.fixture

@@ -6,17 +6,11 @@ cpub as 36)."""
 
 from __future__ import annotations
 
-import uuid
-from pathlib import Path
-
 import pytest
+from tests_support import slurm_state as state_of
+from tests_support import submit_tagged as submit
 
-from metasched.agent.config import AgentConfig, UserMap
-from metasched.agent.journal import Journal
 from metasched.agent.site_agent import SiteAgent
-from metasched.agent.slurm.cli import CliBackend
-from metasched.agent.tagkey import TagKeys
-from metasched.lab import SlurmLab
 from metasched.lab.federation import wait_for
 from metasched.v1 import metasched_pb2 as pb
 
@@ -24,39 +18,8 @@ pytestmark = pytest.mark.slurm
 
 
 @pytest.fixture
-def agent(slurm_lab: SlurmLab, tmp_path: Path) -> SiteAgent:
-    cfg = AgentConfig(
-        site="hpc",
-        daemon="unix:/nonexistent",
-        token="",
-        state_dir=tmp_path,
-        users=UserMap(identity=True),
-    )
-    return SiteAgent(
-        cfg,
-        CliBackend(str(slurm_lab.slurm_conf("hpc")), timeout=15),
-        Journal(tmp_path / "j.db"),
-        TagKeys.load_or_create(tmp_path),
-    )
-
-
-def submit(agent: SiteAgent, script: str, job_id: int, **spec: int) -> tuple[str, str]:
-    tag = f"metasched:{uuid.uuid4().hex[:12]}:{job_id}:1"
-    res = agent.submit(
-        pb.SubmitCommand(
-            job_id=job_id,
-            attempt=1,
-            tag=tag,
-            user="root",
-            spec=pb.JobSpec(script=script, time_limit_minutes=5, output="/dev/null", **spec),
-        )
-    )
-    assert res.slurm_job_id, res.error
-    return res.slurm_job_id, tag
-
-
-def state_of(agent: SiteAgent, sid: str) -> str:
-    return next((j.state for j in agent.backend.jobs() if j.job_id == sid), "")
+def agent(hpc_agent: SiteAgent) -> SiteAgent:
+    return hpc_agent
 
 
 def recall(agent: SiteAgent, sid: str, tag: str, job_id: int) -> pb.CancelResult:

@@ -7,12 +7,15 @@ import os
 import pwd
 import subprocess
 import urllib.request
+import uuid
 from collections.abc import Iterator
 
 import pytest
 
+from metasched.agent.site_agent import SiteAgent
 from metasched.lab import slurm_installed
 from metasched.lab.federation import wait_for
+from metasched.v1 import metasched_pb2 as pb
 
 
 def need_slurm_or_skip() -> None:
@@ -55,3 +58,25 @@ def scrape(url: str) -> dict[str, float]:
             key, _, value = line.rpartition(" ")
             out[key] = float(value)
     return out
+
+
+def submit_tagged(agent: SiteAgent, script: str, job_id: int, **spec: int) -> tuple[str, str]:
+    """Submit a script through an agent as the daemon would (root, a fresh tag, attempt 1,
+    5 minutes, output to /dev/null): (its Slurm id, its tag)."""
+    tag = f"metasched:{uuid.uuid4().hex[:12]}:{job_id}:1"
+    res = agent.submit(
+        pb.SubmitCommand(
+            job_id=job_id,
+            attempt=1,
+            tag=tag,
+            user="root",
+            spec=pb.JobSpec(script=script, time_limit_minutes=5, output="/dev/null", **spec),
+        )
+    )
+    assert res.slurm_job_id, res.error
+    return res.slurm_job_id, tag
+
+
+def slurm_state(agent: SiteAgent, sid: str) -> str:
+    """A Slurm job's state as the agent's backend sees it ("" once Slurm has forgotten it)."""
+    return next((j.state for j in agent.backend.jobs() if j.job_id == sid), "")

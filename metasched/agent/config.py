@@ -50,6 +50,8 @@ class AgentConfig:
     metrics_listen: str = ""
     # software offered to apps' recipes ([offers], and per partition)
     offers: OfferConfig = field(default_factory=OfferConfig)
+    # how long the submission journal remembers a tag whose job has left Slurm's queue
+    journal_keep_days: float = 30.0
 
 
 def _strings(raw: dict[str, Any], key: str, where: str) -> tuple[str, ...]:
@@ -165,7 +167,10 @@ def from_dict(raw: dict[str, Any], where: str = "config") -> AgentConfig:
         tls_ca=Path(tls["tls_ca"]) if tls["tls_ca"] else None,
         metrics_listen=metrics_listen,
         offers=_offer_config(raw.get("offers", {}), part_offers, where),
+        journal_keep_days=config.get(a, "journal_keep_days", float, 30.0, w),
     )
+    if cfg.journal_keep_days < 1:
+        raise ConfigError(f"{w}.journal_keep_days must be at least 1 (a day)")
     if not cfg.token and cfg.tls_cert is None:
         raise ConfigError(f"{w}: needs tls_cert/tls_key/tls_ca or a token to authenticate")
     return cfg

@@ -96,12 +96,10 @@ class Journal:
                 raise
 
     def entries(self) -> int:
-        """How many submissions the journal remembers (the agent's metrics). Its highest
-        rowid, read from the table's b-tree at no cost: rows are updated in place, and only
-        forget_older_than removes any (nothing calls it yet: the journal only grows)."""
+        """How many submissions the journal remembers (the agent's metrics)."""
         with self._lock:
-            row = self._conn.execute("SELECT MAX(rowid) FROM submissions").fetchone()
-        return int(row[0] or 0)
+            row = self._conn.execute("SELECT count(*) FROM submissions").fetchone()
+        return int(row[0])
 
     def size_bytes(self) -> int:
         """The journal's files on disk: the database and its write-ahead log."""
@@ -111,9 +109,37 @@ class Journal:
                 total += f.stat().st_size
         return total
 
-    def forget_older_than(self, seconds: float) -> None:
+    def forget_settled(self, before: float, live: set[str]) -> int:
+        """Forget the tags last written before `before` (a time.time()) that no Slurm job in
+        the site's queue carries, except intents. How many were forgotten.
+
+        A row is needed while a submit of its tag may still come (the daemon re-sends only
+        while it waits for the answer, seconds to minutes) and while its Slurm job is in the
+        queue (an unsigned tag of an older agent is ours only where the journal vouches for
+        it). An intent is an unanswered sbatch: it is kept whatever its age."""
         with self._lock:
-            self._conn.execute("DELETE FROM submissions WHERE at < ?", (time.time() - seconds,))
+            old = [
+                r[0]
+                for r in self._conn.execute(
+                    "SELECT tag FROM submissions WHERE at < ? AND state != 'intent'", (before,)
+                )
+                if r[0] not in live
+            ]
+            if not old:
+                return 0
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                for i in range(0, len(old), 500):
+                    chunk = old[i : i + 500]
+                    self._conn.execute(
+                        f"DELETE FROM submissions WHERE tag IN ({','.join('?' * len(chunk))})",
+                        chunk,
+                    )
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+        return len(old)
 
     def close(self) -> None:
         self._conn.close()

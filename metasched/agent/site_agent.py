@@ -191,6 +191,7 @@ class SiteAgent:
         self.keys = keys
         self.metrics = metrics or AgentMetrics(cfg.site, AGENT_VERSION, backend.name, journal)
         self._forged_seen: set[tuple[str, str]] = set()
+        self._next_prune = 0.0  # monotonic time of the journal's next pruning: first report
         # (Slurm id, comment, owner) -> its tag if ours, None if not: verdicts that hold
         self._verdicts: dict[tuple[str, str, str], tags.Tag | None] = {}
         self.log = log.get(site=cfg.site)
@@ -273,6 +274,7 @@ class SiteAgent:
             )
         rep.reports_features = True
         ours = self._ours(jobs)
+        self._prune_journal(jobs)
         rep.jobs.extend(job_report(j, ours.get(j.job_id)) for j in jobs)
         self.metrics.queue_seen(
             Counter(j.state for j in jobs), Counter(j.state for j in jobs if j.job_id in ours)
@@ -280,6 +282,19 @@ class SiteAgent:
         rep.maps_all_users = self.cfg.users.identity
         rep.mapped_users.extend(sorted(self.cfg.users.accounts))
         return rep
+
+    def _prune_journal(self, jobs: list[SlurmJob]) -> None:
+        """Once an hour, forget journal rows older than journal_keep_days whose jobs have left
+        the queue: without it the journal grows by a row for every job the site ever ran."""
+        now = time.monotonic()
+        if now < self._next_prune:
+            return
+        self._next_prune = now + 3600.0
+        live = {str(t) for j in jobs if (t := tags.parse(j.comment)) is not None}
+        before = time.time() - self.cfg.journal_keep_days * 86400.0
+        forgotten = self.journal.forget_settled(before, live)
+        if forgotten:
+            self.log.info("journal_pruned", forgotten=forgotten, kept=self.journal.entries())
 
     # ---------------------------------------------------------------- which jobs are ours
 

@@ -5,6 +5,7 @@ and no daemon needed (the agent reconnects meanwhile, which is not being stuck).
 
 from __future__ import annotations
 
+import re
 import signal
 import socket
 import subprocess
@@ -37,6 +38,22 @@ def test_every_command_says_its_version(module: str, name: str) -> None:
         [sys.executable, "-m", module, "--version"], capture_output=True, text=True, timeout=60
     )
     assert (out.returncode, out.stdout.strip()) == (0, f"{name} {__version__}"), out.stderr
+
+
+@pytest.mark.parametrize("front_end", ["sbatch", "squeue", "scancel", "sacct"])
+@pytest.mark.parametrize("flag", ["--version", "-V"])
+def test_slurm_front_ends_say_a_release_tools_can_parse(front_end: str, flag: str) -> None:
+    """Workflow tools read `sbatch --version` as Slurm prints it: 'slurm 25.11.7'."""
+    out = subprocess.run(
+        [sys.executable, "-m", f"metasched.compat.{front_end}", flag],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert re.fullmatch(
+        rf"slurm \d+\.\d+\.\d+ \(metasched {re.escape(__version__)}\)\n", out.stdout
+    )
 
 
 def _agent_toml(tmp: Path) -> Path:

@@ -3,21 +3,44 @@ for our states, and Slurm's time and format syntax (squeue -o, sacct -o)."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import grpc
 
+from metasched import __version__
 from metasched.cli import errors, msub
 from metasched.cli.errors import UsageError
 from metasched.cli.msub import DEFAULT_DAEMON, Client
 from metasched.states import JobState
 from metasched.v1 import metasched_pb2 as pb
+
+# The release whose commands and JSON shapes (data_parser v0.0.44) the front-ends speak. Tools
+# read `sbatch --version` as Slurm prints it ("slurm 25.11.7"), so the release comes first.
+SLURM_RELEASE = "25.11.0"
+
+
+def version_line() -> str:
+    return f"slurm {SLURM_RELEASE} (metasched {__version__})"
+
+
+class Parser(argparse.ArgumentParser):
+    """A front-end's command line: a usage error is one line and exit 1, as Slurm's, and
+    -V/--version prints the release it speaks."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.add_argument("-V", "--version", action="version", version=version_line())
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
 
 # Our state -> Slurm's long and compact names (squeue %T / %t, sacct State).
 _SLURM_STATE: dict[JobState, tuple[str, str]] = {

@@ -16,7 +16,6 @@ import json
 import re
 import sys
 import time
-from typing import NoReturn
 
 from metasched.cli.errors import UsageError
 from metasched.compat import common, squeue
@@ -156,13 +155,8 @@ def render(
     return lines
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(message)
-
-
 def parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="sacct", description=__doc__)
+    p = common.Parser(prog="sacct", description=__doc__)
     p.add_argument("-j", "--jobs", action="append", default=[])
     p.add_argument("-o", "--format", "--fields", dest="format", action="append", default=[])
     p.add_argument("-P", "--parsable2", action="store_true")

@@ -21,7 +21,6 @@ import re
 import sys
 from pathlib import Path
 
-from metasched import __version__
 from metasched.cli import msub
 from metasched.compat import common
 from metasched.v1 import metasched_pb2 as pb
@@ -88,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
             common.out(msub.usage())
             return 0
         if sub.msub.version:
-            common.out(f"slurm (metasched {__version__})")
+            common.out(common.version_line())
             return 0
         shims = shim_dir()
         if shims:

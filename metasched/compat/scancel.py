@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import NoReturn
 
 import grpc
 
@@ -20,13 +19,8 @@ from metasched.compat import common, squeue
 from metasched.v1 import metasched_pb2 as pb
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(message)
-
-
 def parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="scancel", description=__doc__)
+    p = common.Parser(prog="scancel", description=__doc__)
     p.add_argument("ids", nargs="*")
     p.add_argument("-u", "--user", action="append", default=[])
     p.add_argument("--me", action="store_true")

@@ -17,7 +17,7 @@ import pwd
 import re
 import sys
 import time
-from typing import Any, NoReturn
+from typing import Any
 
 import grpc
 
@@ -153,13 +153,8 @@ def job_json(j: pb.Job, now: float) -> dict[str, Any]:
     }
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(message)
-
-
 def parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="squeue", add_help=False, description=__doc__)
+    p = common.Parser(prog="squeue", add_help=False, description=__doc__)
     p.add_argument("-h", "--noheader", action="store_true")
     p.add_argument("--help", action="help")
     p.add_argument("-o", "--format")

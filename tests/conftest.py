@@ -26,13 +26,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests_support import local_account
+from tests_support import bare_agent, local_account
 
-from metasched.agent.config import AgentConfig, UserMap
-from metasched.agent.journal import Journal
 from metasched.agent.site_agent import SiteAgent
-from metasched.agent.slurm.cli import CliBackend
-from metasched.agent.tagkey import TagKeys
 from metasched.lab import DEMO_SITES, SiteProfile, SlurmLab, installs, slurm_installed
 from metasched.lab.federation import Federation
 from metasched.lab.lone import LoneDaemon
@@ -125,19 +121,7 @@ def need_pyslurm() -> None:
 def hpc_agent(slurm_lab: SlurmLab, tmp_path: Path) -> SiteAgent:
     """An agent for the session lab's hpc site (cli backend), journal and tag key in tmp_path,
     with no daemon: tests call its submit, cancel and report themselves."""
-    cfg = AgentConfig(
-        site="hpc",
-        daemon="unix:/nonexistent",
-        token="",
-        state_dir=tmp_path,
-        users=UserMap(identity=True),
-    )
-    return SiteAgent(
-        cfg,
-        CliBackend(str(slurm_lab.slurm_conf("hpc")), timeout=15),
-        Journal(tmp_path / "j.db"),
-        TagKeys.load_or_create(tmp_path),
-    )
+    return bare_agent("hpc", str(slurm_lab.slurm_conf("hpc")), tmp_path)
 
 
 @pytest.fixture

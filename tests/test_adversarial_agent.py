@@ -24,14 +24,12 @@ from pathlib import Path
 import grpc
 import pytest
 from conftest import need_slurm
+from tests_support import bare_agent
 
 from metasched import tags
-from metasched.agent.config import AgentConfig, UserMap
-from metasched.agent.journal import Journal
 from metasched.agent.site_agent import SiteAgent
 from metasched.agent.slurm.base import SubmitRequest
 from metasched.agent.slurm.cli import CliBackend
-from metasched.agent.tagkey import TagKeys
 from metasched.lab import SiteProfile, SlurmLab
 from metasched.lab.federation import Federation, wait_for
 from metasched.states import JobState
@@ -171,19 +169,10 @@ def wait_state(fed: Federation, job_id: int, states: set[JobState], timeout: flo
 def make_agent(adv: Lab, state_dir: Path, backend: CliBackend | None = None) -> SiteAgent:
     """An agent for the module's site, driven by hand (no daemon): what an older daemon, or
     a lying sbatch, would make it do."""
-    cfg = AgentConfig(
-        site=SITE.name,
-        daemon="unix:/nonexistent",
-        token="t",
-        state_dir=state_dir,
-        users=UserMap(identity=True),
-    )
-    return SiteAgent(
-        cfg,
-        backend or CliBackend(str(adv.lab.slurm_conf(SITE.name))),
-        Journal(state_dir / "journal.db"),
-        TagKeys.load_or_create(state_dir),
-    )
+    agent = bare_agent(SITE.name, str(adv.lab.slurm_conf(SITE.name)), state_dir)
+    if backend is not None:
+        agent.backend = backend
+    return agent
 
 
 def submit_as(fed: Federation, user: str, spec: pb.JobSpec) -> int:

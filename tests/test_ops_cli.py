@@ -14,13 +14,9 @@ import time
 from pathlib import Path
 
 import pytest
+from tests_support import bare_agent
 
 from metasched import __version__
-from metasched.agent.config import AgentConfig, UserMap
-from metasched.agent.journal import Journal
-from metasched.agent.site_agent import SiteAgent
-from metasched.agent.slurm.cli import CliBackend
-from metasched.agent.tagkey import TagKeys
 
 
 @pytest.mark.parametrize(
@@ -99,19 +95,7 @@ def test_agent_tells_systemd_ready_feeds_the_watchdog_and_stops(tmp_path: Path) 
 
 
 def test_the_watchdog_starves_only_while_a_connected_agent_polls_nothing(tmp_path: Path) -> None:
-    cfg = AgentConfig(
-        site="s",
-        daemon="unix:/nonexistent",
-        token="t",
-        state_dir=tmp_path,
-        users=UserMap(identity=True),
-    )
-    agent = SiteAgent(
-        cfg,
-        CliBackend(str(tmp_path / "no-slurm.conf")),
-        Journal(tmp_path / "journal.db"),
-        TagKeys.load_or_create(tmp_path),
-    )
+    agent = bare_agent("s", str(tmp_path / "no-slurm.conf"), tmp_path)
     assert agent.polling(0.05)  # between sessions: reconnecting, not stuck
     agent.metrics.connected(True)
     assert agent.polling(60)

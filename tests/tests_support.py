@@ -9,10 +9,15 @@ import subprocess
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from metasched.agent.config import AgentConfig, UserMap
+from metasched.agent.journal import Journal
 from metasched.agent.site_agent import SiteAgent
+from metasched.agent.slurm.cli import CliBackend
+from metasched.agent.tagkey import TagKeys
 from metasched.lab import slurm_installed
 from metasched.lab.federation import wait_for
 from metasched.v1 import metasched_pb2 as pb
@@ -58,6 +63,24 @@ def scrape(url: str) -> dict[str, float]:
             key, _, value = line.rpartition(" ")
             out[key] = float(value)
     return out
+
+
+def bare_agent(site: str, slurm_conf: str, state_dir: Path) -> SiteAgent:
+    """An agent driven by hand, with no daemon (cli backend, every user mapped to the same
+    name, its journal and tag key in state_dir): tests call its submit, cancel and report."""
+    cfg = AgentConfig(
+        site=site,
+        daemon="unix:/nonexistent",
+        token="t",
+        state_dir=state_dir,
+        users=UserMap(identity=True),
+    )
+    return SiteAgent(
+        cfg,
+        CliBackend(slurm_conf),
+        Journal(state_dir / "journal.db"),
+        TagKeys.load_or_create(state_dir),
+    )
 
 
 def submit_tagged(agent: SiteAgent, script: str, job_id: int, **spec: int) -> tuple[str, str]:

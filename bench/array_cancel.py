@@ -10,6 +10,10 @@ and, side by side, --jobs plain jobs of the same shape cancelled as msub did bef
 (one CancelJob call per job, one cancel command each): the same stages, and the ratio.
 
     python -m bench.array_cancel [--tasks 1000] [--jobs 200]     (root, Slurm installed)
+    python -m bench.array_cancel --tasks 300 --workers 1,4,1,4    (agents' sbatch at once)
+
+--workers compares agents that run 1, 4, ... sbatch at once (the agent's submit_workers): the
+array's spread and cancel for each, one federation after the other on the same lab.
 """
 
 from __future__ import annotations
@@ -56,6 +60,26 @@ def alive_at_sites(fed: Federation, ids: set[int]) -> int:
             if t is not None and t.job_id in ids and j.state in ("PENDING", "RUNNING"):
                 n += 1
     return n
+
+
+def clear_sites(lab: SlurmLab) -> None:
+    """Cancel whatever a finished run left at the sites (tasks Slurm requeued held after their
+    cancel, once that run's daemon, which would cancel them again, has stopped): the next
+    federation counts from job 1 too, and must not see them as its own."""
+    for site in lab.sites:
+        backend = CliBackend(str(lab.slurm_conf(site)))
+        backend.cancel_many([j.job_id for j in backend.jobs() if j.state in ("PENDING", "RUNNING")])
+    until(
+        lambda: (
+            not [
+                j
+                for site in lab.sites
+                for j in CliBackend(str(lab.slurm_conf(site))).jobs()
+                if j.state in ("PENDING", "RUNNING")
+            ]
+        ),
+        "the sites to be empty",
+    )
 
 
 def run(fed: Federation, count: int, as_array: bool) -> dict[str, float | str]:
@@ -111,17 +135,30 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--tasks", type=int, default=1000)
     ap.add_argument("--jobs", type=int, default=200, help="plain jobs cancelled one by one")
+    ap.add_argument("--workers", default="", help="e.g. 1,4: compare the agents' submit_workers")
     args = ap.parse_args(argv)
     root = Path(tempfile.mkdtemp(prefix="mab-", dir="/tmp"))
     root.chmod(0o755)
     lab = SlurmLab(root / "l", list(DEMO_SITES), overrides={"MessageTimeout": "3"})
     results = {}
     try:
-        with lab, Federation(lab, root / "f", poll_interval=1.0) as fed:
-            results[f"array of {args.tasks}, one CancelJobs"] = run(fed, args.tasks, True)
-            if args.jobs:
-                label = f"{args.jobs} jobs, CancelJob each"
-                results[label] = run(fed, args.jobs, False)
+        with lab:
+            if args.workers:
+                for w in (int(x) for x in args.workers.split(",")):
+                    extra = f"submit_workers = {w}"
+                    with Federation(
+                        lab, root / f"f{w}", poll_interval=1.0, agent_extra=extra
+                    ) as fed:
+                        label = f"array of {args.tasks}, {w} sbatch at once"
+                        results[label] = run(fed, args.tasks, True)
+                        print(f"{label}: spread {results[label]['spread']:.1f} s", flush=True)
+                    clear_sites(lab)
+            else:
+                with Federation(lab, root / "f", poll_interval=1.0) as fed:
+                    results[f"array of {args.tasks}, one CancelJobs"] = run(fed, args.tasks, True)
+                    if args.jobs:
+                        label = f"{args.jobs} jobs, CancelJob each"
+                        results[label] = run(fed, args.jobs, False)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     print(
@@ -133,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{label:<34} {r['submit']:>9.2f} {r['spread']:>9.1f} {r['cancel']:>9.2f} "
             f"{r['ended']:>8.1f} {r['gone']:>7.1f}  {r['sites']}"
         )
-    if len(results) == 2:
+    if len(results) == 2 and not args.workers:
         a, b = results.values()
         per_a = float(a["cancel"]) / args.tasks
         per_b = float(b["cancel"]) / args.jobs

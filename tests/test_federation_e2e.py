@@ -58,7 +58,7 @@ def submit(fed: Federation, s: pb.JobSpec, user: str = "root") -> pb.SubmitJobRe
     return resp
 
 
-def wait_state(fed: Federation, job_id: int, states: set[JobState], timeout: float = 30) -> pb.Job:
+def wait_state(fed: Federation, job_id: int, states: set[JobState], timeout: float = 90) -> pb.Job:
     return fed.wait_job(job_id, states, timeout)
 
 
@@ -82,7 +82,7 @@ def occupy(lab: SlurmLab, site: str, seconds: int = 120) -> str:
 
 def test_fp64_jobs_never_land_on_the_ai_only_site(fed: Federation) -> None:
     ids = [submit(fed, spec(precision="fp64", cpus_per_task=32)).job_id for _ in range(6)]
-    jobs = [wait_state(fed, i, {S.COMPLETED}, 60) for i in ids]
+    jobs = [wait_state(fed, i, {S.COMPLETED}, 180) for i in ids]
     assert {j.site for j in jobs} <= {"hpc", "gpu"}
     assert all(j.exit_code == 0 for j in jobs)
     # and the same job pinned to the AI site is refused at once, with the reason
@@ -94,15 +94,15 @@ def test_fp64_jobs_never_land_on_the_ai_only_site(fed: Federation) -> None:
 
 def test_low_precision_goes_where_it_is_offered(fed: Federation) -> None:
     job = submit(fed, spec(precision="int8", gpus_per_node=1))
-    done = wait_state(fed, job.job_id, {S.COMPLETED}, 60)
+    done = wait_state(fed, job.job_id, {S.COMPLETED}, 180)
     assert done.site in {"gpu", "ai"}
 
 
 def test_gpu_type_lands_only_where_that_type_exists(fed: Federation) -> None:
     a100 = submit(fed, spec(gpus_per_node=1, gpu_type="a100"))
     ascend = submit(fed, spec(gpus_per_node=2, gpu_type="ascend910b"))
-    assert wait_state(fed, a100.job_id, {S.COMPLETED}, 60).site == "gpu"
-    assert wait_state(fed, ascend.job_id, {S.COMPLETED}, 60).site == "ai"
+    assert wait_state(fed, a100.job_id, {S.COMPLETED}, 180).site == "gpu"
+    assert wait_state(fed, ascend.job_id, {S.COMPLETED}, 180).site == "ai"
     with pytest.raises(grpc.RpcError) as e:
         submit(fed, spec(gpus_per_node=1, gpu_type="h100"))
     assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
@@ -119,7 +119,7 @@ def test_with_one_site_full_a_new_job_goes_where_it_starts_sooner(
             wait_for(lambda b=busy: fed.sites()[b].free_cpus == 0, 20, f"{busy} to report full")
             job = submit(fed, spec(precision="fp64", cpus_per_task=16))
             assert job.estimate.site == free, job
-            assert wait_state(fed, job.job_id, {S.COMPLETED}, 60).site == free
+            assert wait_state(fed, job.job_id, {S.COMPLETED}, 180).site == free
         finally:
             lab.scancel(busy, sid)
 
@@ -129,7 +129,7 @@ def test_finished_job_shows_final_state_and_exit_code(fed: Federation, tmp_path:
     script.write_text(SCRIPT.format(sleep=0, code=3))
     out = fed.msub("--precision", "fp32", "-t", "2", "--json", str(script))
     job_id = int(json.loads(out.stdout)["job_id"])
-    wait_state(fed, job_id, {S.FAILED}, 60)
+    wait_state(fed, job_id, {S.FAILED}, 180)
     shown = fed.msub("show", str(job_id), check=False)
     assert shown.returncode == 0
     assert "FAILED" in shown.stdout and "exit code 3" in shown.stdout
@@ -318,7 +318,7 @@ def test_a_user_runs_as_their_mapped_local_account(fed: Federation, lab: SlurmLa
     script.chmod(0o644)
     out = fed.msub("--precision", "fp32", "-D", str(work), "--json", str(script), user=user)
     job_id = int(json.loads(out.stdout)["job_id"])
-    job = wait_state(fed, job_id, {S.COMPLETED}, 60)
+    job = wait_state(fed, job_id, {S.COMPLETED}, 180)
     assert job.user == user
     assert (work / "ran-as").read_text().strip() == user
     slurm_user = {j.job_id: j.user for j in lab.backend(job.site).jobs()}[job.slurm_job_id]

@@ -110,7 +110,25 @@ def test_submitit_jobs_return_their_results_from_two_sites(
     wait_idle(small_federation)
     executor = submitit.SlurmExecutor(folder=str(workdir / "submitit"), python=sys.executable)
     executor.update_parameters(time=5, cpus_per_task=1, mem="1G")
-    jobs = [executor.submit(pow, 7, k) for k in (2, 3)]
+    meeting = workdir / "submitit-met"
+    meeting.mkdir()
+
+    def power_once_both_run(k: int) -> int:
+        # each site has one CPU: the two jobs meet only if they run at two sites at once (a
+        # job that just computed pow would leave its site free for the other on a slow machine)
+        import pathlib
+        import time
+
+        here = pathlib.Path(meeting)
+        (here / str(k)).touch()
+        deadline = time.monotonic() + 300
+        while len(list(here.iterdir())) < 2:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the other job never ran alongside")
+            time.sleep(0.2)
+        return int(pow(7, k))
+
+    jobs = [executor.submit(power_once_both_run, k) for k in (2, 3)]
     assert [j.result() for j in jobs] == [49, 343]
     assert sites_of(small_federation, [j.job_id for j in jobs]) == {"east", "west"}
     # what submitit reads back through sacct once the jobs have ended

@@ -50,6 +50,8 @@ class AgentConfig:
     metrics_listen: str = ""
     # software offered to apps' recipes ([offers], and per partition)
     offers: OfferConfig = field(default_factory=OfferConfig)
+    # sbatch processes the agent runs at once (each a fork as the user and a slurmctld RPC)
+    submit_workers: int = 4
     # how long the submission journal remembers a tag whose job has left Slurm's queue
     journal_keep_days: float = 30.0
 
@@ -168,7 +170,10 @@ def from_dict(raw: dict[str, Any], where: str = "config") -> AgentConfig:
         metrics_listen=metrics_listen,
         offers=_offer_config(raw.get("offers", {}), part_offers, where),
         journal_keep_days=config.get(a, "journal_keep_days", float, 30.0, w),
+        submit_workers=config.get(a, "submit_workers", int, 4, w),
     )
+    if not 1 <= cfg.submit_workers <= 64:
+        raise ConfigError(f"{w}.submit_workers must be from 1 to 64")
     if cfg.journal_keep_days < 1:
         raise ConfigError(f"{w}.journal_keep_days must be at least 1 (a day)")
     if not cfg.token and cfg.tls_cert is None:

@@ -4,7 +4,7 @@ Two loops share the stream (Balsam's site services, in miniature):
   - the poller reads Slurm every poll_interval and sends a SiteReport when anything changed
     (and at least every report_interval as a heartbeat);
   - the command loop carries out submit / cancel / resolve commands as they arrive and
-    answers each one.
+    answers each one (submissions on a few threads at once: submits.py).
 The agent keeps no state of its own beyond the journal and its tag key: after a restart, the
 daemon re-sends whatever is unanswered and the first report shows every tagged job the site
 still has. A Slurm job is "ours" only if its tag's MAC verifies for its owner and the
@@ -43,6 +43,7 @@ from metasched.agent.slurm.base import (
     SlurmUnavailable,
     SubmitRequest,
 )
+from metasched.agent.submits import SubmitPool
 from metasched.agent.tagkey import TagKeys
 from metasched.sbatch import argv as sargv
 from metasched.sbatch import resolve
@@ -210,6 +211,7 @@ class SiteAgent:
         self._reads_lock = threading.Lock()
         self._reads_waiting = 0
         self._stream: grpc.Call | None = None  # the open Connect call, to cancel on stop
+        self.submits = SubmitPool(min(cfg.submit_workers, backend.max_concurrent_submits))
         self._stream_lock = threading.Lock()
 
     # ---------------------------------------------------------------- what the site looks like
@@ -790,9 +792,16 @@ class SiteAgent:
                 if msg.WhichOneof("body") == "read_output":
                     self._read_later(msg.read_output, outbox)
                     continue
-                answer = self.handle(msg)
-                if answer is not None:
-                    outbox.put(answer)
+                if msg.WhichOneof("body") == "submit":
+                    if not self.submits.add(msg, lambda m: self._answer(m, outbox)):
+                        self.log.info(
+                            "submit_already_in_flight",
+                            job_id=msg.submit.job_id,
+                            attempt=msg.submit.attempt,
+                        )
+                    continue
+                self.submits.drain()  # a cancel never overtakes the submit it is about
+                self._answer(msg, outbox)
                 if stop.is_set():
                     break
         finally:
@@ -802,6 +811,11 @@ class SiteAgent:
             ended.set()
             outbox.put(None)
             channel.close()
+
+    def _answer(self, msg: pb.DaemonMessage, outbox: queue.Queue[pb.AgentMessage | None]) -> None:
+        answer = self.handle(msg)
+        if answer is not None:
+            outbox.put(answer)
 
     def _poll(
         self,

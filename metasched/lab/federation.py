@@ -53,6 +53,7 @@ class Federation:
         placement_interval: float = 0.5,
         users: dict[str, str] | None = None,
         daemon_extra: str = "",
+        agent_extra: str = "",
         tls: bool = True,
         agent_metrics: bool = False,
         software: bool = True,
@@ -73,6 +74,7 @@ class Federation:
         self.tokens = {name: secrets.token_hex(16) for name in lab.sites}
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.poll_interval = poll_interval
+        self.agent_extra = agent_extra  # lines added to every agent's [agent] table
         self.users = users if users is not None else {"*": "*"}
         # site -> the URL of its agent's Prometheus endpoint (agent_metrics=True)
         self.agent_metrics = (
@@ -137,6 +139,7 @@ backend = "{self.backends[site]}"
 slurm_conf = "{self.lab.slurm_conf(site)}"
 slurm_bin_dir = "{bin_dir}"
 log_level = "debug"
+{self.agent_extra}
 
 [users]
 {users}

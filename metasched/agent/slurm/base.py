@@ -158,6 +158,9 @@ class SlurmBackend(abc.ABC):
     """How an agent talks to its Slurm. Every call may raise SlurmUnavailable."""
 
     name: str = "abstract"
+    # How many submissions may run at once through this backend (the agent's submit_workers
+    # is capped by it): sbatch processes are independent; a library's calls may not be.
+    max_concurrent_submits: int = 64
 
     @abc.abstractmethod
     def version(self) -> str:

@@ -380,6 +380,7 @@ _ACTIVE_LOCK = threading.RLock()
 # ------------------------------------------------------------------ the backend
 class PyslurmBackend(SlurmBackend):
     name = "pyslurm"
+    max_concurrent_submits = 1  # libslurm's calls from several threads: not shown to be safe
 
     def __init__(self, slurm_conf: str | None = None, bin_dir: str = "", timeout: float = 30):
         self.slurm_conf = slurm_conf_for(slurm_conf)

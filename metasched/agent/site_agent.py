@@ -709,8 +709,10 @@ class SiteAgent:
             if self._stream is not None:
                 self._stream.cancel()  # type: ignore[no-untyped-call]  # untyped in grpc-stubs
         worker.join(STOP_GRACE_SECONDS)
+        left = max(0.0, STOP_GRACE_SECONDS - (time.monotonic() - asked))
+        drained = self.submits.drain(left)
         took = round(time.monotonic() - asked, 3)
-        if worker.is_alive():
+        if worker.is_alive() or not drained:
             self.log.warning("agent_stopped_in_flight", stop_s=took)
             return False
         self.log.info("agent_stopped", stop_s=took)

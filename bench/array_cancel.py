@@ -96,14 +96,16 @@ def run(fed: Federation, count: int, as_array: bool) -> dict[str, float | str]:
             for _ in range(count)
         }
     submit = time.monotonic() - t0
-    settled = {S.PENDING, S.RUNNING, S.QUEUED}
 
     def spread_done() -> bool:
+        # every task at a site, held in the global queue, or already over (a task whose
+        # launch failed under load is requeued held by Slurm: LOST), and enough at sites
         jobs = jobs_of(fed, ids, array_id)
-        at_site = [j for j in jobs if JobState.from_pb(j.state) in (S.PENDING, S.RUNNING)]
+        states = [JobState.from_pb(j.state) for j in jobs]
+        at_site = [s for s in states if s in (S.PENDING, S.RUNNING) or s.is_final]
         return (
             len(jobs) == count
-            and all(JobState.from_pb(j.state) in settled for j in jobs)
+            and all(s in (S.PENDING, S.RUNNING, S.QUEUED) or s.is_final for s in states)
             and len(at_site) >= min(count, 400)
         )
 
@@ -117,8 +119,8 @@ def run(fed: Federation, count: int, as_array: bool) -> dict[str, float | str]:
             fed.call("CancelJob", pb.CancelJobRequest(job_id=i), timeout=120)
     cancel = time.monotonic() - t0
     ended = cancel + until(
-        lambda: all(JobState.from_pb(j.state) == S.CANCELLED for j in jobs_of(fed, ids, array_id)),
-        "every task to be CANCELLED",
+        lambda: all(JobState.from_pb(j.state).is_final for j in jobs_of(fed, ids, array_id)),
+        "every task to be over (CANCELLED, or LOST before the cancel)",
     )
     gone = ended + until(lambda: alive_at_sites(fed, ids) == 0, "the Slurm jobs to go")
     return {
@@ -144,12 +146,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with lab:
             if args.workers:
-                for w in (int(x) for x in args.workers.split(",")):
+                for n, w in enumerate(int(x) for x in args.workers.split(",")):
                     extra = f"submit_workers = {w}"
                     with Federation(
-                        lab, root / f"f{w}", poll_interval=1.0, agent_extra=extra
+                        lab, root / f"f{n}", poll_interval=1.0, agent_extra=extra
                     ) as fed:
-                        label = f"array of {args.tasks}, {w} sbatch at once"
+                        label = f"#{n + 1} array of {args.tasks}, {w} sbatch at once"
                         results[label] = run(fed, args.tasks, True)
                         print(f"{label}: spread {results[label]['spread']:.1f} s", flush=True)
                     clear_sites(lab)

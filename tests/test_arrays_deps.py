@@ -243,6 +243,45 @@ def test_a_cancel_that_crosses_a_failed_launch_is_sent_again_and_ends_cancelled(
     assert [m for m in env.sent(site) if m.WhichOneof("body") == "cancel"]
 
 
+def test_a_job_lost_to_a_requeue_and_hold_is_cancelled_at_its_site(env: Env) -> None:
+    # Slurm requeued and held it after it started (a launch slurmd could not confirm): it may
+    # have run to the end, so it is LOST, never re-run; and nobody may release the held copy
+    # at the site (that would run it twice), so it is cancelled there.
+    job = env.s.intake.submit("alice", spec())
+    env.cycle()
+    row = env.store.job(job.id)
+    assert row is not None and row.site
+    site = row.site
+
+    def seen(state: str, reason: str = "") -> None:
+        env.s.reconcile.on_report(
+            site,
+            site_report(
+                [
+                    pb.SlurmJobReport(
+                        slurm_job_id="8",
+                        state=state,
+                        reason=reason,
+                        start_time=time.time() - 5,
+                        job_id=job.id,
+                        attempt=1,
+                        federation=env.store.federation,
+                    )
+                ]
+            ),
+        )
+
+    seen("RUNNING")
+    env.sent(site)
+    seen("PENDING", "launch failed requeued held")
+    assert env.state(job.id) == S.LOST
+    seen("PENDING", "launch failed requeued held")  # the next report still shows it held
+    cancels = [m.cancel for m in env.sent(site) if m.WhichOneof("body") == "cancel"]
+    assert [(c.job_id, c.slurm_job_id) for c in cancels][-1:] == [(job.id, "8")]
+    seen("CANCELLED")
+    assert env.state(job.id) == S.LOST  # what happened to the run is still unknown
+
+
 def test_a_task_range_is_cancelled_and_others_go_on(env: Env) -> None:
     first = env.s.intake.submit("alice", spec(array="1-10"))
     env.s.intake.cancel_named("alice", False, [f"{first.id}_[2-4]", f"{first.id}_9"])

@@ -203,13 +203,25 @@ class Reconciler(Activity):
                     continue
                 ours = from_slurm(sj.state) if sj.state else None
                 here = job.site == site_name and job.attempt == attempt
-                if here and job.state == S.LOST and ours is not None and ours.is_final:
+                if (
+                    here
+                    and job.state == S.LOST
+                    and ours is not None
+                    and ours.is_final
+                    and not (ours == S.CANCELLED and _lost_to_a_hold(job))
+                ):
                     found.append(job.id)  # a record after all: it settles what was unknown
                 elif job.state.is_final and here:
                     if job.state == S.CANCELLED and ours is not None and not ours.is_final:
                         # Slurm took it back after the cancel was confirmed (a launch that
                         # failed as the scancel came in is requeued and held): what the user
                         # cancelled is cancelled again wherever it shows up
+                        cancels.append(replace(job, slurm_job_id=sj.slurm_job_id))
+                    elif _lost_to_a_hold(job) and ours == S.PENDING:
+                        # lost because Slurm requeued and held it after it started: nobody
+                        # here will release it (it may have run to the end), and a release
+                        # by anyone else would run it twice; so it goes, and the site's
+                        # queue does not keep it for ever
                         cancels.append(replace(job, slurm_job_id=sj.slurm_job_id))
                     continue  # already settled; squeue keeps showing it for a while
                 if job.site != site_name or job.attempt != attempt:
@@ -296,7 +308,7 @@ class Reconciler(Activity):
             # ("launch failed requeued held"). It may have run to the end: not re-run, not
             # stated as failed.
             why = (
-                f"{job.site} requeued and held it after it had started ({sj.reason}; "
+                f"{job.site} {HELD_AFTER_START} ({sj.reason}; "
                 f"{_last_seen(job)}); whether it ran to the end is unknown"
             )
             fields["reason"] = why
@@ -351,6 +363,15 @@ class Reconciler(Activity):
             current_site=job.site or None,
         )
         self.dispatch.cancel_at(site_name, job.id, attempt, slurm_job_id)
+
+
+# What a job LOST to a requeue-and-hold says (its reason): its held copy at the site is
+# cancelled by us, so that copy's CANCELLED record says nothing of how the run ended.
+HELD_AFTER_START = "requeued and held it after it had started"
+
+
+def _lost_to_a_hold(job: JobRow) -> bool:
+    return job.state == S.LOST and HELD_AFTER_START in job.reason
 
 
 def _held_after_start(reason: str) -> bool:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import queue
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -17,7 +17,7 @@ import pytest
 from metasched.daemon.scheduler import Refused, Scheduler, Settings
 from metasched.daemon.sites import AgentLink, SiteRegistry
 from metasched.states import JobState
-from metasched.store import Store
+from metasched.store import JobRow, Store
 from metasched.v1 import metasched_pb2 as pb
 
 S = JobState
@@ -196,11 +196,9 @@ def test_one_cancel_ends_an_array_with_one_command_per_site(env: Env) -> None:
     assert {t.state for t in env.store.array_tasks(first.id)} == {S.CANCELLED}
 
 
-def test_a_cancel_that_crosses_a_failed_launch_is_sent_again_and_ends_cancelled(
-    env: Env,
-) -> None:
-    # Seen on a loaded lab: slurmd could not confirm a task's launch, and slurmctld requeued
-    # and held it just after the user's scancel. Held, it never starts: cancelled, not lost.
+def placed_and_seen(env: Env, slurm_job_id: str) -> tuple[JobRow, str, Callable[..., None]]:
+    """A job placed at a site, and seen(state, reason=""): that site reports it so, as Slurm
+    job `slurm_job_id` that started 5 s ago."""
     job = env.s.intake.submit("alice", spec())
     env.cycle()
     row = env.store.job(job.id)
@@ -213,7 +211,7 @@ def test_a_cancel_that_crosses_a_failed_launch_is_sent_again_and_ends_cancelled(
             site_report(
                 [
                     pb.SlurmJobReport(
-                        slurm_job_id="7",
+                        slurm_job_id=slurm_job_id,
                         state=state,
                         reason=reason,
                         start_time=time.time() - 5,
@@ -225,6 +223,15 @@ def test_a_cancel_that_crosses_a_failed_launch_is_sent_again_and_ends_cancelled(
             ),
         )
 
+    return job, site, seen
+
+
+def test_a_cancel_that_crosses_a_failed_launch_is_sent_again_and_ends_cancelled(
+    env: Env,
+) -> None:
+    # Seen on a loaded lab: slurmd could not confirm a task's launch, and slurmctld requeued
+    # and held it just after the user's scancel. Held, it never starts: cancelled, not lost.
+    job, site, seen = placed_and_seen(env, "7")
     seen("RUNNING")
     assert env.state(job.id) == S.RUNNING
     env.s.intake.cancel_named("alice", False, [str(job.id)])
@@ -247,30 +254,7 @@ def test_a_job_lost_to_a_requeue_and_hold_is_cancelled_at_its_site(env: Env) -> 
     # Slurm requeued and held it after it started (a launch slurmd could not confirm): it may
     # have run to the end, so it is LOST, never re-run; and nobody may release the held copy
     # at the site (that would run it twice), so it is cancelled there.
-    job = env.s.intake.submit("alice", spec())
-    env.cycle()
-    row = env.store.job(job.id)
-    assert row is not None and row.site
-    site = row.site
-
-    def seen(state: str, reason: str = "") -> None:
-        env.s.reconcile.on_report(
-            site,
-            site_report(
-                [
-                    pb.SlurmJobReport(
-                        slurm_job_id="8",
-                        state=state,
-                        reason=reason,
-                        start_time=time.time() - 5,
-                        job_id=job.id,
-                        attempt=1,
-                        federation=env.store.federation,
-                    )
-                ]
-            ),
-        )
-
+    job, site, seen = placed_and_seen(env, "8")
     seen("RUNNING")
     env.sent(site)
     seen("PENDING", "launch failed requeued held")

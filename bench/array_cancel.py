@@ -28,6 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from metasched import tags
+from metasched.agent.slurm.base import SlurmJob
 from metasched.agent.slurm.cli import CliBackend
 from metasched.lab import DEMO_SITES, SlurmLab
 from metasched.lab.federation import Federation, wait_for
@@ -52,34 +53,34 @@ def until(cond: Callable[[], bool], what: str, timeout: float = 900) -> float:
     return time.monotonic() - t0
 
 
+def alive_slurm_jobs(lab: SlurmLab) -> list[tuple[str, SlurmJob]]:
+    """(site, job) of every Slurm job pending or running at any of the lab's sites."""
+    return [
+        (site, j)
+        for site in lab.sites
+        for j in CliBackend(str(lab.slurm_conf(site))).jobs()
+        if j.state in ("PENDING", "RUNNING")
+    ]
+
+
 def alive_at_sites(fed: Federation, ids: set[int]) -> int:
-    n = 0
-    for site in fed.lab.sites:
-        for j in CliBackend(str(fed.lab.slurm_conf(site))).jobs():
-            t = tags.parse(j.comment)
-            if t is not None and t.job_id in ids and j.state in ("PENDING", "RUNNING"):
-                n += 1
-    return n
+    return sum(
+        1
+        for _, j in alive_slurm_jobs(fed.lab)
+        if (t := tags.parse(j.comment)) is not None and t.job_id in ids
+    )
 
 
 def clear_sites(lab: SlurmLab) -> None:
     """Cancel whatever a finished run left at the sites (tasks Slurm requeued held after their
     cancel, once that run's daemon, which would cancel them again, has stopped): the next
     federation counts from job 1 too, and must not see them as its own."""
-    for site in lab.sites:
-        backend = CliBackend(str(lab.slurm_conf(site)))
-        backend.cancel_many([j.job_id for j in backend.jobs() if j.state in ("PENDING", "RUNNING")])
-    until(
-        lambda: (
-            not [
-                j
-                for site in lab.sites
-                for j in CliBackend(str(lab.slurm_conf(site))).jobs()
-                if j.state in ("PENDING", "RUNNING")
-            ]
-        ),
-        "the sites to be empty",
-    )
+    left: dict[str, list[str]] = {}
+    for site, j in alive_slurm_jobs(lab):
+        left.setdefault(site, []).append(j.job_id)
+    for site, ids in left.items():
+        CliBackend(str(lab.slurm_conf(site))).cancel_many(ids)
+    until(lambda: not alive_slurm_jobs(lab), "the sites to be empty")
 
 
 def run(fed: Federation, count: int, as_array: bool) -> dict[str, float | str]:

@@ -780,7 +780,8 @@ class SiteAgent:
             if stop.is_set():  # asked to stop before the stream could be cancelled
                 return
             for msg in stream:
-                if msg.WhichOneof("body") == "welcome":
+                kind = msg.WhichOneof("body")
+                if kind == "welcome":
                     self.metrics.connected(True)
                     self.report_interval = msg.welcome.report_interval or self.report_interval
                     self.log.info(
@@ -791,10 +792,10 @@ class SiteAgent:
                     if not poller.is_alive():
                         poller.start()
                     continue
-                if msg.WhichOneof("body") == "read_output":
+                if kind == "read_output":
                     self._read_later(msg.read_output, outbox)
                     continue
-                if msg.WhichOneof("body") == "submit":
+                if kind == "submit":
                     if not self.submits.add(msg, lambda m: self._answer(m, outbox)):
                         self.log.info(
                             "submit_already_in_flight",
